@@ -1,0 +1,30 @@
+# Every target goes through `setup`, which creates .venv/ once and repairs it when broken.
+VENV := .venv
+PY := $(VENV)/bin/python
+LINT_PATHS := $(wildcard $(LINT_PATHS) setup.py)
+
+.PHONY: setup train test lint format bench clean-venv
+
+setup:
+	bash tools/setup_env.sh
+
+train: setup
+	$(PY) tools/main_job.py
+
+test: setup lint
+	$(PY) -m pytest tests -q
+
+lint: setup
+	$(PY) -m ruff check $(LINT_PATHS)
+	$(PY) -m black --check -q $(LINT_PATHS)
+	$(PY) -m isort --check-only -q $(LINT_PATHS)
+
+format: setup
+	$(PY) -m isort -q $(LINT_PATHS)
+	$(PY) -m black -q $(LINT_PATHS)
+
+bench: setup
+	$(PY) benchmarks/run_all.py
+
+clean-venv:
+	rm -rf $(VENV)

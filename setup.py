@@ -1,0 +1,30 @@
+#!/usr/bin/env python
+"""panoptic_ext: Panoptic Feature Pyramid Networks as Detectron2 plugins."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="panoptic_ext",
+    version="0.1.0",
+    description="Panoptic FPN (Kirillov et al., 2019) as Detectron2 plugins",
+    packages=find_packages(include=("panoptic_ext", "panoptic_ext.*")),
+    python_requires=">=3.8",
+    # torch, torchvision and detectron2 are installed by tools/setup_env.sh (see README):
+    # detectron2 is not on PyPI, and torch must match it.
+    install_requires=[
+        "numpy",
+        "pillow",
+        "fvcore",
+        "iopath",
+        "pycocotools",
+        "opencv-python-headless",
+        "matplotlib",
+        "tqdm",
+    ],
+    extras_require={"cityscapes": ["cityscapesscripts"]},
+    entry_points={
+        "console_scripts": [
+            "panoptic-pq=panoptic_ext.evaluation.pq:main",
+        ]
+    },
+)
