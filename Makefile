@@ -1,7 +1,7 @@
 # Every target goes through `setup`, which creates .venv/ once and repairs it when broken.
 VENV := .venv
 PY := $(VENV)/bin/python
-LINT_PATHS := $(wildcard $(LINT_PATHS) setup.py)
+LINT_PATHS := $(wildcard panoptic_ext tests tools benchmarks demo train_net.py setup.py)
 
 .PHONY: setup train test lint format bench clean-venv
 

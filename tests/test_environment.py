@@ -16,8 +16,17 @@ from tests.common import get_model_zoo_cfg, random_image_batch
 class TestEnvironment(unittest.TestCase):
     def test_collect_env_names_detectron2_and_versions(self):
         info = collect_env_info()
-        for key in ("detectron2 ops (_C)", "torch", "torchvision", "numpy", "Pillow", "fvcore",
-                    "pycocotools", "cityscapesscripts", "OpenCV"):
+        for key in (
+            "detectron2 ops (_C)",
+            "torch",
+            "torchvision",
+            "numpy",
+            "Pillow",
+            "fvcore",
+            "pycocotools",
+            "cityscapesscripts",
+            "OpenCV",
+        ):
             self.assertIn(key, info)
         self.assertNotIn("not importable", info)
 

@@ -54,15 +54,25 @@ def _model_zoo_configs_present() -> bool:
 def _patch(path: Path, old: str, new: str) -> None:
     text = path.read_text()
     if old not in text:
-        raise SystemExit(f"[install_detectron2] {path}: expected text {old!r} not found; "
-                         f"the {SDIST} sdist is not the one this script knows how to fix.")
+        raise SystemExit(
+            f"[install_detectron2] {path}: expected text {old!r} not found; "
+            f"the {SDIST} sdist is not the one this script knows how to fix."
+        )
     path.write_text(text.replace(old, new))
 
 
 def _prepare_sdist(workdir: Path, constraints: str) -> Path:
     pip = [sys.executable, "-m", "pip"]
-    cmd = pip + ["download", "--no-deps", "--no-binary", ":all:", "--no-build-isolation",
-                 "-d", str(workdir), SDIST]
+    cmd = pip + [
+        "download",
+        "--no-deps",
+        "--no-binary",
+        ":all:",
+        "--no-build-isolation",
+        "-d",
+        str(workdir),
+        SDIST,
+    ]
     if constraints:
         cmd += ["-c", constraints]
     subprocess.run(cmd, check=True)
@@ -88,10 +98,14 @@ def _prepare_sdist(workdir: Path, constraints: str) -> Path:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--constraints", default="", help="pip constraints file")
-    parser.add_argument("--check-compiled", action="store_true",
-                        help="exit 0 if a detectron2 with compiled ops imports, else 1")
-    parser.add_argument("--state", action="store_true",
-                        help="print 'compiled', 'standin' or 'missing' and exit")
+    parser.add_argument(
+        "--check-compiled",
+        action="store_true",
+        help="exit 0 if a detectron2 with compiled ops imports, else 1",
+    )
+    parser.add_argument(
+        "--state", action="store_true", help="print 'compiled', 'standin' or 'missing' and exit"
+    )
     args = parser.parse_args()
 
     state = detectron2_state()
@@ -119,8 +133,10 @@ def main() -> int:
     # Fresh interpreter: this process may have cached a failed import.
     out = subprocess.run([sys.executable, __file__, "--state"], capture_output=True, text=True)
     if out.stdout.strip() != "standin":
-        raise SystemExit(f"[install_detectron2] detectron2 did not install correctly:\n"
-                         f"{out.stdout}{out.stderr}")
+        raise SystemExit(
+            f"[install_detectron2] detectron2 did not install correctly:\n"
+            f"{out.stdout}{out.stderr}"
+        )
     print("[install_detectron2] detectron2 v0.6 installed (Python only, model-zoo configs OK)")
     return 0
 
