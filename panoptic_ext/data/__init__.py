@@ -1,0 +1,1 @@
+"""panoptic_ext.data (filled in by its owner)."""

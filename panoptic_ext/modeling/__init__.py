@@ -1,0 +1,1 @@
+"""panoptic_ext.modeling (filled in by its owner)."""
