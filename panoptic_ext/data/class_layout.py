@@ -1,0 +1,186 @@
+"""How a panoptic dataset's categories map to Panoptic FPN's instance and semantic labels.
+
+Three numberings meet here:
+- dataset ids: the category ids of the annotation files (COCO: 1..200, Cityscapes: 7..33);
+- record ids: the ids in detectron2's dataset records (``segments_info[i]["category_id"]``),
+  i.e. the values of the metadata's ``thing/stuff_dataset_id_to_contiguous_id``;
+- model labels: instance classes ``0..T-1`` and semantic labels, either "merged"
+  (0 = all things, ``1..S`` = stuff; detectron2's layout) or "all" (``0..T-1`` = things in
+  instance-class order, ``T..T+S-1`` = stuff).
+
+Panoptic outputs use detectron2's convention: a thing segment's ``category_id`` is its instance
+class, a stuff segment's is its merged semantic label ``1..S``.
+"""
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, Dict, Sequence, Tuple
+
+__all__ = ["PanopticClassLayout", "SEM_SEG_THINGS_MODES"]
+
+SEM_SEG_THINGS_MODES = ("merged", "all")
+
+
+@dataclass(frozen=True)
+class PanopticClassLayout:
+    """
+    Attributes:
+        thing_record_ids (tuple[int]): record id of each instance class ``k``.
+        stuff_record_ids (tuple[int]): record id of each stuff class ``j`` (merged label 1 + j).
+        thing_dataset_ids (tuple[int]): dataset id of each instance class.
+        stuff_dataset_ids (tuple[int]): dataset id of each stuff class.
+        thing_names (tuple[str]): names of the thing classes.
+        stuff_names (tuple[str]): names of the stuff classes (without "things").
+        sem_seg_things (str): "merged" or "all".
+        ignore_label (int): semantic label of void pixels.
+    """
+
+    thing_record_ids: Tuple[int, ...]
+    stuff_record_ids: Tuple[int, ...]
+    thing_dataset_ids: Tuple[int, ...]
+    stuff_dataset_ids: Tuple[int, ...]
+    thing_names: Tuple[str, ...]
+    stuff_names: Tuple[str, ...]
+    sem_seg_things: str = "merged"
+    ignore_label: int = 255
+
+    def __post_init__(self):
+        if self.sem_seg_things not in SEM_SEG_THINGS_MODES:
+            raise ValueError(
+                f"MODEL.PANOPTIC_EXT.SEM_SEG_THINGS must be one of {SEM_SEG_THINGS_MODES}, "
+                f"got {self.sem_seg_things!r}"
+            )
+        overlap = set(self.thing_record_ids) & set(self.stuff_record_ids)
+        if overlap:
+            raise ValueError(f"category ids {sorted(overlap)} are both thing and stuff classes")
+        if len(self.thing_record_ids) != len(self.thing_dataset_ids) or len(
+            self.stuff_record_ids
+        ) != len(self.stuff_dataset_ids):
+            raise ValueError("record ids and dataset ids must have the same length")
+
+    # ---- sizes -------------------------------------------------------------------------------
+    @property
+    def num_thing_classes(self) -> int:
+        """T: ROI_HEADS.NUM_CLASSES."""
+        return len(self.thing_record_ids)
+
+    @property
+    def num_stuff_classes(self) -> int:
+        """S: stuff classes, without the merged 'things' class."""
+        return len(self.stuff_record_ids)
+
+    @property
+    def num_sem_seg_classes(self) -> int:
+        """SEM_SEG_HEAD.NUM_CLASSES: S + 1 ("merged") or T + S ("all")."""
+        if self.sem_seg_things == "merged":
+            return self.num_stuff_classes + 1
+        return self.num_thing_classes + self.num_stuff_classes
+
+    # ---- record ids -> model labels ----------------------------------------------------------
+    def instance_class(self, record_id: int) -> int:
+        """Instance class of a thing record id (KeyError if it is not a thing)."""
+        return self._thing_index[record_id]
+
+    def is_thing(self, record_id: int) -> bool:
+        return record_id in self._thing_index
+
+    def sem_seg_label(self, record_id: int) -> int:
+        """Semantic label of a record id, in this layout's mode."""
+        if record_id in self._thing_index:
+            k = self._thing_index[record_id]
+            return 0 if self.sem_seg_things == "merged" else k
+        if record_id in self._stuff_index:
+            j = self._stuff_index[record_id]
+            return 1 + j if self.sem_seg_things == "merged" else self.num_thing_classes + j
+        raise KeyError(
+            f"category id {record_id} is neither a thing nor a stuff class of this dataset "
+            f"(things: {list(self.thing_record_ids)}, stuff: {list(self.stuff_record_ids)})"
+        )
+
+    # ---- panoptic outputs -> dataset ids ------------------------------------------------------
+    def dataset_id(self, isthing: bool, category_id: int) -> int:
+        """Dataset category id of a predicted segment (detectron2's segments_info convention)."""
+        if isthing:
+            return self.thing_dataset_ids[category_id]
+        if not 1 <= category_id <= self.num_stuff_classes:
+            raise ValueError(f"stuff category_id must be in [1, {self.num_stuff_classes}]")
+        return self.stuff_dataset_ids[category_id - 1]
+
+    @property
+    def merged_stuff_classes(self) -> Tuple[str, ...]:
+        """Names indexed by merged semantic label, as detectron2's ``stuff_classes``."""
+        return ("things",) + self.stuff_names
+
+    # ---- construction -------------------------------------------------------------------------
+    @cached_property
+    def _thing_index(self) -> Dict[int, int]:
+        return {r: k for k, r in enumerate(self.thing_record_ids)}
+
+    @cached_property
+    def _stuff_index(self) -> Dict[int, int]:
+        return {r: j for j, r in enumerate(self.stuff_record_ids)}
+
+    @classmethod
+    def from_metadata(
+        cls, metadata: Any, sem_seg_things: str = "merged", ignore_label: int = None
+    ) -> "PanopticClassLayout":
+        """
+        Build the layout of a dataset from its detectron2 metadata.
+
+        Works with detectron2's builtin panoptic metadata (COCO "standard": contiguous ids over all
+        133 categories; Cityscapes: train ids), its "separated" COCO metadata (stuff ids 1..53 and
+        an extra "things" class 0) and panoptic_ext's own registrations.
+
+        Args:
+            metadata: a ``MetadataCatalog`` entry with ``thing_dataset_id_to_contiguous_id``,
+                ``stuff_dataset_id_to_contiguous_id``, ``thing_classes``, ``stuff_classes``.
+            sem_seg_things (str): "merged" or "all".
+            ignore_label (int): defaults to ``metadata.ignore_label`` or 255.
+        """
+        for key in ("thing_dataset_id_to_contiguous_id", "thing_classes"):
+            if not hasattr(metadata, key):
+                raise ValueError(
+                    f"dataset {getattr(metadata, 'name', '?')!r} has no metadata {key!r}: "
+                    "register it with panoptic_ext.data.register_panoptic_dataset"
+                )
+        thing_map: Dict[int, int] = dict(metadata.thing_dataset_id_to_contiguous_id)
+        stuff_map: Dict[int, int] = dict(getattr(metadata, "stuff_dataset_id_to_contiguous_id", {}))
+        thing_classes: Sequence[str] = metadata.thing_classes
+        stuff_classes: Sequence[str] = getattr(metadata, "stuff_classes", [])
+
+        things = sorted(thing_map.items(), key=lambda kv: kv[1])
+        thing_values = {v for _, v in things}
+        stuff = sorted(
+            ((d, c) for d, c in stuff_map.items() if d not in thing_map), key=lambda kv: kv[1]
+        )
+        # detectron2's "separated" metadata numbers stuff 1..53 with an extra class "things"
+        # (dataset id 0 -> 0); its stuff values overlap the thing values, which is fine there
+        # because records of that kind carry stuff in a semantic PNG, not in segments_info.
+        if stuff_classes and stuff and stuff[0][1] == 0 and stuff_classes[0] == "things":
+            stuff = stuff[1:]
+        separated = bool(thing_values & {c for _, c in stuff})
+
+        def _name(names: Sequence[str], index: int, fallback: str) -> str:
+            return names[index] if 0 <= index < len(names) else fallback
+
+        if separated:
+            thing_names = tuple(_name(thing_classes, c, str(d)) for d, c in things)
+            thing_record_ids = tuple(range(len(things)))
+            stuff_record_ids = tuple(-(1 + j) for j in range(len(stuff)))  # not in records
+        else:
+            thing_names = tuple(_name(thing_classes, c, str(d)) for d, c in things)
+            thing_record_ids = tuple(c for _, c in things)
+            stuff_record_ids = tuple(c for _, c in stuff)
+        stuff_names = tuple(_name(stuff_classes, c, str(d)) for d, c in stuff)
+        if ignore_label is None:
+            ignore_label = getattr(metadata, "ignore_label", 255)
+        return cls(
+            thing_record_ids=thing_record_ids,
+            stuff_record_ids=stuff_record_ids,
+            thing_dataset_ids=tuple(d for d, _ in things),
+            stuff_dataset_ids=tuple(d for d, _ in stuff),
+            thing_names=thing_names,
+            stuff_names=stuff_names,
+            sem_seg_things=sem_seg_things,
+            ignore_label=int(ignore_label),
+        )
