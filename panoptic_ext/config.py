@@ -68,3 +68,5 @@ def add_panoptic_ext_config(cfg: CN) -> None:
     _C.MODEL.PANOPTIC_EXT.SOLVER = CN()
     # "SGD" (detectron2's) or "AdamW"; both read SOLVER.BASE_LR, WEIGHT_DECAY, MOMENTUM (SGD).
     _C.MODEL.PANOPTIC_EXT.SOLVER.OPTIMIZER = "SGD"
+    # AdamW's (beta1, beta2).
+    _C.MODEL.PANOPTIC_EXT.SOLVER.BETAS = (0.9, 0.999)
