@@ -1,0 +1,37 @@
+"""The one entry point that starts (possibly distributed) jobs, to extend in one place."""
+
+from typing import Any, Callable, Optional, Sequence
+
+from detectron2.engine import launch as d2_launch
+
+__all__ = ["launch"]
+
+
+def launch(
+    main_func: Callable[..., Any],
+    num_gpus_per_machine: int,
+    num_machines: int = 1,
+    machine_rank: int = 0,
+    dist_url: Optional[str] = None,
+    args: Sequence[Any] = (),
+) -> None:
+    """
+    Run ``main_func(*args)`` in one process, or in ``num_gpus_per_machine`` processes per machine
+    with ``torch.distributed`` set up (detectron2's ``launch``).
+
+    Args:
+        main_func (callable): the job.
+        num_gpus_per_machine (int): processes per machine (detectron2 v0.6 needs one GPU each).
+        num_machines (int): machines taking part.
+        machine_rank (int): rank of this machine.
+        dist_url (str): rendezvous URL such as "tcp://127.0.0.1:50152", or "auto".
+        args (tuple): arguments of ``main_func``.
+    """
+    d2_launch(
+        main_func,
+        num_gpus_per_machine,
+        num_machines=num_machines,
+        machine_rank=machine_rank,
+        dist_url=dist_url,
+        args=tuple(args),
+    )

@@ -1,0 +1,227 @@
+"""Panoptic predictions on image files: visualization, raw segment-id PNG and segments JSON."""
+
+import glob
+import json
+import logging
+import os
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from detectron2.config import CfgNode
+from detectron2.data import MetadataCatalog
+from detectron2.data.catalog import Metadata
+from detectron2.data.detection_utils import read_image
+from detectron2.engine import DefaultPredictor
+from detectron2.utils.visualizer import Visualizer
+from PIL import Image
+
+from ..data.class_layout import PanopticClassLayout
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "class_layout_for_cfg",
+    "collect_images",
+    "id2rgb",
+    "save_panoptic_prediction",
+    "visualization_metadata",
+    "predict_images",
+]
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def collect_images(inputs: Sequence[str]) -> List[str]:
+    """
+    Expand image files, directories (their image files, sorted) and glob patterns into a list of
+    image paths, in the given order.
+
+    Raises:
+        FileNotFoundError: if an input matches nothing, or no image at all is found.
+    """
+    paths: List[str] = []
+    for item in inputs:
+        if os.path.isdir(item):
+            found = sorted(
+                os.path.join(item, name)
+                for name in os.listdir(item)
+                if name.lower().endswith(IMAGE_EXTENSIONS)
+            )
+        elif os.path.isfile(item):
+            found = [item]
+        else:
+            found = sorted(glob.glob(os.path.expanduser(item)))
+        if not found:
+            raise FileNotFoundError(f"--input {item!r}: no such image file or directory")
+        paths.extend(found)
+    return paths
+
+
+def id2rgb(id_map: np.ndarray) -> np.ndarray:
+    """Encode segment ids as RGB (``id = R + 256 G + 256^2 B``, the COCO panoptic format)."""
+    id_map = id_map.astype(np.int64)
+    rgb = np.zeros(id_map.shape + (3,), dtype=np.uint8)
+    for channel in range(3):
+        rgb[..., channel] = id_map % 256
+        id_map = id_map // 256
+    return rgb
+
+
+def class_layout_for_cfg(cfg: CfgNode) -> PanopticClassLayout:
+    """
+    The class layout of the model of ``cfg``: from the metadata of ``DATASETS.TEST[0]`` when it
+    is a registered panoptic dataset, otherwise generic names ("thing0", "stuff0", ...) sized by
+    ``ROI_HEADS.NUM_CLASSES`` and ``SEM_SEG_HEAD.NUM_CLASSES``.
+    """
+    sem_seg_things = cfg.MODEL.PANOPTIC_EXT.SEM_SEG_THINGS
+    if len(cfg.DATASETS.TEST):
+        metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0])
+        if hasattr(metadata, "thing_dataset_id_to_contiguous_id"):
+            return PanopticClassLayout.from_metadata(metadata, sem_seg_things)
+    num_things = cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    num_stuff = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES - (
+        1 if sem_seg_things == "merged" else num_things
+    )
+    return PanopticClassLayout(
+        thing_record_ids=tuple(range(num_things)),
+        stuff_record_ids=tuple(range(num_things, num_things + num_stuff)),
+        thing_dataset_ids=tuple(range(num_things)),
+        stuff_dataset_ids=tuple(range(num_things, num_things + num_stuff)),
+        thing_names=tuple(f"thing{k}" for k in range(num_things)),
+        stuff_names=tuple(f"stuff{j}" for j in range(num_stuff)),
+        sem_seg_things=sem_seg_things,
+    )
+
+
+def _colors_by_name(metadata: Any, names_key: str, colors_key: str) -> Dict[str, Any]:
+    names, colors = getattr(metadata, names_key, None), getattr(metadata, colors_key, None)
+    if not names or not colors or len(names) != len(colors):
+        return {}
+    return {name: tuple(color) for name, color in zip(names, colors)}
+
+
+def visualization_metadata(
+    layout: PanopticClassLayout, dataset_metadata: Optional[Any] = None
+) -> Metadata:
+    """
+    Metadata for ``Visualizer.draw_panoptic_seg`` on model outputs: ``thing_classes`` indexed by
+    instance class, ``stuff_classes`` by merged semantic label (0 = "things"), and the dataset's
+    colors, matched by class name, when it has them.
+    """
+    stuff_classes = list(layout.merged_stuff_classes)
+    ret = Metadata(name="panoptic_ext_visualization")
+    ret.thing_classes = list(layout.thing_names)
+    ret.stuff_classes = stuff_classes
+    if dataset_metadata is not None:
+        thing_colors = _colors_by_name(dataset_metadata, "thing_classes", "thing_colors")
+        stuff_colors = _colors_by_name(dataset_metadata, "stuff_classes", "stuff_colors")
+        if all(name in thing_colors for name in layout.thing_names):
+            ret.thing_colors = [thing_colors[name] for name in layout.thing_names]
+        if all(name in stuff_colors for name in layout.stuff_names):
+            # The merged "things" class never shows up as a stuff segment; grey is a placeholder.
+            ret.stuff_colors = [(128, 128, 128)] + [stuff_colors[n] for n in layout.stuff_names]
+    return ret
+
+
+def save_panoptic_prediction(
+    image_rgb: np.ndarray,
+    panoptic_seg: torch.Tensor,
+    segments_info: List[Dict[str, Any]],
+    output_prefix: str,
+    layout: PanopticClassLayout,
+    metadata: Metadata,
+) -> Dict[str, str]:
+    """
+    Write ``<prefix>_panoptic.png`` (visualization), ``<prefix>_panoptic_ids.png`` (segment ids
+    RGB-encoded as in COCO panoptic, 0 = void) and ``<prefix>_segments.json`` (one entry per
+    segment: ``id``, ``isthing``, ``category_id`` in the model's convention, the dataset's
+    ``dataset_category_id``, ``category_name``, ``area`` and, for things, ``score``).
+
+    Returns:
+        dict[str, str]: "visualization", "ids", "segments" -> written paths.
+    """
+    panoptic_seg = panoptic_seg.to("cpu")
+    ids = panoptic_seg.numpy().astype(np.int64)
+    segments = []
+    for info in segments_info:
+        isthing = bool(info["isthing"])
+        category_id = int(info["category_id"])
+        names = layout.thing_names if isthing else layout.merged_stuff_classes
+        entry = {
+            "id": int(info["id"]),
+            "isthing": isthing,
+            "category_id": category_id,
+            "dataset_category_id": int(layout.dataset_id(isthing, category_id)),
+            "category_name": names[category_id],
+            "area": int((ids == info["id"]).sum()),
+        }
+        if "score" in info:
+            entry["score"] = float(info["score"])
+        segments.append(entry)
+
+    visualizer = Visualizer(image_rgb, metadata)
+    vis = visualizer.draw_panoptic_seg(panoptic_seg, segments_info).get_image()
+    paths = {
+        "visualization": output_prefix + "_panoptic.png",
+        "ids": output_prefix + "_panoptic_ids.png",
+        "segments": output_prefix + "_segments.json",
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(output_prefix)), exist_ok=True)
+    Image.fromarray(vis).save(paths["visualization"])
+    Image.fromarray(id2rgb(ids)).save(paths["ids"])
+    with open(paths["segments"], "w") as f:
+        json.dump(
+            {"height": ids.shape[0], "width": ids.shape[1], "segments_info": segments}, f, indent=1
+        )
+    return paths
+
+
+def predict_images(
+    cfg: CfgNode, inputs: Sequence[str], output_dir: str, predictor: Optional[Any] = None
+) -> List[Dict[str, str]]:
+    """
+    Run a ``DefaultPredictor`` (weights from ``cfg.MODEL.WEIGHTS``) on images and save each
+    prediction with :func:`save_panoptic_prediction` as ``output_dir/<image name>_*``.
+
+    Args:
+        cfg (CfgNode): the model's config.
+        inputs (list[str]): image files, directories or glob patterns.
+        output_dir (str): where the outputs go.
+        predictor (callable): BGR image -> model outputs; defaults to ``DefaultPredictor(cfg)``.
+
+    Returns:
+        list[dict]: per image, the written paths and "input".
+    """
+    paths = collect_images(inputs)
+    predictor = predictor or DefaultPredictor(cfg)
+    layout = class_layout_for_cfg(cfg)
+    dataset_metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0]) if cfg.DATASETS.TEST else None
+    metadata = visualization_metadata(layout, dataset_metadata)
+    results, used = [], set()
+    for path in paths:
+        stem = os.path.splitext(os.path.basename(path))[0]
+        name, n = stem, 1
+        while name in used:  # same file name in two input directories
+            name, n = f"{stem}_{n}", n + 1
+        used.add(name)
+        image = read_image(path, format="BGR")
+        outputs = predictor(image)
+        if "panoptic_seg" not in outputs:
+            raise ValueError(
+                f"the model {cfg.MODEL.META_ARCHITECTURE} returned no 'panoptic_seg' output"
+            )
+        panoptic_seg, segments_info = outputs["panoptic_seg"]
+        written = save_panoptic_prediction(
+            image[:, :, ::-1],
+            panoptic_seg,
+            segments_info,
+            os.path.join(output_dir, name),
+            layout,
+            metadata,
+        )
+        written["input"] = path
+        logger.info("%s: %d segments -> %s", path, len(segments_info), written["visualization"])
+        results.append(written)
+    return results
