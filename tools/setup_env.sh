@@ -51,35 +51,51 @@ if "$PYTHON" "$ROOT/tools/install_detectron2.py" --check-compiled >/dev/null 2>&
     log "base interpreter has a compiled detectron2: using it (no torch/detectron2 install)"
 fi
 
-if [ -d "$VENV" ] && ! venv_python_ok; then
-    log "found a broken .venv (interpreter unusable or not Python 3.11): recreating it"
-    rm -rf "$VENV"
-fi
-if [ ! -d "$VENV" ]; then
+create_venv() {
     log "creating $VENV"
     if [ "$USE_SYSTEM_D2" = 1 ]; then
         "$PYTHON" -m venv --system-site-packages "$VENV"
     else
         "$PYTHON" -m venv "$VENV"
     fi
-else
-    log "repairing an incomplete or outdated .venv"
+}
+
+install_all() {
+    local pip=("$VENV/bin/python" -m pip install --disable-pip-version-check
+               -c "$ROOT/constraints.txt")
+    if [ "$USE_SYSTEM_D2" = 0 ]; then
+        log "installing torch and torchvision (from the local wheel cache, ~2 min)"
+        "${pip[@]}" torch==2.14.1 torchvision==0.29.1 wheel || return 1
+    fi
+    log "installing runtime and development requirements"
+    "${pip[@]}" -r "$ROOT/requirements.txt" -r "$ROOT/requirements-dev.txt" || return 1
+    if [ "$USE_SYSTEM_D2" = 0 ]; then
+        "$VENV/bin/python" "$ROOT/tools/install_detectron2.py" \
+            --constraints "$ROOT/constraints.txt" || return 1
+    fi
+    log "installing panoptic_ext (editable)"
+    "${pip[@]}" --no-build-isolation --no-deps -e "$ROOT" || return 1
+    "$VENV/bin/python" -c 'import torch, torchvision, detectron2, panoptic_ext, pytest' || return 1
+}
+
+if [ -d "$VENV" ] && ! venv_python_ok; then
+    log "found a broken .venv (interpreter unusable or not Python 3.11): recreating it"
+    rm -rf "$VENV"
 fi
 rm -f "$STAMP"
-
-PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check -c "$ROOT/constraints.txt")
-if [ "$USE_SYSTEM_D2" = 0 ]; then
-    log "installing torch and torchvision (from the local wheel cache, ~2 min)"
-    "${PIP[@]}" torch==2.14.1 torchvision==0.29.1 wheel
+if [ ! -d "$VENV" ]; then
+    create_venv
+    install_all
+else
+    log "repairing an incomplete or outdated .venv"
+    if ! install_all; then
+        # pip cannot see files damaged inside an installed package: start over, once.
+        log "repair failed: recreating .venv from scratch"
+        rm -rf "$VENV"
+        create_venv
+        install_all
+    fi
 fi
-log "installing runtime and development requirements"
-"${PIP[@]}" -r "$ROOT/requirements.txt" -r "$ROOT/requirements-dev.txt"
-if [ "$USE_SYSTEM_D2" = 0 ]; then
-    "$VENV/bin/python" "$ROOT/tools/install_detectron2.py" --constraints "$ROOT/constraints.txt"
-fi
-log "installing panoptic_ext (editable)"
-"${PIP[@]}" --no-build-isolation --no-deps -e "$ROOT"
 
-"$VENV/bin/python" -c 'import torch, torchvision, detectron2, panoptic_ext, pytest'
 pins_hash >"$STAMP"
 log "done: $("$VENV/bin/python" -c 'import detectron2, torch; print("detectron2", detectron2.__version__, "torch", torch.__version__)')"
