@@ -1,14 +1,41 @@
 """Config set-up shared by ``train_net.py``, ``demo/demo.py``, ``tools/main_job.py`` and tests."""
 
 import argparse
-from typing import Optional, Sequence
+import contextlib
+from typing import Any, Iterator, Optional, Sequence
 
+import detectron2.engine.defaults as d2_defaults
 from detectron2.config import CfgNode, get_cfg
-from detectron2.engine import default_setup
 
+from ..collect_env import collect_env_info
+from ..compat import detectron2_has_compiled_ops
 from ..config import add_panoptic_ext_config
 
-__all__ = ["get_panoptic_cfg", "setup_cfg"]
+__all__ = ["default_setup", "get_panoptic_cfg", "setup_cfg"]
+
+
+@contextlib.contextmanager
+def _panoptic_ext_env_info() -> Iterator[None]:
+    # detectron2's collect_env_info() asks its compiled ops for their compiler version, which
+    # fails without them; panoptic_ext's report says which ops are there instead.
+    original = d2_defaults.collect_env_info
+    d2_defaults.collect_env_info = collect_env_info
+    try:
+        yield
+    finally:
+        d2_defaults.collect_env_info = original
+
+
+def default_setup(cfg: CfgNode, args: Any) -> None:
+    """
+    detectron2's ``default_setup`` (loggers, environment report, ``config.yaml`` backup in
+    OUTPUT_DIR, seeding), also when detectron2 was installed without its compiled ops.
+    """
+    if detectron2_has_compiled_ops():
+        d2_defaults.default_setup(cfg, args)
+        return
+    with _panoptic_ext_env_info():
+        d2_defaults.default_setup(cfg, args)
 
 
 def get_panoptic_cfg(
