@@ -27,3 +27,46 @@ def random_image_batch(sizes, with_targets: bool = False, seed: int = 0):
         image = torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8)
         batch.append({"image": image, "height": h, "width": w})
     return batch
+
+
+def write_coco_panoptic(root, samples, categories, split: str = "train") -> dict:
+    """
+    Write a tiny COCO-panoptic dataset (lossless PNG images) under ``root`` (DATA helper).
+
+    Args:
+        samples: list of ``(image (H, W, 3) uint8 RGB, pan_ids (H, W) int, segments_info)``,
+            segments_info with dataset category ids.
+        categories: COCO panoptic categories (id, name, isthing).
+
+    Returns:
+        dict with image_root, panoptic_root, panoptic_json.
+    """
+    import json
+    import os
+
+    import numpy as np
+    from PIL import Image
+
+    image_root = os.path.join(root, split)
+    panoptic_root = os.path.join(root, f"panoptic_{split}")
+    os.makedirs(image_root, exist_ok=True)
+    os.makedirs(panoptic_root, exist_ok=True)
+    images, annotations = [], []
+    for i, (image, pan_ids, segments_info) in enumerate(samples, start=1):
+        ids = np.asarray(pan_ids, dtype=np.int64)
+        rgb = np.stack([ids % 256, ids // 256 % 256, ids // 65536], axis=-1).astype(np.uint8)
+        Image.fromarray(np.asarray(image, dtype=np.uint8)).save(f"{image_root}/{i:04d}.png")
+        Image.fromarray(rgb).save(f"{panoptic_root}/{i:04d}.png")
+        h, w = ids.shape
+        images.append({"id": i, "file_name": f"{i:04d}.png", "height": h, "width": w})
+        annotations.append(
+            {"image_id": i, "file_name": f"{i:04d}.png", "segments_info": segments_info}
+        )
+    panoptic_json = os.path.join(root, f"panoptic_{split}.json")
+    with open(panoptic_json, "w") as f:
+        json.dump({"images": images, "annotations": annotations, "categories": categories}, f)
+    return {
+        "image_root": image_root,
+        "panoptic_root": panoptic_root,
+        "panoptic_json": panoptic_json,
+    }

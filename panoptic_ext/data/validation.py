@@ -120,7 +120,10 @@ def annotation_problems(
     name = ann.get("file_name", f"annotation of image {ann.get('image_id')!r}")
     problems = []
     if "file_name" not in ann or "segments_info" not in ann:
-        return [f"{source}: {name}: annotation needs 'file_name' and 'segments_info'"]
+        return [
+            f"{source}: {name}: annotation needs 'file_name' and 'segments_info' (is this a COCO "
+            "instances JSON? give the panoptic one)"
+        ]
     if ann.get("image_id") not in images:
         problems.append(f"{source}: {name}: image_id {ann.get('image_id')!r} is not in 'images'")
     category_ids, seen = set(category_ids), set()
