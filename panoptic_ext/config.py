@@ -70,3 +70,8 @@ def add_panoptic_ext_config(cfg: CN) -> None:
     _C.MODEL.PANOPTIC_EXT.SOLVER.OPTIMIZER = "SGD"
     # AdamW's (beta1, beta2).
     _C.MODEL.PANOPTIC_EXT.SOLVER.BETAS = (0.9, 0.999)
+
+    # Checkpoints (panoptic_ext.engine.checkpoint.PanopticCheckpointer).
+    # Load MODEL.WEIGHTS even if some weights do not fit the model (e.g. other class counts),
+    # leaving those layers as initialised; by default such a checkpoint is an error.
+    _C.MODEL.PANOPTIC_EXT.ALLOW_PARTIAL_WEIGHTS = False
