@@ -207,8 +207,9 @@ def render_sample(
                 theta = rng.uniform(0, 2 * np.pi)
                 d = (size + other.size) / 2 * rng.uniform(0.85, 1.0)
                 center = (other.center[0] + d * np.cos(theta), other.center[1] + d * np.sin(theta))
-            mask = _crowd_mask(rng, h, w, center, size) if crowd else None
-            if mask is None:
+            if crowd:
+                mask = _crowd_mask(rng, h, w, center, size)
+            else:
                 mask = _shape_mask(rng, h, w, cat, center, size)
             # every placed thing keeps at least half of its area visible
             if mask.sum() >= min_area and all(
