@@ -5,7 +5,12 @@ Code elsewhere asks these functions instead of checking versions itself.
 
 import functools
 
-__all__ = ["detectron2_has_compiled_ops", "launch_supports_cpu"]
+__all__ = [
+    "detectron2_has_compiled_ops",
+    "launch_supports_cpu",
+    "create_ddp_model",
+    "enable_cpu_ddp",
+]
 
 # Set on the stand-in ``detectron2/_C.py`` written by tools/install_detectron2.py.
 _STANDIN_MARKER = "__panoptic_ext_standin__"
@@ -33,3 +38,37 @@ def launch_supports_cpu() -> bool:
 
     worker = getattr(launch_module, "_distributed_worker", None)
     return worker is not None and "GLOO" in inspect.getsource(worker).upper()
+
+
+def create_ddp_model(model, **kwargs):
+    """
+    detectron2's ``create_ddp_model`` that also wraps a CPU model: detectron2 (v0.6 and main)
+    passes ``device_ids=[local_rank]``, which ``DistributedDataParallel`` rejects for CPU modules.
+    """
+    from detectron2.engine import defaults
+
+    original = getattr(defaults.create_ddp_model, "__wrapped_create_ddp_model__", None)
+    original = original or defaults.create_ddp_model
+    first = next(model.parameters(), None)
+    if "device_ids" not in kwargs and first is not None and first.device.type == "cpu":
+        kwargs["device_ids"] = None
+    return original(model, **kwargs)
+
+
+def enable_cpu_ddp() -> None:
+    """
+    Make ``DefaultTrainer`` (which calls ``detectron2.engine.defaults.create_ddp_model``) work with
+    CPU models in this process. Called by panoptic_ext's CPU launcher in its worker processes only.
+    """
+    from detectron2.engine import defaults
+
+    if getattr(defaults.create_ddp_model, "__wrapped_create_ddp_model__", None) is not None:
+        return
+    original = defaults.create_ddp_model
+
+    def cpu_aware_create_ddp_model(model, **kwargs):
+        return create_ddp_model(model, **kwargs)
+
+    cpu_aware_create_ddp_model.__wrapped_create_ddp_model__ = original
+    cpu_aware_create_ddp_model.__doc__ = create_ddp_model.__doc__
+    defaults.create_ddp_model = cpu_aware_create_ddp_model
