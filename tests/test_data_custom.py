@@ -122,6 +122,8 @@ def test_mapper_on_registered_dataset(dataset):
     cfg.DATASETS.TRAIN = ("no_such_dataset",)
     with pytest.raises(KeyError, match="not registered"):
         PanopticFPNDatasetMapper(cfg, True)
+    cfg.DATASETS.TEST = ("no_such_dataset",)
+    assert PanopticFPNDatasetMapper(cfg, False).layout is None  # inference needs no classes
 
 
 def test_missing_root_is_reported_with_how_to_prepare(dataset, tmp_path):
@@ -140,15 +142,21 @@ def test_missing_root_is_reported_with_how_to_prepare(dataset, tmp_path):
         PanopticFPNDatasetMapper(cfg, True)
 
 
-def test_builtin_coco_without_data_says_how_to_prepare(monkeypatch, tmp_path):
+@pytest.mark.parametrize(
+    "name, classes, hint",
+    [
+        ("coco_2017_train_panoptic", (80, 54), "panoptic_annotations_trainval2017.zip"),
+        ("cityscapes_fine_panoptic_train", (8, 12), "createPanopticImgs"),
+    ],
+)
+def test_builtin_dataset_without_data_says_how_to_prepare(name, classes, hint):
     cfg = get_cfg()
     add_panoptic_ext_config(cfg)
-    cfg.DATASETS.TRAIN = ("coco_2017_train_panoptic",)
-    cfg.MODEL.ROI_HEADS.NUM_CLASSES, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 80, 54
-    root = MetadataCatalog.get("coco_2017_train_panoptic").image_root
-    if os.path.exists(root):
-        pytest.skip("COCO is installed here")
-    with pytest.raises(FileNotFoundError, match="panoptic_annotations_trainval2017.zip"):
+    cfg.DATASETS.TRAIN = (name,)
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = classes
+    if os.path.exists(MetadataCatalog.get(name).image_root):
+        pytest.skip(f"{name} is installed here")
+    with pytest.raises(FileNotFoundError, match=f"{name}.*does not exist.*{hint}"):
         PanopticFPNDatasetMapper(cfg, True)
 
 

@@ -97,24 +97,23 @@ class PanopticFPNDatasetMapper:
     def from_config(cls, cfg, is_train: bool = True, dataset_name: Optional[str] = None):
         """
         Augmentations as detectron2's ``DatasetMapper`` (resize + flip from ``INPUT.*``), with
-        ``INPUT.CROP`` applied after the resize (scale jitter, then crop). The class layout comes
-        from the metadata of ``dataset_name`` (default: ``DATASETS.TRAIN[0]`` / ``TEST[0]``).
+        ``INPUT.CROP`` applied after the resize (scale jitter, then crop). For training, the class
+        layout comes from the metadata of ``dataset_name`` (default: every ``DATASETS.TRAIN``
+        entry, which must agree), and the config's NUM_CLASSES and the datasets' paths are
+        checked.
         """
         augs = utils.build_augmentation(cfg, is_train)
         if is_train and cfg.INPUT.CROP.ENABLED:
             augs.insert(1, T.RandomCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE))
-        names = [dataset_name] if dataset_name else list(cfg.DATASETS.TRAIN if is_train else [])
-        if not is_train and dataset_name is None and len(cfg.DATASETS.TEST):
-            names = [cfg.DATASETS.TEST[0]]
         layout = None
-        if names:
+        if is_train:  # inference needs no classes: any dataset (or none) can be mapped
+            names = [dataset_name] if dataset_name else list(cfg.DATASETS.TRAIN)
+            if not names:
+                raise ValueError("cfg.DATASETS.TRAIN is empty: no dataset to take classes from")
             layouts = [cls._layout(cfg, name) for name in names]
             if any(lay != layouts[0] for lay in layouts[1:]):
                 raise ValueError(f"datasets {names} have different classes; train on one layout")
             layout = layouts[0]
-        if is_train:
-            if layout is None:
-                raise ValueError("cfg.DATASETS.TRAIN is empty: no dataset to take classes from")
             _check_num_classes(cfg, layout, names[0])
             for name in names:
                 check_dataset_paths(name)
