@@ -1,0 +1,294 @@
+"""Panoptic quality (Kirillov et al., 2019) of one image, vectorised with numpy.
+
+The semantics are panopticapi's ``pq_compute_single_core`` (and of its port in cityscapesscripts):
+
+- segment id 0 is VOID; gt pixels whose id is not listed in the gt segments are ignored;
+- a gt and a predicted segment of the same category match when IoU > 0.5, where the predicted
+  segment's pixels on VOID are left out of the union; crowd gt segments never match;
+- the gt segment's area is taken from the gt JSON (``"area"``), a predicted one's from its pixels;
+- an unmatched predicted segment is not a false positive when more than half of its pixels lie
+  on VOID or on the (last listed) crowd gt segment of its category;
+- categories are averaged over those with at least one TP, FP or FN.
+
+Instead of panopticapi's ``np.unique`` over ``gt * OFFSET + pred`` (a sort of every pixel)
+and Python loops over segment pairs, ids are mapped to compact indices with a lookup table and
+all intersections come from one ``np.bincount``; matching works on small (gt x pred) matrices.
+"""
+
+import threading
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+__all__ = [
+    "OFFSET",
+    "VOID",
+    "PQStat",
+    "PanopticFormatError",
+    "rgb2id",
+    "id2rgb",
+    "pq_image",
+    "segment_index_map",
+]
+
+OFFSET = 256 * 256 * 256
+VOID = 0
+
+
+class PanopticFormatError(ValueError):
+    """A panoptic annotation or prediction is inconsistent (names the image)."""
+
+
+def rgb2id(color: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 RGB -> (H, W) int32 segment ids (COCO panoptic encoding)."""
+    color = np.asarray(color)
+    if color.ndim != 3 or color.shape[2] < 3:
+        raise ValueError(f"expected an (H, W, 3) RGB array, got shape {color.shape}")
+    c = color.astype(np.int32, copy=False)
+    return c[..., 0] + (c[..., 1] << 8) + (c[..., 2] << 16)
+
+
+def id2rgb(id_map: np.ndarray) -> np.ndarray:
+    """(H, W) integer segment ids in [0, 2**24) -> (H, W, 3) uint8 RGB."""
+    id_map = np.asarray(id_map)
+    if id_map.size and (id_map.min() < 0 or id_map.max() >= OFFSET):
+        raise ValueError("segment ids must be in [0, 2**24) to be stored as RGB")
+    ids = id_map.astype(np.uint32, copy=False)
+    return np.stack([ids & 255, (ids >> 8) & 255, (ids >> 16) & 255], axis=-1).astype(np.uint8)
+
+
+class PQStat:
+    """
+    Sums of IoU, TP, FP and FN per category, aligned with ``category_ids``.
+
+    Args:
+        category_ids (sequence[int]): the dataset's category ids (the gt JSON's categories).
+    """
+
+    def __init__(self, category_ids: Sequence[int]):
+        self.category_ids = tuple(int(c) for c in category_ids)
+        n = len(self.category_ids)
+        self.iou = np.zeros(n, dtype=np.float64)
+        self.tp = np.zeros(n, dtype=np.int64)
+        self.fp = np.zeros(n, dtype=np.int64)
+        self.fn = np.zeros(n, dtype=np.int64)
+
+    def __iadd__(self, other: "PQStat") -> "PQStat":
+        if other.category_ids != self.category_ids:
+            raise ValueError("cannot add PQStat objects over different categories")
+        self.iou += other.iou
+        self.tp += other.tp
+        self.fp += other.fp
+        self.fn += other.fn
+        return self
+
+    def pq_average(
+        self, categories: Mapping[int, Mapping[str, Any]], isthing: Optional[bool]
+    ) -> Tuple[Dict[str, float], Dict[int, Dict[str, float]]]:
+        """
+        panopticapi's ``PQStat.pq_average``.
+
+        Args:
+            categories (dict): category id -> category dict with ``"isthing"``.
+            isthing (bool or None): True = things only, False = stuff only, None = all.
+
+        Returns:
+            ({"pq", "sq", "rq", "n"}, {category id: {"pq", "sq", "rq"}}). Categories without any
+            TP, FP or FN get zeros and do not count in ``n``; when ``n`` is 0 the averages are
+            0.0 (panopticapi divides by zero).
+        """
+        row = {c: i for i, c in enumerate(self.category_ids)}
+        pq, sq, rq, n = 0.0, 0.0, 0.0, 0
+        per_class = {}
+        for label, info in categories.items():
+            if isthing is not None and (info.get("isthing", 0) == 1) != isthing:
+                continue
+            i = row[label]
+            iou, tp, fp, fn = float(self.iou[i]), int(self.tp[i]), int(self.fp[i]), int(self.fn[i])
+            if tp + fp + fn == 0:
+                per_class[label] = {"pq": 0.0, "sq": 0.0, "rq": 0.0}
+                continue
+            n += 1
+            denominator = tp + 0.5 * fp + 0.5 * fn
+            pq_class, rq_class = iou / denominator, tp / denominator
+            sq_class = iou / tp if tp != 0 else 0.0
+            per_class[label] = {"pq": pq_class, "sq": sq_class, "rq": rq_class}
+            pq, sq, rq = pq + pq_class, sq + sq_class, rq + rq_class
+        if n == 0:
+            return {"pq": 0.0, "sq": 0.0, "rq": 0.0, "n": 0}, per_class
+        return {"pq": pq / n, "sq": sq / n, "rq": rq / n, "n": n}, per_class
+
+    def results(self, categories: Mapping[int, Mapping[str, Any]]) -> Dict[str, Any]:
+        """panopticapi's return value: "All", "Things", "Stuff" and "per_class" (of "All")."""
+        results: Dict[str, Any] = {}
+        for name, isthing in (("All", None), ("Things", True), ("Stuff", False)):
+            results[name], per_class = self.pq_average(categories, isthing)
+            if name == "All":
+                results["per_class"] = per_class
+        return results
+
+
+class _IdIndexer(threading.local):
+    """
+    Maps segment ids to compact indices through a lookup table kept per thread (ids are < 2**24;
+    the table grows to the largest id seen and is cleared after each use).
+    """
+
+    def __init__(self):
+        self.lut = np.zeros(1 << 16, dtype=np.int32)
+
+    def __call__(self, id_map: np.ndarray, segment_ids: np.ndarray, scale: int = 1) -> np.ndarray:
+        """
+        Index map times ``scale``: 0 = id not in ``segment_ids`` (and not VOID), 1 = VOID,
+        2 + i = segment i.
+        """
+        largest = int(id_map.max()) if id_map.size else 0
+        if len(segment_ids):
+            largest = max(largest, int(segment_ids.max()))
+        if largest >= len(self.lut):
+            self.lut = np.zeros(1 << int(largest).bit_length(), dtype=np.int32)
+        lut = self.lut
+        lut[VOID] = scale
+        lut[segment_ids] = np.arange(2, 2 + len(segment_ids), dtype=np.int32) * scale
+        try:
+            return lut[id_map]
+        finally:
+            lut[VOID] = 0
+            lut[segment_ids] = 0
+
+
+_indexer = _IdIndexer()
+
+
+def segment_index_map(id_map: np.ndarray, segment_ids: np.ndarray, scale: int = 1) -> np.ndarray:
+    """
+    (H, W) int32 map of compact segment indices, times ``scale``: 0 = an id not in
+    ``segment_ids`` (and not VOID), 1 = VOID (id 0), 2 + i = ``segment_ids[i]``.
+
+    Args:
+        id_map (ndarray): (H, W) non-negative integer segment ids, < 2**24.
+        segment_ids (ndarray): distinct positive ids.
+        scale (int): multiplier of the indices (to add two maps into one joint index).
+    """
+    return _indexer(id_map, np.asarray(segment_ids, dtype=np.int64), scale)
+
+
+def _segment_ids(segments: Sequence[Mapping[str, Any]], what: str, image: str) -> np.ndarray:
+    ids = np.array([int(s["id"]) for s in segments], dtype=np.int64)
+    if len(ids) and (ids.min() <= VOID or ids.max() >= OFFSET):
+        raise PanopticFormatError(
+            f"{image}: {what} segment ids must be in [1, 2**24) (0 is VOID), got "
+            f"{sorted(set(ids[(ids <= VOID) | (ids >= OFFSET)].tolist()))}"
+        )
+    if len(np.unique(ids)) != len(ids):
+        values, counts = np.unique(ids, return_counts=True)
+        raise PanopticFormatError(
+            f"{image}: duplicated {what} segment ids {values[counts > 1].tolist()}"
+        )
+    return ids
+
+
+def pq_image(
+    gt_ids: np.ndarray,
+    gt_segments: Sequence[Mapping[str, Any]],
+    pred_ids: np.ndarray,
+    pred_segments: Sequence[Mapping[str, Any]],
+    category_ids: Sequence[int],
+    image: str = "image",
+) -> PQStat:
+    """
+    PQ statistics of one image.
+
+    Args:
+        gt_ids (ndarray): (H, W) integer gt segment ids (``rgb2id`` of the gt PNG).
+        gt_segments (list[dict]): the gt ``segments_info`` (``id``, ``category_id``,
+            ``iscrowd``, ``area``; the pixel count is used when ``area`` is absent).
+        pred_ids (ndarray): (H, W) integer predicted segment ids.
+        pred_segments (list[dict]): the predicted ``segments_info`` (``id``, ``category_id``).
+        category_ids (sequence[int]): the dataset's category ids.
+        image (str): how errors name the image (e.g. its id and files).
+
+    Returns:
+        PQStat: this image's statistics.
+
+    Raises:
+        PanopticFormatError: sizes differ, a predicted id is in the PNG but not in
+            ``pred_segments`` or the reverse, a predicted category is unknown, ids repeat.
+    """
+    if gt_ids.shape != pred_ids.shape:
+        raise PanopticFormatError(
+            f"{image}: prediction has size {pred_ids.shape}, ground truth {gt_ids.shape}"
+        )
+    stat = PQStat(category_ids)
+    row_of = {c: i for i, c in enumerate(stat.category_ids)}
+    g_ids = _segment_ids(gt_segments, "ground-truth", image)
+    p_ids = _segment_ids(pred_segments, "predicted", image)
+    num_g, num_p = len(g_ids) + 2, len(p_ids) + 2
+
+    # Intersections of every (gt index, pred index) pair (indices of segment_index_map).
+    joint = segment_index_map(gt_ids, g_ids, scale=num_p)
+    joint += segment_index_map(pred_ids, p_ids)
+    inter = np.bincount(joint.ravel(), minlength=num_g * num_p).reshape(num_g, num_p)
+    pred_area = inter.sum(axis=0)
+    if pred_area[0] > 0:
+        unknown = np.unique(pred_ids[(joint % num_p) == 0])
+        raise PanopticFormatError(
+            f"{image}: segment ids {unknown.tolist()} are in the predicted PNG but not in its "
+            "segments_info"
+        )
+    pred_area = pred_area[2:]
+    if len(p_ids) and pred_area.min() == 0:
+        raise PanopticFormatError(
+            f"{image}: predicted segment ids {p_ids[pred_area == 0].tolist()} are in "
+            "segments_info but not in the PNG"
+        )
+    pred_row = np.array([row_of.get(int(s["category_id"]), -1) for s in pred_segments], np.int64)
+    if len(pred_row) and pred_row.min() < 0:
+        bad = sorted({int(s["category_id"]) for s in pred_segments} - set(row_of))
+        raise PanopticFormatError(f"{image}: predicted segments have unknown category ids {bad}")
+
+    gt_row = np.array([row_of.get(int(s["category_id"]), -1) for s in gt_segments], np.int64)
+    gt_crowd = np.array([s.get("iscrowd", 0) == 1 for s in gt_segments], dtype=bool)
+    gt_area = np.array(
+        [s.get("area", a) for s, a in zip(gt_segments, inter[2:].sum(axis=1))], dtype=np.float64
+    )
+    void_inter = inter[1, 2:]
+    pair_inter = inter[2:, 2:]
+
+    # Matching: same category (pred categories are known, so gt_row >= 0), gt not crowd.
+    candidate = (gt_row[:, None] == pred_row[None, :]) & ~gt_crowd[:, None] & (pair_inter > 0)
+    gi, pj = np.nonzero(candidate)
+    union = pred_area[pj] + gt_area[gi] - pair_inter[gi, pj] - void_inter[pj]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = pair_inter[gi, pj] / union
+    ok = iou > 0.5
+    gi, pj, iou = gi[ok], pj[ok], iou[ok]
+    n_cat = len(stat.category_ids)
+    stat.tp += np.bincount(gt_row[gi], minlength=n_cat)
+    stat.iou += np.bincount(gt_row[gi], weights=iou, minlength=n_cat)
+
+    gt_matched = np.zeros(len(g_ids), dtype=bool)
+    gt_matched[gi] = True
+    fn = ~gt_matched & ~gt_crowd & (gt_row >= 0)
+    stat.fn += np.bincount(gt_row[fn], minlength=n_cat)
+
+    # Unmatched predictions are false positives unless mostly on VOID or on the crowd region
+    # of their category (panopticapi keeps the last crowd segment listed per category).
+    crowd_of_row = {}
+    for i in np.nonzero(gt_crowd)[0]:
+        crowd_of_row[int(gt_row[i])] = int(i)
+    pred_matched = np.zeros(len(p_ids), dtype=bool)
+    pred_matched[pj] = True
+    ignored = void_inter.astype(np.float64)
+    if crowd_of_row:
+        crowd_index = np.array([crowd_of_row.get(int(r), -1) for r in pred_row], np.int64)
+        has_crowd = crowd_index >= 0
+        ignored[has_crowd] += pair_inter[crowd_index[has_crowd], np.nonzero(has_crowd)[0]]
+    fp = ~pred_matched & ~(ignored / np.maximum(pred_area, 1) > 0.5)
+    stat.fp += np.bincount(pred_row[fp], minlength=n_cat)
+    return stat
+
+
+def categories_by_id(categories: List[Mapping[str, Any]]) -> Dict[int, Mapping[str, Any]]:
+    """The ``categories`` list of a COCO panoptic JSON as {id: category} (its order kept)."""
+    return {int(c["id"]): c for c in categories}
