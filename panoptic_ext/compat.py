@@ -4,12 +4,14 @@ Code elsewhere asks these functions instead of checking versions itself.
 """
 
 import functools
+from collections.abc import Sequence
 
 __all__ = [
     "detectron2_has_compiled_ops",
     "launch_supports_cpu",
     "create_ddp_model",
     "enable_cpu_ddp",
+    "fix_map_dataset_retry",
 ]
 
 # Set on the stand-in ``detectron2/_C.py`` written by tools/install_detectron2.py.
@@ -72,3 +74,52 @@ def enable_cpu_ddp() -> None:
     cpu_aware_create_ddp_model.__wrapped_create_ddp_model__ = original
     cpu_aware_create_ddp_model.__doc__ = create_ddp_model.__doc__
     defaults.create_ddp_model = cpu_aware_create_ddp_model
+
+
+class _IndexPool(Sequence):
+    """A set of ints that ``random.sample`` accepts (Python 3.11 refuses sets): O(1) add/discard."""
+
+    def __init__(self, items):
+        self._items = list(dict.fromkeys(items))
+        self._pos = {x: i for i, x in enumerate(self._items)}
+
+    def __len__(self):
+        return len(self._items)
+
+    def __getitem__(self, i):
+        return self._items[i]
+
+    def __contains__(self, x):
+        return x in self._pos
+
+    def add(self, x):
+        if x not in self._pos:
+            self._pos[x] = len(self._items)
+            self._items.append(x)
+
+    def discard(self, x):
+        i = self._pos.pop(x, None)
+        if i is None:
+            return
+        last = self._items.pop()
+        if i < len(self._items):  # move the last item into the hole
+            self._items[i] = last
+            self._pos[last] = i
+
+
+def fix_map_dataset_retry(dataset) -> bool:
+    """
+    detectron2's ``MapDataset`` (v0.6 and main) retries a record whose mapper returned None with
+    ``random.sample(a_set, k=1)``, which raises TypeError on Python >= 3.11; so skipping a bad
+    record crashes the loader. Replace the set by an equivalent sequence, in place.
+
+    Returns:
+        bool: whether ``dataset`` was such a ``MapDataset`` and is now fixed.
+    """
+    from detectron2.data.common import MapDataset
+
+    pool = getattr(dataset, "_fallback_candidates", None)
+    if not isinstance(dataset, MapDataset) or not isinstance(pool, (set, frozenset)):
+        return False
+    dataset._fallback_candidates = _IndexPool(sorted(pool))
+    return True

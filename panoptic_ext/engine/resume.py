@@ -27,7 +27,15 @@ from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 from torch.utils.data import Sampler
 
-__all__ = ["ResumableSampler", "ResumeState", "make_resumable", "find_resumable_sampler"]
+from ..compat import fix_map_dataset_retry
+
+__all__ = [
+    "ResumableSampler",
+    "ResumeState",
+    "make_resumable",
+    "find_resumable_sampler",
+    "prepare_train_loader",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +91,19 @@ def make_resumable(data_loader: Any) -> Any:
     if not isinstance(sampler, ResumableSampler):
         setattr(parent, attr, ResumableSampler(sampler))
     return data_loader
+
+
+def prepare_train_loader(data_loader: Any) -> Any:
+    """
+    Make a loader built by detectron2's ``build_detection_train_loader`` resumable
+    (:func:`make_resumable`) and able to skip records (a mapper returning None, as
+    ``PanopticFPNDatasetMapper`` does with ``ON_BAD_RECORD "skip"``) on Python >= 3.11
+    (:func:`panoptic_ext.compat.fix_map_dataset_retry`). In place; returns the loader.
+    """
+    found = _find(data_loader)
+    if found is not None:
+        fix_map_dataset_retry(getattr(found[0], "dataset", None))
+    return make_resumable(data_loader)
 
 
 def find_resumable_sampler(data_loader: Any) -> Optional[ResumableSampler]:
