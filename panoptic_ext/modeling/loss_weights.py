@@ -1,0 +1,268 @@
+"""
+Loss-weight schedules: lambda_i (instance losses) and lambda_s (semantic loss) per iteration.
+
+Panoptic FPN's loss is ``lambda_i * (L_cls + L_box + L_mask) + lambda_s * L_sem`` (+ the RPN
+losses, scaled by lambda_i only when ``MODEL.PANOPTIC_EXT.LOSS_WEIGHTS.SCALE_RPN`` is true). The
+paper and detectron2 use constant weights (1.0, 0.5); the schedules here also vary them over
+training or learn them.
+"""
+
+import math
+from typing import Dict, List, NamedTuple, Sequence, Union
+
+import torch
+from detectron2.config import configurable
+from detectron2.utils.registry import Registry
+from torch import nn
+
+__all__ = [
+    "LOSS_WEIGHT_SCHEDULE_REGISTRY",
+    "LossWeights",
+    "LossWeightSchedule",
+    "ConstantLossWeights",
+    "LinearWarmupLossWeights",
+    "StepLossWeights",
+    "CosineLossWeights",
+    "LearnedLossWeights",
+    "build_loss_weight_schedule",
+]
+
+LOSS_WEIGHT_SCHEDULE_REGISTRY = Registry("LOSS_WEIGHT_SCHEDULE")
+LOSS_WEIGHT_SCHEDULE_REGISTRY.__doc__ = """
+Registry for loss-weight schedules, selected by ``MODEL.PANOPTIC_EXT.LOSS_WEIGHTS.NAME``.
+
+A schedule is an ``nn.Module`` (a :class:`LossWeightSchedule`) built as ``cls(cfg)``:
+
+* ``schedule(iteration: int) -> LossWeights(instance, semantic)``: lambda_i and lambda_s for that
+  training iteration (floats, or scalar tensors that carry gradients for learned weights);
+* ``schedule.extra_losses() -> dict[str, Tensor]``: terms added to the loss dict (the learned
+  schedule's regularizer), ``{}`` for the others.
+
+Parameters of a schedule (only the learned one has some) are trained with the model and saved in
+its checkpoints.
+"""
+
+Weight = Union[float, torch.Tensor]
+
+
+class LossWeights(NamedTuple):
+    """The loss weights in force: lambda_i for the instance losses, lambda_s for the semantic."""
+
+    instance: Weight
+    semantic: Weight
+
+
+def _register(name: str):
+    """Register a schedule under a short YAML name (fvcore's register() uses the class name)."""
+
+    def deco(cls):
+        LOSS_WEIGHT_SCHEDULE_REGISTRY._do_register(name, cls)
+        return cls
+
+    return deco
+
+
+class LossWeightSchedule(nn.Module):
+    """Base class: subclasses implement :meth:`forward`; no parameters unless learned."""
+
+    def forward(self, iteration: int) -> LossWeights:
+        raise NotImplementedError
+
+    def extra_losses(self) -> Dict[str, torch.Tensor]:
+        """Loss terms of the schedule itself (added to the model's loss dict)."""
+        return {}
+
+
+@_register("constant")
+class ConstantLossWeights(LossWeightSchedule):
+    """lambda_i and lambda_s fixed (the paper and detectron2: 1.0 and 0.5)."""
+
+    @configurable
+    def __init__(self, *, instance: float = 1.0, semantic: float = 0.5):
+        super().__init__()
+        self.weights = LossWeights(float(instance), float(semantic))
+
+    @classmethod
+    def from_config(cls, cfg) -> dict:
+        lw = cfg.MODEL.PANOPTIC_EXT.LOSS_WEIGHTS
+        return {"instance": lw.INSTANCE, "semantic": lw.SEMANTIC}
+
+    def forward(self, iteration: int) -> LossWeights:
+        return self.weights
+
+
+def _interpolate(start: Sequence[float], end: Sequence[float], t: float) -> LossWeights:
+    return LossWeights(*(float(a + (b - a) * t) for a, b in zip(start, end)))
+
+
+@_register("linear_warmup")
+class LinearWarmupLossWeights(LossWeightSchedule):
+    """Linear from (start_instance, start_semantic) at iteration 0 to (instance, semantic) at
+    ``warmup_iters``, constant afterwards."""
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        start_instance: float,
+        start_semantic: float,
+        instance: float,
+        semantic: float,
+        warmup_iters: int,
+    ):
+        super().__init__()
+        if warmup_iters < 0:
+            raise ValueError(
+                f"MODEL.PANOPTIC_EXT.LOSS_WEIGHTS.WARMUP_ITERS must be >= 0, got {warmup_iters}"
+            )
+        self.start = (float(start_instance), float(start_semantic))
+        self.end = (float(instance), float(semantic))
+        self.warmup_iters = int(warmup_iters)
+
+    @classmethod
+    def from_config(cls, cfg) -> dict:
+        lw = cfg.MODEL.PANOPTIC_EXT.LOSS_WEIGHTS
+        return {
+            "start_instance": lw.START_INSTANCE,
+            "start_semantic": lw.START_SEMANTIC,
+            "instance": lw.INSTANCE,
+            "semantic": lw.SEMANTIC,
+            "warmup_iters": lw.WARMUP_ITERS,
+        }
+
+    def forward(self, iteration: int) -> LossWeights:
+        if iteration >= self.warmup_iters:
+            return LossWeights(*self.end)
+        return _interpolate(self.start, self.end, iteration / self.warmup_iters)
+
+
+@_register("cosine")
+class CosineLossWeights(LossWeightSchedule):
+    """Half-cosine from (start_instance, start_semantic) at iteration 0 to (instance, semantic)
+    at ``max_iter``, constant afterwards."""
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        start_instance: float,
+        start_semantic: float,
+        instance: float,
+        semantic: float,
+        max_iter: int,
+    ):
+        super().__init__()
+        if max_iter <= 0:
+            raise ValueError(
+                "MODEL.PANOPTIC_EXT.LOSS_WEIGHTS.MAX_ITER (or SOLVER.MAX_ITER when it is 0) must "
+                f"be > 0 for the cosine schedule, got {max_iter}"
+            )
+        self.start = (float(start_instance), float(start_semantic))
+        self.end = (float(instance), float(semantic))
+        self.max_iter = int(max_iter)
+
+    @classmethod
+    def from_config(cls, cfg) -> dict:
+        lw = cfg.MODEL.PANOPTIC_EXT.LOSS_WEIGHTS
+        return {
+            "start_instance": lw.START_INSTANCE,
+            "start_semantic": lw.START_SEMANTIC,
+            "instance": lw.INSTANCE,
+            "semantic": lw.SEMANTIC,
+            "max_iter": lw.MAX_ITER or cfg.SOLVER.MAX_ITER,
+        }
+
+    def forward(self, iteration: int) -> LossWeights:
+        progress = min(max(iteration, 0), self.max_iter) / self.max_iter
+        return _interpolate(self.start, self.end, 0.5 * (1.0 - math.cos(math.pi * progress)))
+
+
+@_register("step")
+class StepLossWeights(LossWeightSchedule):
+    """(instance, semantic), multiplied by ``factors[j]`` = [instance_factor, semantic_factor]
+    from iteration ``steps[j]`` on (cumulatively, like the learning-rate steps)."""
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        instance: float,
+        semantic: float,
+        steps: Sequence[int],
+        factors: Sequence[Sequence[float]],
+    ):
+        super().__init__()
+        if len(steps) != len(factors) or any(len(f) != 2 for f in factors):
+            raise ValueError(
+                "MODEL.PANOPTIC_EXT.LOSS_WEIGHTS.FACTORS must hold one [instance_factor, "
+                f"semantic_factor] pair per entry of STEPS; got STEPS={list(steps)}, "
+                f"FACTORS={[list(f) for f in factors]}"
+            )
+        if list(steps) != sorted(steps):
+            raise ValueError(f"MODEL.PANOPTIC_EXT.LOSS_WEIGHTS.STEPS must increase, got {steps}")
+        self.base = (float(instance), float(semantic))
+        self.steps: List[int] = [int(s) for s in steps]
+        self.factors = [(float(a), float(b)) for a, b in factors]
+
+    @classmethod
+    def from_config(cls, cfg) -> dict:
+        lw = cfg.MODEL.PANOPTIC_EXT.LOSS_WEIGHTS
+        return {
+            "instance": lw.INSTANCE,
+            "semantic": lw.SEMANTIC,
+            "steps": lw.STEPS,
+            "factors": lw.FACTORS,
+        }
+
+    def forward(self, iteration: int) -> LossWeights:
+        instance, semantic = self.base
+        for step, (fi, fs) in zip(self.steps, self.factors):
+            if iteration >= step:
+                instance, semantic = instance * fi, semantic * fs
+        return LossWeights(instance, semantic)
+
+
+@_register("learned")
+class LearnedLossWeights(LossWeightSchedule):
+    """
+    Homoscedastic-uncertainty weighting (Kendall, Gal & Cipolla, CVPR 2018): each task t has a
+    learned log-variance s_t; its loss is weighted by lambda_t = exp(-s_t) and the regularizer
+    ``loss_uncertainty = s_i + s_s`` keeps the weights from collapsing to 0. s_t starts at
+    -log(initial weight) (``INSTANCE`` / ``SEMANTIC``) and is trained with the model (it is a
+    parameter, hence in checkpoints as ``loss_weight_schedule.log_variances``).
+    """
+
+    @configurable
+    def __init__(self, *, instance: float = 1.0, semantic: float = 0.5):
+        super().__init__()
+        if instance <= 0 or semantic <= 0:
+            raise ValueError(
+                "The learned schedule starts from MODEL.PANOPTIC_EXT.LOSS_WEIGHTS.INSTANCE and "
+                f"SEMANTIC, which must be > 0; got {instance} and {semantic}"
+            )
+        init = torch.tensor([-math.log(instance), -math.log(semantic)], dtype=torch.float32)
+        self.log_variances = nn.Parameter(init)
+
+    @classmethod
+    def from_config(cls, cfg) -> dict:
+        lw = cfg.MODEL.PANOPTIC_EXT.LOSS_WEIGHTS
+        return {"instance": lw.INSTANCE, "semantic": lw.SEMANTIC}
+
+    def forward(self, iteration: int) -> LossWeights:
+        weights = torch.exp(-self.log_variances)
+        return LossWeights(weights[0], weights[1])
+
+    def extra_losses(self) -> Dict[str, torch.Tensor]:
+        return {"loss_uncertainty": self.log_variances.sum()}
+
+
+def build_loss_weight_schedule(cfg) -> LossWeightSchedule:
+    """Build the schedule named by ``cfg.MODEL.PANOPTIC_EXT.LOSS_WEIGHTS.NAME``."""
+    name = cfg.MODEL.PANOPTIC_EXT.LOSS_WEIGHTS.NAME
+    if name not in LOSS_WEIGHT_SCHEDULE_REGISTRY:
+        known = sorted(n for n, _ in LOSS_WEIGHT_SCHEDULE_REGISTRY)
+        raise ValueError(
+            f"MODEL.PANOPTIC_EXT.LOSS_WEIGHTS.NAME={name!r} is not a registered loss-weight "
+            f"schedule; known: {known}"
+        )
+    return LOSS_WEIGHT_SCHEDULE_REGISTRY.get(name)(cfg)
