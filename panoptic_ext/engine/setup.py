@@ -6,6 +6,8 @@ from typing import Any, Iterator, Optional, Sequence
 
 import detectron2.engine.defaults as d2_defaults
 from detectron2.config import CfgNode, get_cfg
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from ..collect_env import collect_env_info
 from ..compat import detectron2_has_compiled_ops
@@ -29,13 +31,16 @@ def _panoptic_ext_env_info() -> Iterator[None]:
 def default_setup(cfg: CfgNode, args: Any) -> None:
     """
     detectron2's ``default_setup`` (loggers, environment report, ``config.yaml`` backup in
-    OUTPUT_DIR, seeding), also when detectron2 was installed without its compiled ops.
+    OUTPUT_DIR, seeding), also when detectron2 was installed without its compiled ops, and a
+    logger for panoptic_ext's own messages.
     """
     if detectron2_has_compiled_ops():
         d2_defaults.default_setup(cfg, args)
-        return
-    with _panoptic_ext_env_info():
-        d2_defaults.default_setup(cfg, args)
+    else:
+        with _panoptic_ext_env_info():
+            d2_defaults.default_setup(cfg, args)
+    # detectron2 sets up its own loggers (and fvcore's) only.
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="panoptic_ext")
 
 
 def get_panoptic_cfg(

@@ -1,0 +1,73 @@
+"""``Trainer``: detectron2's ``DefaultTrainer`` with panoptic_ext's data, evaluators, optimizers."""
+
+import logging
+import os
+from typing import Optional
+
+from detectron2.config import CfgNode
+from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.engine import DefaultTrainer
+from detectron2.evaluation import DatasetEvaluator, DatasetEvaluators
+
+from ..data.mapper import PanopticFPNDatasetMapper
+from ..evaluation import build_panoptic_evaluators
+from .solver import build_optimizer
+
+__all__ = ["Trainer"]
+
+logger = logging.getLogger(__name__)
+
+
+class Trainer(DefaultTrainer):
+    """
+    detectron2's ``DefaultTrainer`` (checkpoints, TensorBoard events and ``metrics.json`` in
+    OUTPUT_DIR, evaluation every TEST.EVAL_PERIOD iterations and after the last one) with:
+
+    - ``PanopticFPNDatasetMapper`` for the train and test loaders;
+    - evaluators picked by the dataset's ``evaluator_type``
+      (:func:`panoptic_ext.evaluation.build_panoptic_evaluators`);
+    - the optimizer named by ``MODEL.PANOPTIC_EXT.SOLVER.OPTIMIZER``.
+    """
+
+    @classmethod
+    def build_train_loader(cls, cfg: CfgNode):
+        return build_detection_train_loader(cfg, mapper=PanopticFPNDatasetMapper(cfg, True))
+
+    @classmethod
+    def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
+        return build_detection_test_loader(
+            cfg, dataset_name, mapper=PanopticFPNDatasetMapper(cfg, False)
+        )
+
+    @classmethod
+    def build_evaluator(
+        cls, cfg: CfgNode, dataset_name: str, output_folder: Optional[str] = None
+    ) -> DatasetEvaluator:
+        """
+        The evaluators of ``dataset_name``'s ``evaluator_type``; their files go to
+        ``output_folder`` (default ``OUTPUT_DIR/inference/<dataset_name>``).
+        """
+        if output_folder is None:
+            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        evaluators = build_panoptic_evaluators(cfg, dataset_name, output_folder)
+        if isinstance(evaluators, DatasetEvaluator):
+            return evaluators
+        if not evaluators:
+            # DefaultTrainer.test skips a dataset whose build_evaluator raises this.
+            raise NotImplementedError(f"no evaluator for dataset {dataset_name!r}")
+        return evaluators[0] if len(evaluators) == 1 else DatasetEvaluators(list(evaluators))
+
+    @classmethod
+    def build_optimizer(cls, cfg: CfgNode, model):
+        return build_optimizer(cfg, model)
+
+    def train(self):
+        """
+        Run training.
+
+        Returns:
+            OrderedDict or None: the results of the last evaluation, if there was one.
+        """
+        super().train()
+        # DefaultTrainer only returns them when TEST.EXPECTED_RESULTS is set.
+        return getattr(self, "_last_eval_results", None)
