@@ -75,3 +75,8 @@ def add_panoptic_ext_config(cfg: CN) -> None:
     # Load MODEL.WEIGHTS even if some weights do not fit the model (e.g. other class counts),
     # leaving those layers as initialised; by default such a checkpoint is an error.
     _C.MODEL.PANOPTIC_EXT.ALLOW_PARTIAL_WEIGHTS = False
+
+    # Evaluation (panoptic_ext.evaluation.build_panoptic_evaluators) of panoptic datasets.
+    _C.MODEL.PANOPTIC_EXT.EVAL = CN()
+    # Metrics to compute: "panoptic_seg" (PQ), "sem_seg" (mIoU), "instances" (COCO AP).
+    _C.MODEL.PANOPTIC_EXT.EVAL.TASKS = ["panoptic_seg", "sem_seg", "instances"]
