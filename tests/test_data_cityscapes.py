@@ -3,16 +3,14 @@ through detectron2's builtin registration and our mapper, and a few training ite
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from detectron2 import model_zoo
 from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_train_loader
 from detectron2.data.datasets.cityscapes_panoptic import register_all_cityscapes_panoptic
-from detectron2.modeling import META_ARCH_REGISTRY, build_model
+from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 from PIL import Image
 
@@ -93,26 +91,15 @@ def cityscapes_root(tmp_path_factory):
     register(os.getenv("DETECTRON2_DATASETS", "datasets"))
 
 
-def _cfg(tmp_path):
-    """Our Cityscapes config; until the COCO base it extends exists, on detectron2's own."""
-    config = CONFIG
-    if not (CONFIG.parent / "COCO-PanopticSegmentation/Base-Panoptic-FPN.yaml").exists():
-        # TODO: drop this fallback once configs/COCO-PanopticSegmentation/ is written
-        base = model_zoo.get_config_file("COCO-PanopticSegmentation/Base-Panoptic-FPN.yaml")
-        config = tmp_path / "configs" / CONFIG.name
-        shutil.copytree(CONFIG, config)
-        (tmp_path / "configs/COCO-PanopticSegmentation").mkdir()
-        rcnn = str(Path(base).parents[1] / "Base-RCNN-FPN.yaml")
-        text = Path(base).read_text().replace("../Base-RCNN-FPN.yaml", rcnn)
-        (tmp_path / "configs/COCO-PanopticSegmentation/Base-Panoptic-FPN.yaml").write_text(text)
+def _cfg():
     cfg = get_model_zoo_cfg()
-    cfg.merge_from_file(str(config / "panoptic_fpn_R_50_cityscapes.yaml"))
+    cfg.merge_from_file(str(CONFIG / "panoptic_fpn_R_50_cityscapes.yaml"))
     cfg.MODEL.WEIGHTS = ""
     return cfg
 
 
-def test_config_is_the_papers_setting(tmp_path):
-    cfg = _cfg(tmp_path)
+def test_config_is_the_papers_setting():
+    cfg = _cfg()
     assert (cfg.SOLVER.IMS_PER_BATCH, cfg.SOLVER.BASE_LR, cfg.SOLVER.MAX_ITER) == (32, 0.01, 65000)
     assert tuple(cfg.SOLVER.STEPS) == (40000, 55000)
     assert cfg.INPUT.CROP.ENABLED and cfg.INPUT.CROP.TYPE == "absolute"
@@ -156,10 +143,8 @@ def test_targets_match_cityscapesscripts_outputs(cityscapes_root, mode):
         assert np.array_equal(masks, np.stack([inst_ids == i for i in things]))
 
 
-def test_few_training_iterations(cityscapes_root, tmp_path):
-    cfg = _cfg(tmp_path)
-    if "PanopticFPNExt" not in META_ARCH_REGISTRY:  # TODO: drop once the MODEL helper's lands
-        cfg.MODEL.META_ARCHITECTURE = "PanopticFPN"
+def test_few_training_iterations(cityscapes_root):
+    cfg = _cfg()
     cfg.INPUT.MIN_SIZE_TRAIN = (64, 96, 128, 192, 256)  # 0.5x-2x of the fake 128x256 images
     cfg.INPUT.MAX_SIZE_TRAIN = 512
     cfg.INPUT.CROP.SIZE = (64, 128)
@@ -173,6 +158,7 @@ def test_few_training_iterations(cityscapes_root, tmp_path):
     loader = iter(build_detection_train_loader(cfg, mapper=mapper))
     torch.manual_seed(0)
     model = build_model(cfg)
+    assert type(model).__name__ == "PanopticFPNExt"
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.SOLVER.BASE_LR, momentum=0.9)
     with EventStorage():
