@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 LINT_PATHS := $(wildcard panoptic_ext tests tools benchmarks demo train_net.py setup.py)
 
-.PHONY: setup train test lint format bench clean-venv
+.PHONY: setup train test test-slow lint format bench clean-venv
 
 setup:
 	bash tools/setup_env.sh
@@ -13,6 +13,9 @@ train: setup
 
 test: setup lint
 	$(PY) -m pytest tests -q
+
+test-slow: setup
+	$(PY) -m pytest tests -q --runslow
 
 lint: setup
 	$(PY) -m ruff check $(LINT_PATHS)
