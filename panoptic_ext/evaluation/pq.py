@@ -183,8 +183,20 @@ def pq_compute(
 
     Returns:
         dict: {"All", "Things", "Stuff": {"pq", "sq", "rq", "n"}, "per_class": {category id:
-        {"pq", "sq", "rq"}}}, scores as fractions.
+        {"pq", "sq", "rq"}}}, scores as fractions. Unlike panopticapi, a group without any
+        category (e.g. no stuff) gets zeros instead of a ZeroDivisionError.
     """
+    return _pq_compute_files(gt_json_file, pred_json_file, gt_folder, pred_folder, num_workers)[0]
+
+
+def _pq_compute_files(
+    gt_json_file: str,
+    pred_json_file: str,
+    gt_folder: Optional[str],
+    pred_folder: Optional[str],
+    num_workers: Optional[int],
+) -> Tuple[Dict[str, Any], Dict[int, Mapping[str, Any]]]:
+    """pq_compute, also returning the categories (for tables)."""
     start = time.perf_counter()
     gt_json = _load_json(gt_json_file, "ground-truth")
     pred_json = _load_json(pred_json_file, "prediction")
@@ -211,7 +223,7 @@ def pq_compute(
         time.perf_counter() - start,
         format_pq_table(results, categories),
     )
-    return results
+    return results, categories
 
 
 def format_pq_table(
@@ -264,18 +276,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     start = time.perf_counter()
     try:
-        results = pq_compute(
-            args.gt_json,
-            args.pred_json,
-            gt_folder=args.gt_folder,
-            pred_folder=args.pred_folder,
-            num_workers=args.workers,
+        results, categories = _pq_compute_files(
+            args.gt_json, args.pred_json, args.gt_folder, args.pred_folder, args.workers
         )
     except (OSError, ValueError) as e:
         print(f"panoptic-pq: error: {e}", file=sys.stderr)
         return 1
-    with open(args.gt_json) as f:
-        categories = categories_by_id(json.load(f)["categories"])
     print(format_pq_table(results, categories, per_class=args.per_class))
     print("Time elapsed: {:0.2f} seconds".format(time.perf_counter() - start))
     if args.output:
