@@ -108,6 +108,15 @@ class TestHandComputed:
         # sky: pred 8 (2 px) on gt 2 (4 px): IoU 0.5 -> FP + FN.
         assert (stat.tp[3], stat.fp[3], stat.fn[3]) == (0, 1, 1)
 
+    def test_only_the_last_crowd_segment_of_a_class_counts(self):
+        # panopticapi keeps one crowd segment per category: the last one listed.
+        gt = [[4, 4, 4, 4], [6, 6, 6, 6], [9, 9, 9, 9]]
+        gt_segments = [seg(4, 1, 4, iscrowd=1), seg(6, 1, 4, iscrowd=1), seg(9, 21, 4)]
+        pred = [[5, 5, 5, 5], [7, 7, 7, 7], [8, 8, 8, 8]]
+        stat, _ = per_class(gt, gt_segments, pred, [seg(5, 1), seg(7, 1), seg(8, 21)])
+        assert (stat.tp[0], stat.fp[0], stat.fn[0]) == (0, 1, 0)  # pred 5 on the first crowd
+        assert (stat.tp[2], stat.fp[2], stat.fn[2]) == (1, 0, 0)
+
     def test_void_swallows_false_positive_and_leaves_union(self):
         gt = [[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 0, 0], [2, 2, 2, 2]]
         # pred 5 covers gt 1 plus 4 VOID px: IoU = 4 / (8 + 4 - 4 - 4) = 1.
