@@ -12,6 +12,7 @@ from detectron2.utils.logger import setup_logger
 from ..collect_env import collect_env_info
 from ..compat import detectron2_has_compiled_ops
 from ..config import add_panoptic_ext_config
+from .config_check import check_config, merge_config
 
 __all__ = ["default_setup", "get_panoptic_cfg", "setup_cfg"]
 
@@ -56,18 +57,15 @@ def get_panoptic_cfg(
     """
     cfg = get_cfg()
     add_panoptic_ext_config(cfg)
-    if config_file:
-        cfg.merge_from_file(config_file)
-    if opts:
-        cfg.merge_from_list(list(opts))
-    return cfg
+    # yacs' merges, with errors naming the file or override, the key and the value
+    return merge_config(cfg, config_file, opts)
 
 
 def setup_cfg(args: argparse.Namespace, *, log: bool = True) -> CfgNode:
     """
-    The frozen config of a ``train_net.py`` run: ``args.config_file`` + ``args.opts``, then
-    detectron2's ``default_setup`` (loggers, environment info, ``config.yaml`` backup in
-    OUTPUT_DIR, seeding).
+    The frozen config of a ``train_net.py`` run: ``args.config_file`` + ``args.opts``, checked
+    (:func:`~panoptic_ext.engine.config_check.check_config`), then detectron2's
+    ``default_setup`` (loggers, environment info, ``config.yaml`` backup in OUTPUT_DIR, seeding).
 
     Args:
         args (argparse.Namespace): parsed by detectron2's ``default_argument_parser``.
@@ -75,6 +73,7 @@ def setup_cfg(args: argparse.Namespace, *, log: bool = True) -> CfgNode:
     """
     cfg = get_panoptic_cfg(args.config_file, args.opts)
     cfg.freeze()
+    check_config(cfg)  # bad choices and class counts fail here, before any model is built
     if log:
         default_setup(cfg, args)
     return cfg
