@@ -1,0 +1,231 @@
+"""
+End-to-end inference: panoptic_ext's ``PanopticFPNExt`` vs detectron2's ``PanopticFPN``, same
+weights, same images, side by side; identical panoptic outputs asserted; peak memory of each in
+its own process.
+
+    python benchmarks/bench_inference.py [--quick] [--size 800x1216] [--repeats 3]
+"""
+
+import argparse
+import os
+import sys
+import tempfile
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from common import (
+    build_with_weights,
+    calibrated_state_dict,
+    current_rss_mb,
+    emit_worker_result,
+    inference_inputs,
+    make_row,
+    median,
+    ours_cfg,
+    panoptic_outputs_equal,
+    peak_rss_mb,
+    reference_cfg,
+    reset_peak_rss,
+    run_worker,
+    time_interleaved,
+)
+
+REFERENCE = "detectron2 PanopticFPN"
+TARGET = 0.8
+# Variants: name -> (model, outputs read). panoptic_ext's outputs are computed when read
+# (PanopticOutputs), so "ours" reads every output detectron2 returns (sem_seg logits, instances,
+# panoptic_seg) and "ours_panoptic" only panoptic_seg, which is all a panoptic user needs.
+VARIANTS: Dict[str, Tuple[str, Tuple[str, ...]]] = {
+    "d2": ("d2", ("sem_seg", "instances", "panoptic_seg")),
+    "ours": ("ours", ("sem_seg", "instances", "panoptic_seg")),
+    "ours_panoptic": ("ours", ("panoptic_seg",)),
+}
+LABELS = {"ours": "all outputs", "ours_panoptic": "panoptic only"}
+DEFAULT_SIZE = (800, 1216)
+QUICK_SIZE = (200, 256)
+
+
+def build_models(
+    state_dict,
+    names: Sequence[str] = ("d2", "ours"),
+    detections_per_image: int = 100,
+    tiny: bool = False,
+) -> Dict[str, torch.nn.Module]:
+    """
+    detectron2's PanopticFPN ("d2") and/or ours ("ours") with the shared weights, keeping at
+    most ``detections_per_image`` (``tiny``: the smoke-test model).
+    """
+    cfgs = {"d2": lambda: reference_cfg(tiny=tiny), "ours": lambda: ours_cfg(tiny=tiny)}
+    models = {name: build_with_weights(cfgs[name](), state_dict) for name in names}
+    for model in models.values():
+        model.roi_heads.box_predictor.test_topk_per_image = detections_per_image
+    return models
+
+
+def infer(model: torch.nn.Module, inputs: List[Dict[str, Any]], keys: Sequence[str]) -> List:
+    """Run inference and read the outputs ``keys`` (which computes lazy ones)."""
+    with torch.no_grad():
+        outputs = model(inputs)
+        for out in outputs:
+            for key in keys:
+                out[key]
+    return outputs
+
+
+def variant_callables(
+    models: Dict[str, torch.nn.Module], inputs: List[Dict[str, Any]], names: Sequence[str]
+) -> Dict[str, Callable[[], List]]:
+    def make(name):
+        model_name, keys = VARIANTS[name]
+        return lambda: infer(models[model_name], inputs, keys)
+
+    return {name: make(name) for name in names}
+
+
+def outputs_identical(ours: List, reference: List) -> Dict[str, Optional[str]]:
+    """What differs between ours and detectron2's outputs, per output (None = identical)."""
+    diffs: Dict[str, Optional[str]] = {"panoptic_seg": panoptic_outputs_equal(ours, reference)}
+    sem, inst = None, None
+    for i, (a, b) in enumerate(zip(ours, reference)):
+        if sem is None and not torch.equal(a["sem_seg"], b["sem_seg"]):
+            sem = f"image {i}: sem_seg logits differ"
+        ia, ib = a["instances"], b["instances"]
+        if inst is None and not (
+            len(ia) == len(ib)
+            and torch.equal(ia.pred_boxes.tensor, ib.pred_boxes.tensor)
+            and torch.equal(ia.scores, ib.scores)
+            and torch.equal(ia.pred_classes, ib.pred_classes)
+            and torch.equal(ia.pred_masks, ib.pred_masks)
+        ):
+            inst = f"image {i}: instances differ"
+    diffs.update(sem_seg=sem, instances=inst)
+    return diffs
+
+
+def _worker(variant: str, weights: str, height: int, width: int, tiny: bool) -> None:
+    """Build one variant in this fresh process, run one inference, report time and memory."""
+    import time
+
+    state_dict = torch.load(weights, map_location="cpu")
+    models = build_models(state_dict, [VARIANTS[variant][0]], tiny=tiny)
+    del state_dict
+    inputs = inference_inputs([(height, width)])
+    call = variant_callables(models, inputs, [variant])[variant]
+    before = current_rss_mb()
+    reset_peak_rss()
+    start = time.perf_counter()
+    call()
+    elapsed = time.perf_counter() - start
+    peak = peak_rss_mb()
+    emit_worker_result(
+        {"peak_rss_mb": peak, "rss_before_mb": before, "delta_mb": peak - before, "s": elapsed}
+    )
+
+
+def measure_memory(
+    state_dict, size: Tuple[int, int], tiny: bool = False
+) -> Dict[str, Dict[str, float]]:
+    """Peak RSS of one inference per variant, each in a fresh process."""
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = os.path.join(tmp, "weights.pth")
+        torch.save(state_dict, weights)
+        args = ["--weights", weights, "--size", f"{size[0]}x{size[1]}"]
+        args += ["--quick"] if tiny else []
+        return {
+            name: run_worker("bench_inference.py", ["--variant", name, *args]) for name in VARIANTS
+        }
+
+
+def run(
+    quick: bool = False,
+    size: Optional[Tuple[int, int]] = None,
+    repeats: Optional[int] = None,
+    memory: bool = True,
+) -> List[Dict[str, Any]]:
+    """
+    Time detectron2's PanopticFPN and ours (both output modes) on one image, interleaved.
+
+    Args:
+        quick (bool): tiny model and image, one repeat (smoke test).
+        size (tuple): (H, W) of the image; default 800x1216 (256x384 when quick).
+        repeats (int): timed rounds (default 3, 1 when quick), after one warm-up round.
+        memory (bool): also measure each variant's peak RSS in its own process.
+    """
+    size = size or (QUICK_SIZE if quick else DEFAULT_SIZE)
+    repeats = repeats or (1 if quick else 3)
+    state_dict = calibrated_state_dict(tiny=quick)
+    models = build_models(state_dict, tiny=quick)
+    inputs = inference_inputs([size])
+    calls = variant_callables(models, inputs, list(VARIANTS))
+    # The first run of each is the warm-up, and gives the outputs compared.
+    reference = calls["d2"]()
+    diffs = outputs_identical(calls["ours"](), reference)
+    calls["ours_panoptic"]()
+    things = sum(s["isthing"] for r in reference for s in r["panoptic_seg"][1])
+    del reference
+
+    times = time_interleaved(calls, repeats, warmup=0)
+    del models, calls
+    mem = measure_memory(state_dict, size, tiny=quick) if memory else {}
+    ref_s = median(times["d2"])
+    workload = (
+        f"{'tiny R18' if quick else 'R50'}-FPN, 1 image {size[0]}x{size[1]}, "
+        f"{things} thing segments"
+    )
+    rows = []
+    for name, label in LABELS.items():
+        keys = VARIANTS[name][1]
+        extra: Dict[str, Any] = {
+            "variant": label,
+            "identical": diffs["panoptic_seg"] is None,
+            "identical_outputs": ",".join(k for k in diffs if diffs[k] is None and k in keys),
+        }
+        different = [diffs[k] for k in keys if diffs[k] is not None]
+        if different:
+            extra["difference"] = "; ".join(different)
+        if mem:
+            extra.update(
+                ours_peak_rss_mb=round(mem[name]["peak_rss_mb"], 1),
+                reference_peak_rss_mb=round(mem["d2"]["peak_rss_mb"], 1),
+                ours_inference_mem_mb=round(mem[name]["delta_mb"], 1),
+                reference_inference_mem_mb=round(mem["d2"]["delta_mb"], 1),
+            )
+        rows.append(
+            make_row(
+                "inference",
+                f"{workload} ({label})",
+                repeats,
+                REFERENCE,
+                ours_s=median(times[name]),
+                reference_s=ref_s,
+                target=TARGET,
+                **extra,
+            )
+        )
+    return rows
+
+
+def _parse_size(text: str) -> Tuple[int, int]:
+    h, w = text.lower().split("x")
+    return int(h), int(w)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--size", type=_parse_size, default=None, help="HxW")
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--variant", choices=list(VARIANTS), help=argparse.SUPPRESS)
+    parser.add_argument("--weights", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        _worker(args.variant, args.weights, *args.size, tiny=args.quick)
+        return
+    from run_all import print_table
+
+    print_table(run(args.quick, args.size, args.repeats))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
