@@ -4,11 +4,11 @@ import argparse
 import logging
 from typing import Optional, Sequence
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
+from .checkpoint import PanopticCheckpointer
 from .setup import setup_cfg
 from .trainer import Trainer
 
@@ -34,9 +34,11 @@ def main(args: argparse.Namespace):
     cfg = setup_cfg(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume
-        )
+        PanopticCheckpointer(
+            model,
+            save_dir=cfg.OUTPUT_DIR,
+            allow_partial=cfg.MODEL.PANOPTIC_EXT.ALLOW_PARTIAL_WEIGHTS,
+        ).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         results = Trainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, results)
