@@ -2,7 +2,7 @@
 
 import logging
 import os
-from typing import Optional
+from typing import Any, Dict, Optional
 
 from detectron2.config import CfgNode
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
@@ -60,6 +60,19 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_optimizer(cls, cfg: CfgNode, model):
         return build_optimizer(cfg, model)
+
+    def state_dict(self) -> Dict[str, Any]:
+        ret = super().state_dict()
+        # detectron2 v0.6 leaves out the SimpleTrainer's state, i.e. the optimizer's, so
+        # --resume would restart AdamW's moments / SGD's momentum (detectron2 main saves it).
+        if "_trainer" not in ret:
+            ret["_trainer"] = self._trainer.state_dict()
+        return ret
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)  # detectron2 main also loads "_trainer": idempotent
+        if "_trainer" in state_dict:
+            self._trainer.load_state_dict(state_dict["_trainer"])
 
     def train(self):
         """

@@ -1,0 +1,169 @@
+"""Engine utilities: optimizers, the progress hook, training curves, predictor outputs."""
+
+import json
+import os
+import re
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from detectron2.utils.events import EventStorage
+from PIL import Image
+
+from panoptic_ext.data import PanopticClassLayout, metadata_from_categories, rgb_to_id
+from panoptic_ext.engine import (
+    ProgressHook,
+    build_optimizer,
+    collect_images,
+    get_panoptic_cfg,
+    plot_training_curves,
+    read_metrics,
+)
+from panoptic_ext.engine.predict import id2rgb, visualization_metadata
+
+
+class _Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(2, 3, 1)
+        self.norm = torch.nn.BatchNorm2d(3)
+
+
+def _solver_cfg(optimizer="AdamW", clip_type=None):
+    cfg = get_panoptic_cfg()
+    cfg.MODEL.PANOPTIC_EXT.SOLVER.OPTIMIZER = optimizer
+    cfg.SOLVER.BASE_LR = 0.5
+    cfg.SOLVER.WEIGHT_DECAY = 0.01
+    cfg.SOLVER.WEIGHT_DECAY_NORM = 0.0
+    cfg.SOLVER.MOMENTUM = 0.0
+    if clip_type:
+        cfg.SOLVER.CLIP_GRADIENTS.ENABLED = True
+        cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = clip_type
+        cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 1.0
+    return cfg
+
+
+def test_adamw_param_groups():
+    model = _Net()
+    opt = build_optimizer(_solver_cfg("AdamW"), model)
+    assert isinstance(opt, torch.optim.AdamW)
+    decay = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    assert decay[id(model.conv.weight)] == 0.01
+    assert decay[id(model.norm.weight)] == 0.0  # SOLVER.WEIGHT_DECAY_NORM
+    assert all(g["lr"] == 0.5 for g in opt.param_groups)
+
+
+def test_sgd_is_detectron2s():
+    opt = build_optimizer(_solver_cfg("SGD"), _Net())
+    assert type(opt) is torch.optim.SGD
+
+
+def test_full_model_gradient_clipping():
+    cfg = _solver_cfg("SGD", clip_type="full_model")
+    cfg.SOLVER.WEIGHT_DECAY = 0.0
+    model = _Net()
+    opt = build_optimizer(cfg, model)
+    params = [p for g in opt.param_groups for p in g["params"]]
+    before = [p.detach().clone() for p in params]
+    for p in params:
+        p.grad = torch.full_like(p, 3.0)
+    joint_norm = 3.0 * sum(p.numel() for p in params) ** 0.5
+    opt.step()
+    for p, b in zip(params, before):
+        # lr 0.5, gradient scaled to joint norm 1 (not per parameter)
+        torch.testing.assert_close(p.detach(), b - 0.5 * 3.0 / joint_norm)
+
+
+def test_unknown_optimizer():
+    with pytest.raises(ValueError, match="MODEL.PANOPTIC_EXT.SOLVER.OPTIMIZER"):
+        build_optimizer(_solver_cfg("Adagrad"), _Net())
+
+
+def test_progress_hook_line(caplog):
+    hook = ProgressHook(period=0.0, bar_width=10)
+    with EventStorage() as storage:
+        hook.trainer = SimpleNamespace(iter=0, max_iter=10, storage=storage)
+        hook.before_train()
+        with caplog.at_level("INFO", logger="panoptic_ext.engine.hooks"):
+            for it in range(3):
+                hook.trainer.iter = storage.iter = it
+                storage.put_scalar("total_loss", 2.0)
+                hook.before_step()
+                hook.after_step()
+    line = caplog.records[-1].getMessage()
+    assert re.match(r"\[###-------\] 3/10 \(30%\) [\d.]+ s/it, elapsed .*, ETA \d+:\d\d:\d\d", line)
+    assert line.endswith("total_loss 2.000")
+
+
+def test_training_curves(tmp_path):
+    path = tmp_path / "metrics.json"
+    rows = [
+        {"iteration": 19, "total_loss": 3.0, "loss_mask": 1.0, "lr": 0.1},
+        {"iteration": 19, "panoptic_seg/PQ": 10.0, "panoptic_seg/PQ_th": 5.0},
+        {"iteration": 39, "total_loss": 2.0, "loss_mask": 0.5},
+        # a resumed run writes iteration 39 again: its values win
+        {"iteration": 39, "total_loss": 1.5, "panoptic_seg/PQ": 20.0, "sem_seg/mIoU": 40.0},
+    ]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n" + '{"iteration": 4')
+    metrics = read_metrics(str(path))
+    assert list(metrics) == [19, 39]
+    assert metrics[39] == {
+        "total_loss": 1.5,
+        "loss_mask": 0.5,
+        "panoptic_seg/PQ": 20.0,
+        "sem_seg/mIoU": 40.0,
+    }
+    assert metrics[19]["panoptic_seg/PQ_th"] == 5.0
+    out = plot_training_curves(str(path), str(tmp_path / "plots" / "curves.png"))
+    image = Image.open(out)
+    assert image.format == "PNG" and image.size[0] > image.size[1] > 100
+
+
+def test_collect_images(tmp_path):
+    for name in ("b.jpg", "a.png", "notes.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "c.JPG").write_bytes(b"x")
+    a, b, c = (str(tmp_path / n) for n in ("a.png", "b.jpg", "sub/c.JPG"))
+    assert collect_images([str(tmp_path)]) == [a, b]
+    assert collect_images([c, str(tmp_path / "*.jpg")]) == [c, b]
+    with pytest.raises(FileNotFoundError, match="missing.jpg"):
+        collect_images([a, str(tmp_path / "missing.jpg")])
+
+
+def test_id2rgb_round_trip():
+    ids = np.array([[0, 1, 255], [256, 70000, 16777215]])
+    rgb = id2rgb(ids)
+    assert rgb.dtype == np.uint8 and rgb.shape == (2, 3, 3)
+    np.testing.assert_array_equal(rgb_to_id(rgb), ids)
+
+
+def test_visualization_metadata_merged_stuff():
+    categories = [
+        {"id": 1, "name": "disc", "isthing": 1, "color": [1, 2, 3]},
+        {"id": 11, "name": "sky", "isthing": 0, "color": [4, 5, 6]},
+        {"id": 12, "name": "ground", "isthing": 0, "color": [7, 8, 9]},
+    ]
+    metadata = SimpleNamespace(**metadata_from_categories(categories))
+    layout = PanopticClassLayout.from_metadata(metadata)
+    vis = visualization_metadata(layout, metadata)
+    assert vis.thing_classes == ["disc"]
+    assert vis.stuff_classes == ["things", "sky", "ground"]  # indexed by merged label
+    assert vis.thing_colors == [(1, 2, 3)]
+    assert vis.stuff_colors[1:] == [(4, 5, 6), (7, 8, 9)]
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        "configs/Synthetic-PanopticSegmentation/panoptic_fpn_R_18_scratch_cpu.yaml",
+        "configs/quick_schedules/panoptic_fpn_R_18_synthetic_instant_test.yaml",
+    ],
+)
+def test_engine_configs_load(config):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cfg = get_panoptic_cfg(os.path.join(root, config))
+    assert cfg.MODEL.META_ARCHITECTURE == "PanopticFPNExt"
+    assert cfg.MODEL.RESNETS.NORM == "BN" and cfg.MODEL.WEIGHTS == ""
+    assert cfg.MODEL.PANOPTIC_EXT.SOLVER.OPTIMIZER == "AdamW"
