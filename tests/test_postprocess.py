@@ -153,8 +153,16 @@ class TestCombinePanoptic(unittest.TestCase):
         high = self.box_mask((6, 8), 2, 6, 2, 6)  # 16 px
         pan, info = self.combine(semantic, [0.6, 0.9], [low, high])
         self.assertEqual([s["instance_id"] for s in info], [1, 0])  # by decreasing score
-        self.assertEqual(info[0], {"id": 1, "isthing": True, "score": info[0]["score"],
-                                   "category_id": 1, "instance_id": 1})  # fmt: skip
+        self.assertEqual(
+            info[0],
+            {
+                "id": 1,
+                "isthing": True,
+                "score": info[0]["score"],
+                "category_id": 1,
+                "instance_id": 1,
+            },
+        )
         self.assertAlmostEqual(info[0]["score"], 0.9, places=6)
         self.assertEqual(int((pan == 1).sum()), 16)
         self.assertEqual(int((pan == 2).sum()), 12)  # only its uncovered pixels
@@ -214,11 +222,11 @@ class TestCombinePanoptic(unittest.TestCase):
 
     def test_bad_shapes(self):
         with self.assertRaises(ValueError):
-            combine_panoptic(torch.zeros(2, 3, 4), torch.zeros(0), torch.zeros(0), None,
-                             **THRESHOLDS)  # fmt: skip
+            combine_panoptic(
+                torch.zeros(2, 3, 4), torch.zeros(0), torch.zeros(0), None, **THRESHOLDS
+            )
         with self.assertRaises(ValueError):
-            combine_panoptic(torch.zeros(3, 4), torch.zeros(2), torch.zeros(3), None,
-                             **THRESHOLDS)  # fmt: skip
+            combine_panoptic(torch.zeros(3, 4), torch.zeros(2), torch.zeros(3), None, **THRESHOLDS)
 
     def test_fold_thing_classes(self):
         labels = torch.tensor([0, 2, 3, 4, 6])
@@ -229,8 +237,13 @@ class TestPasteMask(unittest.TestCase):
     def test_matches_paste_masks_in_image(self):
         g = torch.Generator().manual_seed(0)
         boxes = torch.tensor(
-            [[3.2, 4.7, 40.1, 30.0], [0.0, 0.0, 60.0, 50.0], [55.5, 45.2, 60.0, 50.0],
-             [10.0, 10.0, 10.6, 11.2], [-5.0, 20.0, 20.0, 70.0]]  # fmt: skip
+            [
+                [3.2, 4.7, 40.1, 30.0],
+                [0.0, 0.0, 60.0, 50.0],
+                [55.5, 45.2, 60.0, 50.0],
+                [10.0, 10.0, 10.6, 11.2],
+                [-5.0, 20.0, 20.0, 70.0],
+            ]
         )
         probs = torch.rand(len(boxes), 28, 28, generator=g)
         full = paste_masks_in_image(probs, Boxes(boxes), (50, 60), 0.5)
@@ -305,17 +318,20 @@ class TestPostprocessors(unittest.TestCase):
         self.run_both(logits, instances, (200, 249))
         logits, instances = synthetic_outputs(num_classes=80 + 53, num_dets=20, seed=1)
         fast, ref = self.run_both(
-            logits, instances, (200, 249),
+            logits,
+            instances,
+            (200, 249),
             **{"MODEL.PANOPTIC_EXT.SEM_SEG_THINGS": "all", "MODEL.SEM_SEG_HEAD.NUM_CLASSES": 133},
-        )  # fmt: skip
+        )
         stuff = [s["category_id"] for s in fast["panoptic_seg"][1] if not s["isthing"]]
         self.assertTrue(stuff and all(1 <= c <= 53 for c in stuff))
         self.assertEqual(fast["sem_seg"].shape[0], 133)
 
     def test_outputs_are_lazy_and_optional(self):
         logits, instances = synthetic_outputs()
-        fast = self.build("fast")(logits, instances, stride=4, image_size=(200, 249),
-                                  output_size=(200, 249))  # fmt: skip
+        fast = self.build("fast")(
+            logits, instances, stride=4, image_size=(200, 249), output_size=(200, 249)
+        )
         self.assertIsInstance(fast, PanopticOutputs)
         self.assertIn("instances", fast)
         self.assertEqual(fast._lazy.keys(), {"sem_seg", "instances"})
@@ -323,9 +339,11 @@ class TestPostprocessors(unittest.TestCase):
         self.assertEqual(fast._lazy.keys(), {"sem_seg"})
         fast = self.build(
             "fast",
-            **{"MODEL.PANOPTIC_EXT.POSTPROCESS.RETURN_SEM_SEG": False,
-               "MODEL.PANOPTIC_EXT.POSTPROCESS.RETURN_INSTANCES": False},
-        )(logits, instances, stride=4, image_size=(200, 249), output_size=(200, 249))  # fmt: skip
+            **{
+                "MODEL.PANOPTIC_EXT.POSTPROCESS.RETURN_SEM_SEG": False,
+                "MODEL.PANOPTIC_EXT.POSTPROCESS.RETURN_INSTANCES": False,
+            },
+        )(logits, instances, stride=4, image_size=(200, 249), output_size=(200, 249))
         self.assertEqual(list(fast), ["panoptic_seg"])
         self.assertIsNone(fast.get("sem_seg"))
 

@@ -280,9 +280,17 @@ def _resolve_windows(logits, stride, image_size, rows, cols, win_y, win_x, tol, 
         return
     safe = ~unsafe
     _decide(
-        values[safe], candidates[safe], target[safe], tol, out,
-        logits, stride, image_size, rows, cols,
-    )  # fmt: skip
+        values[safe],
+        candidates[safe],
+        target[safe],
+        tol,
+        out,
+        logits,
+        stride,
+        image_size,
+        rows,
+        cols,
+    )
     every = torch.arange(num_classes, device=out.device).expand(int(unsafe.sum()), -1)
     values = _window_values(
         logits, rows, cols, win_y[unsafe], win_x[unsafe], unit_y[unsafe], unit_x[unsafe], every
@@ -347,9 +355,11 @@ def _exact_labels(logits, may_win, stride, image_size, rows, cols, ys, xs) -> to
         else:
             lo, hi = band
             up = F.interpolate(
-                logits[classes, lo:hi][None], scale_factor=stride, mode="bilinear",
+                logits[classes, lo:hi][None],
+                scale_factor=stride,
+                mode="bilinear",
                 align_corners=False,
-            )[0]  # fmt: skip
+            )[0]
             values = up[:, ys[sel] - lo * step, xs[sel]]
         values = values.masked_fill(~may_win[sel][:, classes].T, float("-inf"))
         result[sel] = classes[values.argmax(dim=0)]
