@@ -22,8 +22,8 @@ from detectron2.utils.file_io import PathManager
 from PIL import Image
 
 from ..data.class_layout import PanopticClassLayout
-from .pq import format_pq_table, read_panoptic_png
 from .pq_core import PQStat, categories_by_id, id2rgb, pq_image
+from .pq_io import format_pq_table, read_panoptic_png
 
 __all__ = ["PanopticQualityEvaluator", "load_panoptic_ground_truth"]
 
