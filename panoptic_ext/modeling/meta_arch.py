@@ -124,8 +124,8 @@ class PanopticFPNExt(GeneralizedRCNN):
         """Apply the schedule's lambda_i / lambda_s and record them in the EventStorage."""
         storage = get_event_storage()
         weights = self.loss_weight_schedule(storage.iter)
-        storage.put_scalar("lambda_instance", float(weights.instance))
-        storage.put_scalar("lambda_semantic", float(weights.semantic))
+        storage.put_scalar("lambda_instance", float(torch.as_tensor(weights.instance).detach()))
+        storage.put_scalar("lambda_semantic", float(torch.as_tensor(weights.semantic).detach()))
         rpn_weight = weights.instance if self.scale_rpn_losses else 1.0
         losses = {k: v * weights.semantic for k, v in sem_seg_losses.items()}
         losses.update({k: v * rpn_weight for k, v in proposal_losses.items()})
