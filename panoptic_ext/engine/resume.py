@@ -22,10 +22,11 @@ import logging
 from typing import Any, Dict, Iterator, Optional
 
 import numpy as np
+import torch
 from detectron2.engine import HookBase
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Sampler
 
 from ..compat import fix_map_dataset_retry
 
@@ -103,7 +104,24 @@ def prepare_train_loader(data_loader: Any) -> Any:
     found = _find(data_loader)
     if found is not None:
         fix_map_dataset_retry(getattr(found[0], "dataset", None))
+    _seed_loader_generators(data_loader)
     return make_resumable(data_loader)
+
+
+def _seed_loader_generators(obj: Any, depth: int = 6) -> None:
+    """
+    A torch ``DataLoader`` draws its base seed from the global torch generator when its iterator
+    starts, i.e. during the first iteration of a run (detectron2 starts the inner loader lazily):
+    after a resume, that draw shifts the random numbers of the first resumed iteration. Draw it
+    now, when the loader is built, into the loader's own generator.
+    """
+    if depth == 0:
+        return
+    if isinstance(obj, DataLoader) and obj.generator is None:
+        seed = int(torch.empty((), dtype=torch.int64).random_().item())
+        obj.generator = torch.Generator().manual_seed(seed)
+    for _, _, child in _children(obj):
+        _seed_loader_generators(child, depth - 1)
 
 
 def find_resumable_sampler(data_loader: Any) -> Optional[ResumableSampler]:

@@ -2,15 +2,20 @@
 
 import logging
 import os
+import weakref
 from typing import Any, Dict, Optional
 
 from detectron2.config import CfgNode
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import DatasetEvaluator, DatasetEvaluators
+from detectron2.utils import comm
 
 from ..data.mapper import PanopticFPNDatasetMapper
 from ..evaluation import build_panoptic_evaluators
+from .checkpoint import PanopticCheckpointer
+from .fault_hooks import NonFiniteLossGuard
+from .resume import ResumeState, prepare_train_loader
 from .solver import build_optimizer
 
 __all__ = ["Trainer"]
@@ -26,12 +31,16 @@ class Trainer(DefaultTrainer):
     - ``PanopticFPNDatasetMapper`` for the train and test loaders;
     - evaluators picked by the dataset's ``evaluator_type``
       (:func:`panoptic_ext.evaluation.build_panoptic_evaluators`);
-    - the optimizer named by ``MODEL.PANOPTIC_EXT.SOLVER.OPTIMIZER``.
+    - the optimizer named by ``MODEL.PANOPTIC_EXT.SOLVER.OPTIMIZER``;
+    - atomic checkpoints and strict loading (:class:`PanopticCheckpointer`), a stop at the first
+      non-finite loss (:class:`NonFiniteLossGuard`), and resuming that repeats an uninterrupted
+      run (:class:`ResumeState`, :func:`prepare_train_loader`, which also lets records be skipped).
     """
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):
-        return build_detection_train_loader(cfg, mapper=PanopticFPNDatasetMapper(cfg, True))
+        loader = build_detection_train_loader(cfg, mapper=PanopticFPNDatasetMapper(cfg, True))
+        return prepare_train_loader(loader)
 
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
@@ -60,6 +69,21 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_optimizer(cls, cfg: CfgNode, model):
         return build_optimizer(cfg, model)
+
+    def build_hooks(self):
+        # Replaces DefaultTrainer's checkpointer before its hooks take it.
+        self.checkpointer = PanopticCheckpointer(
+            self.model,
+            self.cfg.OUTPUT_DIR,
+            allow_partial=self.cfg.MODEL.PANOPTIC_EXT.ALLOW_PARTIAL_WEIGHTS,
+            trainer=weakref.proxy(self),
+        )
+        resume_state = ResumeState(
+            self.cfg.SEED,
+            self.cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size(),
+            self.cfg.DATALOADER.NUM_WORKERS,
+        )
+        return [NonFiniteLossGuard(), resume_state] + super().build_hooks()
 
     def state_dict(self) -> Dict[str, Any]:
         ret = super().state_dict()
