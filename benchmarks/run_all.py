@@ -48,6 +48,7 @@ def _format_value(row: Dict[str, Any], which: str) -> str:
 
 
 _CORE_KEYS = {
+    "suite",
     "benchmark",
     "workload",
     "repeats",
@@ -75,37 +76,31 @@ def _notes(row: Dict[str, Any]) -> str:
 
 
 def table_lines(rows: Sequence[Dict[str, Any]], markdown: bool = False) -> List[str]:
-    """The rows as aligned text (or Markdown) table lines."""
-    header = ["benchmark", "workload", "rep", "ours", "reference", "ref.", "ratio", "target"]
-    header += ["met", "notes"]
+    """
+    The rows as an aligned text table (each row's extra fields on an indented line below it),
+    or as a Markdown table with a notes column.
+    """
+    header = ["benchmark", "workload", "rep", "ours", "reference", "ratio", "target", "met"]
     body = []
     for r in rows:
         target = "-" if r.get("target") is None else f"<= {r['target']:g}x"
         met = {True: "yes", False: "NO", None: "-"}[r.get("met")]
         ratio = "-" if r.get("ratio") is None else f"{r['ratio']:.3f}x"
-        body.append(
-            [
-                r["benchmark"],
-                r["workload"],
-                str(r["repeats"]),
-                _format_value(r, "ours"),
-                r["reference"],
-                _format_value(r, "reference"),
-                ratio,
-                target,
-                met,
-                _notes(r),
-            ]
-        )
+        reference = f"{_format_value(r, 'reference')} ({r['reference']})"
+        cells = [r["benchmark"], r["workload"], str(r["repeats"]), _format_value(r, "ours")]
+        body.append((cells + [reference, ratio, target, met], _notes(r)))
     if markdown:
-        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(c.replace("|", "/") for c in cells) + " |" for cells in body]
+        lines = ["| " + " | ".join(header + ["notes"]) + " |", "|" + "---|" * (len(header) + 1)]
+        for cells, notes in body:
+            lines.append("| " + " | ".join(c.replace("|", "/") for c in cells + [notes]) + " |")
         return lines
-    widths = [max(len(x[i]) for x in [header] + body) for i in range(len(header) - 1)]
-    lines = []
-    for cells in [header] + body:
-        lines.append("  ".join(c.ljust(w) for c, w in zip(cells, widths)) + "  " + cells[-1])
-    lines.insert(1, "-" * min(200, len(lines[0])))
+    widths = [max(len(x[i]) for x in [header] + [c for c, _ in body]) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(header, widths)).rstrip()]
+    lines.append("-" * len(lines[0]))
+    for cells, notes in body:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip())
+        if notes:
+            lines.append("      " + notes)
     return lines
 
 
@@ -157,8 +152,11 @@ def run_benchmarks(
             )
             print(f"   FAILED: {type(e).__name__}: {e}", flush=True)
             continue
+        if not new_rows:
+            errors.append({"benchmark": name, "error": "produced no rows"})
         for r in new_rows:
             r.setdefault("benchmark", name)
+            r["suite"] = name
         rows.extend(new_rows)
         print(f"   {len(new_rows)} rows in {time.perf_counter() - start:.0f} s", flush=True)
     return rows, errors
@@ -168,7 +166,7 @@ def _tb() -> str:
     return "".join(traceback.format_exc().splitlines(keepends=True)[-15:])
 
 
-def _metadata(args: argparse.Namespace, started: float) -> Dict[str, Any]:
+def _metadata(args: argparse.Namespace, names: Sequence[str], started: float) -> Dict[str, Any]:
     import detectron2
 
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
@@ -177,6 +175,7 @@ def _metadata(args: argparse.Namespace, started: float) -> Dict[str, Any]:
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "seconds": round(time.time() - started, 1),
         "quick": args.quick,
+        "benchmarks": list(names),
         "torch": torch.__version__,
         "detectron2": detectron2.__version__,
         "python": platform.python_version(),
@@ -213,12 +212,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     started = time.time()
     rows, errors = run_benchmarks(names, args.quick, {"plot_path": plot})
-    for name in names:
-        if not any(r["benchmark"] == name for r in rows) and not any(
-            e["benchmark"] == name for e in errors
-        ):
-            errors.append({"benchmark": name, "error": "produced no rows"})
-    result = {"meta": _metadata(args, started), "rows": rows, "errors": errors}
+    result = {"meta": _metadata(args, names, started), "rows": rows, "errors": errors}
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     with open(output, "w") as f:
         json.dump(result, f, indent=1)
