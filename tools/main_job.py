@@ -39,6 +39,11 @@ from panoptic_ext.engine import (
     plot_training_curves,
     predict_images,
 )
+from panoptic_ext.engine.predict import (
+    class_layout_for_cfg,
+    record_to_panoptic,
+    visualization_metadata,
+)
 
 DEFAULT_CONFIG = "configs/Synthetic-PanopticSegmentation/panoptic_fpn_R_18_scratch_cpu.yaml"
 logger = logging.getLogger("panoptic_ext.main_job")
@@ -89,14 +94,15 @@ def _visualize_val(cfg: CfgNode, weights: str, num: int, output_dir: str) -> Lis
     cfg.defrost()
     cfg.MODEL.WEIGHTS = weights
     written = predict_images(cfg, [r["file_name"] for r in records], output_dir)
-    metadata = MetadataCatalog.get(dataset_name)
+    layout = class_layout_for_cfg(cfg)
+    metadata = visualization_metadata(layout, MetadataCatalog.get(dataset_name))
     composites = []
     for record, outputs in zip(records, written):
         image = read_image(record["file_name"], format="RGB")
-        gt = Visualizer(image, metadata).draw_dataset_dict(record).get_image()
+        gt = Visualizer(image, metadata).draw_panoptic_seg(*record_to_panoptic(record, layout))
         pred = np.asarray(Image.open(outputs["visualization"]).convert("RGB"))
         path = outputs["visualization"].replace("_panoptic.png", "_pred_vs_gt.png")
-        Image.fromarray(np.concatenate([pred, gt], axis=1)).save(path)
+        Image.fromarray(np.concatenate([pred, gt.get_image()], axis=1)).save(path)
         composites.append(path)
     return composites
 
@@ -134,8 +140,10 @@ def main() -> None:
     if not results:
         raise RuntimeError("training ran no evaluation: is DATASETS.TEST empty?")
     metrics = _final_metrics(results)
-    step_times = trainer.storage.history("time")
-    seconds_per_iter = step_times.global_avg()
+    # detectron2's IterationTimer: step times (data loading included, hooks excluded) after
+    # its warm-up iterations; the progress hook's median for runs too short for that.
+    step_times = trainer.storage.histories().get("time")
+    seconds_per_iter = step_times.global_avg() if step_times else progress.seconds_per_iter
 
     curves = plot_training_curves(
         os.path.join(output_dir, "metrics.json"), os.path.join(output_dir, "training_curves.png")

@@ -57,10 +57,15 @@ class ProgressHook(HookBase):
             self._last_log = now
             logger.info(self.progress_line(done, now))
 
+    @property
+    def seconds_per_iter(self) -> float:
+        """Median duration of the last ``window`` iterations (0 before the first one)."""
+        return statistics.median(self._durations) if self._durations else 0.0
+
     def progress_line(self, done: int, now: float) -> str:
         """The progress line after ``done`` iterations, at time ``now`` (``perf_counter``)."""
         max_iter = self.trainer.max_iter
-        seconds_per_iter = statistics.median(self._durations) if self._durations else 0.0
+        seconds_per_iter = self.seconds_per_iter
         filled = int(self._bar_width * done / max(max_iter, 1))
         bar = "#" * filled + "-" * (self._bar_width - filled)
         line = (

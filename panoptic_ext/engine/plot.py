@@ -65,11 +65,15 @@ def plot_training_curves(metrics_file: str, output_file: str) -> str:
     quality_keys = [k for k in keys if k.rsplit("/", 1)[-1] in _QUALITY_METRICS]
 
     fig, (ax_loss, ax_quality) = plt.subplots(1, 2, figsize=(13, 4.5))
+    positive = True
     for key in loss_keys:
         points = _series(metrics, key)
+        positive = positive and min(v for _, v in points) > 0
         width = 2.0 if key == "total_loss" else 1.0
-        ax_loss.plot(*zip(*points), label=key, linewidth=width)
-    ax_loss.set_yscale("log")
+        marker = "." if len(points) < 20 else None  # a lone point has no line to show
+        ax_loss.plot(*zip(*points), label=key, linewidth=width, marker=marker)
+    # a learned loss weight's regularizer can be negative
+    ax_loss.set_yscale("log" if positive else "linear")
     ax_loss.set_title("training losses")
     for key in quality_keys:
         points = _series(metrics, key)

@@ -1,10 +1,11 @@
 """Panoptic predictions on image files: visualization, raw segment-id PNG and segments JSON."""
 
+import dataclasses
 import glob
 import json
 import logging
 import os
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -17,6 +18,7 @@ from detectron2.utils.visualizer import Visualizer
 from PIL import Image
 
 from ..data.class_layout import PanopticClassLayout
+from ..data.panoptic_targets import rgb_to_id
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -26,6 +28,7 @@ __all__ = [
     "save_panoptic_prediction",
     "visualization_metadata",
     "predict_images",
+    "record_to_panoptic",
 ]
 
 logger = logging.getLogger(__name__)
@@ -123,6 +126,32 @@ def visualization_metadata(
             # The merged "things" class never shows up as a stuff segment; grey is a placeholder.
             ret.stuff_colors = [(128, 128, 128)] + [stuff_colors[n] for n in layout.stuff_names]
     return ret
+
+
+def record_to_panoptic(
+    record: Dict[str, Any], layout: PanopticClassLayout
+) -> Tuple[torch.Tensor, List[Dict[str, Any]]]:
+    """
+    The ground truth of a standard panoptic record (``pan_seg_file_name`` + ``segments_info``)
+    in the model's output convention, e.g. to draw it with ``Visualizer.draw_panoptic_seg`` and
+    :func:`visualization_metadata`: thing segments get their instance class, stuff segments their
+    merged semantic label; crowd segments are left out (drawn as void).
+
+    Returns:
+        (Tensor, list[dict]): (H, W) int32 segment ids and their segments_info.
+    """
+    merged = dataclasses.replace(layout, sem_seg_things="merged")
+    ids = rgb_to_id(np.asarray(Image.open(record["pan_seg_file_name"]).convert("RGB")))
+    segments_info, keep = [], np.zeros(ids.shape, dtype=bool)
+    for seg in record["segments_info"]:
+        if seg.get("iscrowd", 0):
+            continue
+        isthing = merged.is_thing(seg["category_id"])
+        label = (merged.instance_class if isthing else merged.sem_seg_label)(seg["category_id"])
+        segments_info.append({"id": seg["id"], "isthing": isthing, "category_id": label})
+        keep |= ids == seg["id"]
+    ids = np.where(keep, ids, 0)
+    return torch.as_tensor(ids.astype(np.int32)), segments_info
 
 
 def save_panoptic_prediction(
