@@ -27,7 +27,7 @@ import os
 import sys
 import tempfile
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from common import make_row, median
@@ -36,7 +36,7 @@ from panoptic_ext.evaluation import pq_compute
 from panoptic_ext.evaluation.testing import random_panoptic_pair, write_panoptic_files
 
 DEFAULT_SIZES = ((480, 640), (1024, 2048))  # COCO-like and Cityscapes-like
-DEFAULT_IMAGES = {(480, 640): 500, (1024, 2048): 60}
+DEFAULT_IMAGES = {(480, 640): 300, (1024, 2048): 30}
 
 
 def generate(root: str, num_images: int, height: int, width: int, seed: int = 0) -> Tuple[str, ...]:
@@ -177,6 +177,7 @@ def run(
     sizes: Optional[Sequence[Tuple[int, int]]] = None,
     num_images: Optional[int] = None,
     repeats: Optional[int] = None,
+    progress: Optional[Callable[[List[Dict[str, Any]]], None]] = None,
 ) -> List[Dict[str, Any]]:
     """
     The benchmark's rows (see the module docstring).
@@ -184,8 +185,9 @@ def run(
     Args:
         quick (bool): tiny sizes, 1 repeat (smoke test).
         sizes (list[(int, int)]): image sizes; default 480x640 and 1024x2048.
-        num_images (int): pairs per size; default 500 (480x640) and 60 (1024x2048).
+        num_images (int): pairs per size; default 300 (480x640) and 30 (1024x2048).
         repeats (int): timed rounds; default 3 (1 with ``quick``).
+        progress (callable): called with the rows of each size as soon as they are measured.
     """
     if quick:
         sizes = sizes or ((120, 160), (256, 512))
@@ -196,14 +198,20 @@ def run(
     with tempfile.TemporaryDirectory(prefix="bench_pq_") as root:
         for h, w in sizes:
             n = num_images or DEFAULT_IMAGES.get((h, w), 100)
-            rows += bench_size(h, w, n, repeats, root)
+            size_rows = bench_size(h, w, n, repeats, root)
+            if progress:
+                progress(size_rows)
+            rows += size_rows
     return rows
 
 
-def _print_rows(rows: Sequence[Dict[str, Any]]) -> None:
+def _print_header() -> None:
     print(
         f"{'workload':24s} {'reference':78s} {'ours':>9s} {'ref':>9s} {'ratio':>7s} {'target':>6s}"
     )
+
+
+def _print_rows(rows: Sequence[Dict[str, Any]]) -> None:
     for r in rows:
         target = "-" if r["target"] is None else f"{r['target']:g}"
         print(
@@ -217,6 +225,7 @@ def _print_rows(rows: Sequence[Dict[str, Any]]) -> None:
                 f"{r['ratio_1thread']:.3f} (CPU time ratio {r['cpu_ratio_1thread']:.3f}); "
                 f"identical results: {r['identical']}, PQ {r['pq']}"
             )
+    sys.stdout.flush()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -228,8 +237,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--json", help="also write the rows to this JSON file")
     args = parser.parse_args(argv)
     sizes = [tuple(int(v) for v in s.lower().split("x")) for s in args.size] if args.size else None
-    rows = run(quick=args.quick, sizes=sizes, num_images=args.images, repeats=args.repeats)
-    _print_rows(rows)
+    _print_header()
+    rows = run(
+        quick=args.quick,
+        sizes=sizes,
+        num_images=args.images,
+        repeats=args.repeats,
+        progress=_print_rows,
+    )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)
