@@ -143,6 +143,8 @@ class _IdIndexer(threading.local):
         2 + i = segment i.
         """
         largest = int(id_map.max()) if id_map.size else 0
+        if id_map.size and id_map.min() < 0:
+            raise ValueError("segment ids must be non-negative (0 is VOID)")
         if len(segment_ids):
             largest = max(largest, int(segment_ids.max()))
         if largest >= len(self.lut):
