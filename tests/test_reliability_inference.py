@@ -10,7 +10,9 @@ from detectron2.data import DatasetCatalog
 from detectron2.engine import DefaultPredictor
 from PIL import Image
 
+from panoptic_ext.engine.checkpoint import CheckpointError
 from panoptic_ext.engine.image_input import as_bgr_uint8, read_image_bgr
+from panoptic_ext.engine.predictor import PanopticPredictor
 from panoptic_ext.evaluation import PanopticQualityEvaluator
 from tests.reliability_common import register_tiny_synthetic, tiny_cfg, unregister
 
@@ -186,3 +188,26 @@ def test_zero_detections_with_stuff_is_scored(names):
         assert len(o["instances"]) == 0
     pq = results["panoptic_seg"]
     assert pq["PQ_th"] == 0.0 and 0.0 <= pq["PQ"] <= 100.0 and np.isfinite(pq["PQ_st"])
+
+
+def test_panoptic_predictor_takes_any_array_and_loads_strictly(names, predictor, tmp_path):
+    gray = _rgb(40, 30)[:, :, 0]
+    with pytest.raises(ValueError, match="axes don't match"):  # detectron2's DefaultPredictor
+        predictor(gray)
+    torch.save({"model": predictor.model.state_dict()}, tmp_path / "model.pth")
+    strict = PanopticPredictor(_cfg(names, **{"MODEL.WEIGHTS": str(tmp_path / "model.pth")}))
+    _check_panoptic(strict(gray), 40, 30)
+    _check_panoptic(strict(_rgb(40, 30).astype(np.uint16) * 257), 40, 30)
+
+    # weights for other class counts: an error listing the layers, not a warning
+    other = _cfg(
+        names, **{"MODEL.WEIGHTS": str(tmp_path / "model.pth"), "MODEL.ROI_HEADS.NUM_CLASSES": 5}
+    )
+    with pytest.raises(CheckpointError) as e:
+        PanopticPredictor(other)
+    msg = str(e.value)
+    assert "roi_heads.box_predictor.cls_score.weight: (4, 64) in the checkpoint, (6, 64)" in msg
+    assert "roi_heads.mask_head.predictor.weight: (3, 32, 1, 1) in the checkpoint" in msg
+    (tmp_path / "notes.pth").write_text("not weights")
+    with pytest.raises(CheckpointError, match="notes.pth"):
+        PanopticPredictor(_cfg(names, **{"MODEL.WEIGHTS": str(tmp_path / "notes.pth")}))
