@@ -1,5 +1,8 @@
 """Bad configs are rejected at start-up with messages naming the key, its value and the fix."""
 
+import os
+import re
+
 import pytest
 
 import panoptic_ext  # noqa: F401  (registers the synthetic datasets)
@@ -10,6 +13,7 @@ from panoptic_ext.engine.config_check import (
     check_config_against_datasets,
     merge_config,
 )
+from panoptic_ext.engine.train import main, parse_args
 from tests.common import get_model_zoo_cfg
 
 
@@ -124,13 +128,14 @@ def test_unregistered_dataset():
         ("MODEL.PANOPTIC_EXT.SOLVER.OPTIMIZER", "adamw", "AdamW"),
         ("MODEL.PANOPTIC_EXT.DATA.ON_BAD_RECORD", "skipp", "skip"),
         ("MODEL.META_ARCHITECTURE", "PanopticFPNN", "PanopticFPN"),
+        ("MODEL.PANOPTIC_EXT.EVAL.TASKS", ["panoptic_seg", "semseg"], "sem_seg"),
     ],
 )
 def test_bad_choice(key, value, suggestion):
     with pytest.raises(ConfigError) as e:
         check_choices(_synthetic_cfg(**{key: value}))
     msg = str(e.value)
-    assert f"{key} = {value!r} is not one of" in msg
+    assert f"{key} = {value!r}" in msg and "is not one of" in msg
     assert f"did you mean {suggestion!r}" in msg
 
 
@@ -145,3 +150,27 @@ def test_registered_plugin_names_are_checked():
             pytest.skip(f"panoptic_ext.modeling has no {registry} yet")
         with pytest.raises(ConfigError, match=f"{key} = 'no_such_thing' is not one of"):
             check_choices(_synthetic_cfg(**{key: "no_such_thing"}))
+
+
+QUICK_CONFIG = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    "configs/quick_schedules/panoptic_fpn_R_18_synthetic_instant_test.yaml",
+)
+
+
+@pytest.mark.parametrize(
+    "opts,text",
+    [
+        (["MODEL.SEM_SEG_HEAD.NUM_CLASSES", "54"], "needs MODEL.SEM_SEG_HEAD.NUM_CLASSES 4"),
+        (["MODEL.ROI_HEADS.NUM_CLASSES", "80"], "needs MODEL.ROI_HEADS.NUM_CLASSES 3"),
+        (["MODEL.PANOPTIC_EXT.SEM_SEG_THINGS", "all"], "needs MODEL.SEM_SEG_HEAD.NUM_CLASSES 6"),
+        (["SOLVER.MAX_ITERS", "10"], "unknown config key SOLVER.MAX_ITERS; did you mean"),
+        (["SOLVER.BASE_LR", "fast"], "SOLVER.BASE_LR = 'fast' has type str"),
+    ],
+)
+def test_train_net_rejects_bad_config_before_anything_runs(tmp_path, opts, text):
+    output_dir = tmp_path / "out"
+    args = parse_args(["--config-file", QUICK_CONFIG] + opts + ["OUTPUT_DIR", str(output_dir)])
+    with pytest.raises(ConfigError, match=re.escape(text)):
+        main(args)
+    assert not output_dir.exists()  # no log, no config backup, no model, no checkpoint

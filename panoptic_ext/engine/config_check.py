@@ -130,6 +130,10 @@ def _choices(cfg: CfgNode) -> Dict[str, Iterable[str]]:
     }
     if cfg.MODEL.META_ARCHITECTURE in ("PanopticFPN", "PanopticFPNExt", "SemanticSegmentor"):
         ret["MODEL.SEM_SEG_HEAD.NAME"] = _registered(SEM_SEG_HEADS_REGISTRY)
+    if "EVAL" in cfg.MODEL.PANOPTIC_EXT:
+        from ..evaluation.build import EVAL_TASKS
+
+        ret["MODEL.PANOPTIC_EXT.EVAL.TASKS"] = EVAL_TASKS
     from .. import modeling
 
     for key, registry_name in (
@@ -153,16 +157,19 @@ def check_choices(cfg: CfgNode) -> None:
     """
     Raise :class:`ConfigError` if a key that picks a registered component or a mode (meta
     architecture, semantic head, SEM_SEG_THINGS, loss-weight schedule, post-processor, optimizer,
-    DATA.ON_BAD_RECORD) has a value that is not one of its choices.
+    DATA.ON_BAD_RECORD, EVAL.TASKS) has a value that is not one of its choices.
     """
     problems = []
     for key, allowed in _choices(cfg).items():
         allowed = list(allowed)
         value = _get(cfg, key)
-        if value not in allowed:
-            close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            problems.append(f"{key} = {value!r} is not one of {allowed}{hint}")
+        values = list(value) if isinstance(value, (list, tuple)) else [value]  # list-valued keys
+        for v in values:
+            if v not in allowed:
+                close = difflib.get_close_matches(str(v), [str(a) for a in allowed], n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                shown = f"{key} = {value!r}" + (f": {v!r}" if v is not value else "")
+                problems.append(f"{shown} is not one of {allowed}{hint}")
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
 
