@@ -167,21 +167,25 @@ def run(
     diffs = outputs_identical(calls["ours"](), reference)
     calls["ours_panoptic"]()
     things = sum(s["isthing"] for r in reference for s in r["panoptic_seg"][1])
+    detections = sum(len(r["instances"]) for r in reference)
+    confident = sum(int((r["instances"].scores >= 0.5).sum()) for r in reference)
     del reference
 
-    times = time_interleaved(calls, repeats, warmup=0)
+    cpu: Dict[str, List[float]] = {}
+    times = time_interleaved(calls, repeats, warmup=0, cpu_times=cpu)
     del models, calls
     mem = measure_memory(state_dict, size, tiny=quick) if memory else {}
     ref_s = median(times["d2"])
     workload = (
         f"{'tiny R18' if quick else 'R50'}-FPN, 1 image {size[0]}x{size[1]}, "
-        f"{things} thing segments"
+        f"{detections} detections ({confident} with score >= 0.5), {things} thing segments"
     )
     rows = []
     for name, label in LABELS.items():
         keys = VARIANTS[name][1]
         extra: Dict[str, Any] = {
             "variant": label,
+            "cpu_ratio": median(cpu[name]) / median(cpu["d2"]),
             "identical": diffs["panoptic_seg"] is None,
             "identical_outputs": ",".join(k for k in diffs if diffs[k] is None and k in keys),
         }

@@ -132,6 +132,7 @@ def inference_rows(
             captured[size] = (logits, instances, kwargs)
         found = len(ref[0]["instances"])
         del ref
+        cpu: Dict[str, List[float]] = {}
         times = time_interleaved(
             {
                 "d2": lambda inputs=inputs: infer(models["d2"], inputs, EVERYTHING),
@@ -139,6 +140,7 @@ def inference_rows(
             },
             repeats,
             warmup=0,
+            cpu_times=cpu,
         )
         rows.append(
             make_row(
@@ -154,6 +156,7 @@ def inference_rows(
                 pixels=size[0] * size[1],
                 detections=found,
                 identical=same is None,
+                cpu_ratio=median(cpu["ours"]) / median(cpu["d2"]),
             )
         )
     return rows, captured

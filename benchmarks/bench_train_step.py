@@ -126,7 +126,8 @@ def run(
         "ours": _Stepper(build_with_weights(ours_cfg(tiny=quick), state_dict), batch),
     }
     losses = {name: step() for name, step in steppers.items()}  # warm-up + loss check
-    times = time_interleaved(steppers, repeats, warmup=0)
+    cpu: Dict[str, List[float]] = {}
+    times = time_interleaved(steppers, repeats, warmup=0, cpu_times=cpu)
 
     ref, ours = losses["d2"], losses["ours"]
     same_keys = set(ref) <= set(ours)
@@ -144,6 +145,7 @@ def run(
             ours_s=median(times["ours"]),
             reference_s=median(times["d2"]),
             target=TARGET,
+            cpu_ratio=median(cpu["ours"]) / median(cpu["d2"]),
             losses_match=bool(same_keys and max_rel < 1e-4),
             loss_max_rel_diff=max_rel,
             reference_loss=round(sum(ref.values()), 5),

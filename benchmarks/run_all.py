@@ -211,8 +211,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     os.environ["OMP_NUM_THREADS"] = str(torch.get_num_threads())
 
     started = time.time()
+    load_at_start = os.getloadavg() if hasattr(os, "getloadavg") else None
     rows, errors = run_benchmarks(names, args.quick, {"plot_path": plot})
-    result = {"meta": _metadata(args, names, started), "rows": rows, "errors": errors}
+    meta = _metadata(args, names, started)
+    meta["load_average_at_start"] = load_at_start
+    result = {"meta": meta, "rows": rows, "errors": errors}
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     with open(output, "w") as f:
         json.dump(result, f, indent=1)
