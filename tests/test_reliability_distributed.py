@@ -14,6 +14,7 @@ from detectron2.data import DatasetCatalog
 from detectron2.engine import HookBase
 from detectron2.utils import comm
 
+from panoptic_ext.data import ensure_synthetic_panoptic
 from panoptic_ext.engine import Trainer, get_panoptic_cfg, launch, main, parse_args
 from tests.reliability_common import register_tiny_synthetic, unregister
 
@@ -135,25 +136,22 @@ def test_two_cpu_processes_synchronize_and_checkpoint_resumes_in_one(data_root, 
 
 
 @pytest.mark.slow
-def test_train_net_command_line_num_gpus_2(data_root, tmp_path):
-    """``python train_net.py --num-gpus 2`` itself, on the CPU."""
-    child = (
-        "import runpy, sys\n"
-        "from tests.reliability_common import register_tiny_synthetic\n"
-        f"register_tiny_synthetic({data_root!r}, {PREFIX!r}, num_train=4, num_val=2)\n"
-        f"sys.argv = ['train_net.py'] + sys.argv[1:]\n"
-        f"runpy.run_path({os.path.join(ROOT, 'train_net.py')!r}, run_name='__main__')\n"
-    )
+def test_train_net_command_line_num_gpus_2(tmp_path):
+    """``python train_net.py --num-gpus 2`` itself, on the CPU, on the builtin synthetic dataset
+    (its worker processes register only the builtin datasets)."""
+    datasets = tmp_path / "datasets"
+    ensure_synthetic_panoptic(str(datasets / "panoptic_synthetic"))  # once, before the workers
     output_dir = tmp_path / "cli"
     argv = ["--config-file", QUICK_CONFIG, "--num-gpus", "2", "--dist-url", "auto"]
-    env = dict(os.environ, PYTHONPATH=ROOT)
+    argv += _opts(output_dir)
+    argv += ["DATASETS.TRAIN", "('panoptic_synthetic_train',)", "DATASETS.TEST", "()"]
     proc = subprocess.run(
-        [sys.executable, "-c", child] + argv + _opts(output_dir),
-        cwd=ROOT,
-        env=env,
+        [sys.executable, os.path.join(ROOT, "train_net.py")] + argv,
+        cwd=str(tmp_path),
+        env=dict(os.environ, DETECTRON2_DATASETS=str(datasets)),
         capture_output=True,
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
-    assert (output_dir / "model_final.pth").exists()
-    assert "World size: 2" in (output_dir / "log.txt").read_text()
+    assert (output_dir / "last_checkpoint").read_text() == "model_final.pth"
+    assert "Rank of current process: 0. World size: 2" in (output_dir / "log.txt").read_text()
