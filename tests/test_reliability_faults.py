@@ -7,14 +7,21 @@ from datetime import timedelta
 
 import pytest
 import torch
-from detectron2.engine import SimpleTrainer, hooks
+from detectron2.engine import HookBase, SimpleTrainer, hooks
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
 from panoptic_ext.compat import create_ddp_model
+from panoptic_ext.engine import Trainer, get_panoptic_cfg
 from panoptic_ext.engine.checkpoint import PanopticCheckpointer
 from panoptic_ext.engine.distributed import launch_cpu
 from panoptic_ext.engine.fault_hooks import NonFiniteLossGuard
+from tests.reliability_common import register_tiny_synthetic, unregister
+
+QUICK_CONFIG = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    "configs/quick_schedules/panoptic_fpn_R_18_synthetic_instant_test.yaml",
+)
 
 
 class _ToyModel(torch.nn.Module):
@@ -117,3 +124,48 @@ def test_nan_loss_in_one_process_stops_all_processes(tmp_path):
     assert "loss_b (non-finite in another process)" in (tmp_path / "rank0.err").read_text()
     assert (tmp_path / "last_checkpoint").read_text() == "model_0000001.pth"
     assert _finite_checkpoint(tmp_path / "model_0000001.pth")
+
+
+class _DivergeAt(HookBase):
+    """Makes the semantic head's weights NaN before iteration ``at``: only loss_sem_seg breaks."""
+
+    def __init__(self, at):
+        self.at = at
+
+    def before_step(self):
+        if self.trainer.iter == self.at:
+            with torch.no_grad():
+                self.trainer.model.sem_seg_head.predictor.weight.fill_(float("nan"))
+
+
+def test_trainer_stops_at_first_nan_loss_and_resumes_from_last_good_checkpoint(tmp_path):
+    root = str(tmp_path / "data")
+    names = register_tiny_synthetic(root, "reliability_faults", num_train=4, num_val=1)
+    try:
+        opts = [
+            "DATASETS.TRAIN", f"('{names['train']}',)", "DATASETS.TEST", "()",
+            "SOLVER.MAX_ITER", "6", "SOLVER.CHECKPOINT_PERIOD", "2",
+            "MODEL.BACKBONE.FREEZE_AT", "5", "OUTPUT_DIR", str(tmp_path / "out"),
+        ]  # fmt: skip
+        trainer = Trainer(get_panoptic_cfg(QUICK_CONFIG, opts))
+        trainer.register_hooks([_DivergeAt(2)])
+        trainer.resume_or_load(resume=False)
+        with pytest.raises(FloatingPointError) as e:
+            trainer.train()
+        msg = str(e.value)
+        assert (
+            "Non-finite loss at iteration 2: loss_sem_seg = nan (other terms: loss_box_reg" in msg
+        )
+        last = os.path.join(str(tmp_path / "out"), "model_0000001.pth")
+        assert f"The last good checkpoint is {last}" in msg
+        out = tmp_path / "out"
+        assert (out / "last_checkpoint").read_text() == "model_0000001.pth"
+        assert sorted(f for f in os.listdir(out) if f.endswith(".pth")) == ["model_0000001.pth"]
+        assert _finite_checkpoint(last)
+
+        resumed = Trainer(get_panoptic_cfg(QUICK_CONFIG, opts[:-2] + ["OUTPUT_DIR", str(out)]))
+        resumed.resume_or_load(resume=True)
+        assert resumed.start_iter == 2
+        assert all(torch.isfinite(p).all() for p in resumed.model.parameters())
+    finally:
+        unregister(*names.values())
