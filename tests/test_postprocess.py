@@ -17,7 +17,7 @@ from panoptic_ext.modeling import (
     upsampled_argmax,
     upsampled_logits,
 )
-from panoptic_ext.modeling.postprocess import paste_mask_in_box, postprocess_instances
+from panoptic_ext.modeling.postprocess import MaskPaster, postprocess_instances
 from panoptic_ext.modeling.semantic_argmax import upsampled_argmax_reference
 from tests.common import get_model_zoo_cfg
 
@@ -245,13 +245,22 @@ class TestPasteMask(unittest.TestCase):
                 [-5.0, 20.0, 20.0, 70.0],
             ]
         )
+        xy = torch.rand(40, 2, generator=g) * torch.tensor([70.0, 60.0]) - 5
+        random_boxes = torch.cat([xy, xy + torch.rand(40, 2, generator=g) * 40 + 0.1], dim=1)
+        boxes = torch.cat([boxes, random_boxes])
+        boxes = Boxes(boxes)
+        boxes.clip((50, 60))
+        boxes = boxes[boxes.nonempty()].tensor
         probs = torch.rand(len(boxes), 28, 28, generator=g)
         full = paste_masks_in_image(probs, Boxes(boxes), (50, 60), 0.5)
+        paster = MaskPaster(probs, boxes, (50, 60), 0.5)
         for i in range(len(boxes)):
-            mask, region = paste_mask_in_box(probs[i], boxes[i], (50, 60), 0.5)
+            mask, region = paster(i)
             canvas = torch.zeros((50, 60), dtype=torch.bool)
             canvas[region] = mask
-            self.assertTrue(torch.equal(canvas, full[i]))
+            self.assertTrue(torch.equal(canvas, full[i]), i)
+        with self.assertRaises(ValueError):
+            MaskPaster(probs[:, None], boxes, (50, 60))
 
 
 def synthetic_outputs(num_classes=54, num_dets=40, input_size=(200, 249), seed=0):

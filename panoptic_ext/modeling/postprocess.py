@@ -6,45 +6,84 @@ ids, same ``segments_info``) computed without full-image work per instance: mask
 for instances that pass the score threshold, and only inside their boxes.
 """
 
-from typing import Any, Callable, Dict, List, Mapping, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
-from detectron2.layers.mask_ops import _do_paste_mask
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, Instances
+from torch.nn import functional as F
 
 __all__ = [
     "combine_panoptic",
     "fold_thing_classes",
-    "paste_mask_in_box",
+    "MaskPaster",
     "postprocess_boxes",
     "postprocess_instances",
     "PanopticOutputs",
 ]
 
 
-def paste_mask_in_box(
-    mask_probs: torch.Tensor, box: torch.Tensor, image_size: Tuple[int, int], threshold: float
-) -> Tuple[torch.Tensor, Tuple[slice, slice]]:
+class MaskPaster:
     """
-    Paste one soft mask into its box region, exactly as detectron2's ``paste_masks_in_image``
-    pastes it on the CPU (one mask at a time, only in the box's region).
+    Pastes soft masks into the image, one instance at a time and only in the region around its
+    box, with exactly the arithmetic of detectron2's ``paste_masks_in_image`` on the CPU (same
+    region, same sampling grid, same ``grid_sample`` call per instance), so the masks are equal
+    bit for bit. The grids' coordinates of all instances are computed together up front, which
+    saves most of the per-instance overhead.
 
-    Args:
-        mask_probs (Tensor): (M, M) mask probabilities.
-        box (Tensor): (4,) box (x0, y0, x1, y1) in output coordinates.
-        image_size (tuple): (height, width) of the output.
-        threshold (float): probability at or above which a pixel is in the mask.
-
-    Returns:
-        (Tensor, (slice, slice)): the bool mask of the region and the region's (rows, columns)
-        in the image; pixels outside the region are not in the mask.
+    ``paster(i) -> (bool mask of the region, (rows, cols))``; pixels outside the region are not in
+    the mask.
     """
-    pasted, (rows, cols) = _do_paste_mask(
-        mask_probs[None, None], box[None], image_size[0], image_size[1], skip_empty=True
-    )
-    region = (slice(int(rows.start), int(rows.stop)), slice(int(cols.start), int(cols.stop)))
-    return pasted[0] >= threshold, region
+
+    def __init__(
+        self,
+        mask_probs: torch.Tensor,
+        boxes: torch.Tensor,
+        image_size: Tuple[int, int],
+        threshold: float = 0.5,
+    ):
+        """
+        Args:
+            mask_probs (Tensor): (N, M, M) mask probabilities.
+            boxes (Tensor): (N, 4) boxes (x0, y0, x1, y1) in output coordinates.
+            image_size (tuple): (height, width) of the output.
+            threshold (float): probability at or above which a pixel is in the mask.
+        """
+        if mask_probs.dim() != 3 or boxes.shape != (len(mask_probs), 4):
+            raise ValueError(
+                f"Expected (N, M, M) masks and (N, 4) boxes, got {tuple(mask_probs.shape)} and "
+                f"{tuple(boxes.shape)}"
+            )
+        self.mask_probs = mask_probs if mask_probs.is_floating_point() else mask_probs.float()
+        self.threshold = threshold
+        height, width = (int(v) for v in image_size)
+        # detectron2's _do_paste_mask region for one box: floor(x0) - 1 .. ceil(x1) + 1, clipped.
+        start = torch.clamp(boxes[:, :2].floor() - 1, min=0).to(torch.int64)
+        stop_x = torch.clamp(boxes[:, 2].ceil() + 1, max=width).to(torch.int64)
+        stop_y = torch.clamp(boxes[:, 3].ceil() + 1, max=height).to(torch.int64)
+        self.start_x, self.start_y = start[:, 0].tolist(), start[:, 1].tolist()
+        self.stop_x, self.stop_y = stop_x.tolist(), stop_y.tolist()
+        x0, y0, x1, y1 = torch.split(boxes, 1, dim=1)
+        self.grid_x = self._coordinates(start[:, 0], stop_x, x0, x1)
+        self.grid_y = self._coordinates(start[:, 1], stop_y, y0, y1)
+
+    @staticmethod
+    def _coordinates(start, stop, low, high) -> torch.Tensor:
+        """Each instance's normalized sampling coordinates, (N, longest region) padded."""
+        length = int((stop - start).max()) if len(start) else 0
+        pixel = start[:, None] + torch.arange(length, device=start.device)[None, :]
+        pixel = pixel.to(torch.float32) + 0.5
+        return (pixel - low) / (high - low) * 2 - 1  # the same float ops, in the same order
+
+    def __call__(self, i: int) -> Tuple[torch.Tensor, Tuple[slice, slice]]:
+        rows = slice(self.start_y[i], self.stop_y[i])
+        cols = slice(self.start_x[i], self.stop_x[i])
+        h, w = rows.stop - rows.start, cols.stop - cols.start
+        gx = self.grid_x[i, None, None, :w].expand(1, h, w)
+        gy = self.grid_y[i, None, :h, None].expand(1, h, w)
+        grid = torch.stack([gx, gy], dim=3).to(self.mask_probs.dtype)
+        pasted = F.grid_sample(self.mask_probs[i][None, None], grid, align_corners=False)
+        return pasted[0, 0] >= self.threshold, (rows, cols)
 
 
 def combine_panoptic(
@@ -56,6 +95,7 @@ def combine_panoptic(
     overlap_threshold: float,
     stuff_area_threshold: float,
     instance_score_threshold: float,
+    semantic_areas: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, List[Dict[str, Any]]]:
     """
     detectron2's ``combine_semantic_and_instance_outputs``, with instance masks given per box
@@ -69,14 +109,16 @@ def combine_panoptic(
     increasing label order.
 
     Args:
-        semantic (Tensor): (H, W) int64 semantic labels; 0 = things, 1..S = stuff classes.
+        semantic (Tensor): (H, W) int64 or int32 semantic labels; 0 = things, 1..S = stuff.
         scores (Tensor): (N,) instance scores.
         classes (Tensor): (N,) instance classes.
         instance_mask (callable): ``instance_mask(i) -> (bool region mask, (rows, cols))``, the
-            mask of instance i inside its region of the image (see :func:`paste_mask_in_box`).
+            mask of instance i inside its region of the image (see :class:`MaskPaster`).
         overlap_threshold (float): see above (detectron2: 0.5).
         stuff_area_threshold (float): see above (detectron2: 4096).
         instance_score_threshold (float): see above (detectron2: 0.5).
+        semantic_areas (Tensor): optional, the pixel count of each label in ``semantic`` (its
+            bincount), when the caller has it already.
 
     Returns:
         panoptic_seg (Tensor): (H, W) int32 segment ids, 0 = void.
@@ -91,9 +133,9 @@ def combine_panoptic(
             f"scores and classes must be (N,) each, got {tuple(scores.shape)} and "
             f"{tuple(classes.shape)}"
         )
-    panoptic_seg = torch.zeros(semantic.shape, dtype=torch.int32, device=semantic.device)
+    occupied = torch.zeros(semantic.shape, dtype=torch.bool, device=semantic.device)
+    placed = []  # (region, mask, segment id) of the things, painted last
     segments_info: List[Dict[str, Any]] = []
-    current_id = 0
     for inst_id in torch.argsort(-scores):  # the same call as detectron2: same order on ties
         score = scores[inst_id].item()
         if score < instance_score_threshold:
@@ -102,18 +144,17 @@ def combine_panoptic(
         mask_area = mask.sum().item()
         if mask_area == 0:
             continue
-        placed = panoptic_seg[region]  # a view: writes go to panoptic_seg
-        occupied = placed > 0
-        intersect_area = (mask & occupied).sum().item()
+        taken = occupied[region]  # a view: updates go to `occupied`
+        intersect_area = (mask & taken).sum().item()
         if intersect_area * 1.0 / mask_area > overlap_threshold:
             continue
         if intersect_area > 0:
-            mask = mask & ~occupied
-        current_id += 1
-        placed[mask] = current_id
+            mask = mask & ~taken
+        taken |= mask
+        placed.append((region, mask, len(segments_info) + 1))
         segments_info.append(
             {
-                "id": current_id,
+                "id": len(segments_info) + 1,
                 "isthing": True,
                 "score": score,
                 "category_id": classes[inst_id].item(),
@@ -121,27 +162,26 @@ def combine_panoptic(
             }
         )
 
-    # Stuff: all labels at once. Stuff masks are disjoint, so painting them together equals
-    # painting them one by one.
-    num_labels = int(semantic.max()) + 1 if semantic.numel() else 1
-    free = panoptic_seg == 0
-    # Covered pixels are counted in an extra bin, dropped (cheaper than selecting free pixels).
-    free_labels = torch.where(free, semantic, num_labels).flatten()
-    areas = torch.bincount(free_labels, minlength=num_labels + 1)[:num_labels].tolist()
-    if stuff_area_threshold > 0:
-        present = [label for label, area in enumerate(areas) if area > 0]
-    else:  # labels hidden under things still count (with area 0) when the limit allows it
-        present = torch.unique(semantic).tolist()
-    segment_of_label = torch.zeros(num_labels, dtype=torch.int32, device=semantic.device)
-    for label in present:
-        if label == 0 or areas[label] < stuff_area_threshold:
+    # Stuff: uncovered area of each label = its area - its area under the things.
+    if semantic_areas is None:
+        semantic_areas = torch.bincount(semantic.flatten().long())
+    free_areas = semantic_areas.clone()
+    for region, mask, _ in placed:
+        free_areas -= torch.bincount(semantic[region][mask].long(), minlength=len(free_areas))
+    segment_of_label = torch.zeros(len(free_areas), dtype=torch.int32, device=semantic.device)
+    # Labels present anywhere, as detectron2's torch.unique(semantic).
+    for label in torch.nonzero(semantic_areas)[:, 0].tolist():
+        area = int(free_areas[label])
+        if label == 0 or area < stuff_area_threshold:
             continue
-        current_id += 1
-        segment_of_label[label] = current_id
         segments_info.append(
-            {"id": current_id, "isthing": False, "category_id": label, "area": areas[label]}
+            {"id": len(segments_info) + 1, "isthing": False, "category_id": label, "area": area}
         )
-    panoptic_seg = torch.where(free, segment_of_label[semantic], panoptic_seg)
+        segment_of_label[label] = len(segments_info)
+    # Stuff masks are disjoint and the things cover theirs: paint all stuff, then the things.
+    panoptic_seg = segment_of_label.index_select(0, semantic.flatten()).view(semantic.shape)
+    for region, mask, segment_id in placed:
+        panoptic_seg[region][mask] = segment_id
     return panoptic_seg, segments_info
 
 

@@ -12,14 +12,14 @@ from detectron2.structures import Instances
 from detectron2.utils.registry import Registry
 
 from .postprocess import (
+    MaskPaster,
     PanopticOutputs,
     combine_panoptic,
     fold_thing_classes,
-    paste_mask_in_box,
     postprocess_boxes,
     postprocess_instances,
 )
-from .semantic_argmax import upsampled_argmax, upsampled_logits
+from .semantic_argmax import upsampled_labels, upsampled_logits
 
 __all__ = [
     "PANOPTIC_POSTPROCESSOR_REGISTRY",
@@ -159,21 +159,27 @@ class FastPanopticPostprocessor(_PanopticPostprocessor):
         self.check_inputs(sem_seg_logits, instances, output_size)
         output_size = (int(output_size[0]), int(output_size[1]))
         kept = postprocess_boxes(instances, output_size)
-        semantic = upsampled_argmax(sem_seg_logits, stride, image_size, output_size)
+        semantic, areas = upsampled_labels(sem_seg_logits, stride, image_size, output_size)
+        if self.sem_seg_things == "all":
+            merged_of_label = fold_thing_classes(
+                torch.arange(len(areas), device=areas.device), self.num_thing_classes
+            )
+            areas = areas.new_zeros(int(merged_of_label.max()) + 1).index_add_(
+                0, merged_of_label, areas
+            )
+            semantic = fold_thing_classes(semantic, self.num_thing_classes)
         masks = instances.pred_masks[kept.indices, 0]
         boxes = kept.pred_boxes.tensor
 
-        def instance_mask(i: int):
-            return paste_mask_in_box(masks[i], boxes[i], output_size, _MASK_THRESHOLD)
-
         panoptic = combine_panoptic(
-            self.merged_labels(semantic),
+            semantic,
             kept.scores,
             kept.pred_classes,
-            instance_mask,
+            MaskPaster(masks, boxes, output_size, _MASK_THRESHOLD),
             overlap_threshold=self.overlap_threshold,
             stuff_area_threshold=self.stuff_area_threshold,
             instance_score_threshold=self.instance_score_threshold,
+            semantic_areas=areas,
         )
         lazy = {}
         if self.return_sem_seg:

@@ -23,7 +23,12 @@ from typing import List, NamedTuple, Tuple
 import torch
 from torch.nn import functional as F
 
-__all__ = ["upsampled_logits", "upsampled_argmax_reference", "upsampled_argmax"]
+__all__ = [
+    "upsampled_logits",
+    "upsampled_argmax_reference",
+    "upsampled_argmax",
+    "upsampled_labels",
+]
 
 # Difference between two classes' float32 interpolated values and their exact values stays below
 # ~1e-6 * max|logit| (a few roundings per stage, two stages); the margin demanded is 10x that.
@@ -70,6 +75,7 @@ class _AxisPlan(NamedTuple):
     first_source: torch.Tensor  # (n_out,) first low-res index each output index reads
     anchor: torch.Tensor  # (n_out,) start of the window of `size` low-res indices it reads
     weight: torch.Tensor  # (n_out, size) float64 weights of those indices (kernel's own factors)
+    count: torch.Tensor  # (n_low - size + 1,) number of output indices of each anchor
     units: torch.Tensor  # (n_low - size + 1, U) units of each anchor, padded with -1
     unit_members: torch.Tensor  # (num_units, G) output indices of each unit, padded with n_out
     size: int  # window size
@@ -137,7 +143,7 @@ def _axis_plan(n_low: int, stride: float, n_img: int, n_out: int, device: str) -
     units = first_unit[:, None] + torch.arange(max_units, device=index.device)[None, :]
     rank = torch.arange(max_units, device=index.device)
     units = torch.where(rank[None, :] < unit_counts[:, None], units, -1)
-    return _AxisPlan(index[:, 0], anchor, dense, units, unit_members, size, n_img == n_out)
+    return _AxisPlan(index[:, 0], anchor, dense, counts, units, unit_members, size, n_img == n_out)
 
 
 def _window_reduce(x: torch.Tensor, size: Tuple[int, int], op) -> torch.Tensor:
@@ -153,11 +159,11 @@ def _window_reduce(x: torch.Tensor, size: Tuple[int, int], op) -> torch.Tensor:
 
 
 def _top2(logits: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Per pixel: the winning class and its margin over the runner-up."""
+    """Per pixel: the winning class and its margin over the runner-up (0 on ties)."""
     top1, label = logits.max(dim=0)
     others = logits.clone()
     others.scatter_(0, label[None], float("-inf"))
-    return label, top1 - others.max(dim=0).values
+    return label, top1 - others.amax(dim=0)
 
 
 def upsampled_argmax(
@@ -176,6 +182,20 @@ def upsampled_argmax(
     Returns:
         Tensor: (output_height, output_width) int64 class indices.
     """
+    return upsampled_labels(logits, stride, image_size, output_size)[0].long()
+
+
+def upsampled_labels(
+    logits: torch.Tensor, stride: float, image_size: Tuple[int, int], output_size: Tuple[int, int]
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """
+    :func:`upsampled_argmax` as int32, with the pixel count of every class (counted from the
+    low-resolution windows, without another pass over the output).
+
+    Returns:
+        labels (Tensor): (output_height, output_width) int32 class indices.
+        areas (Tensor): (C,) int64 number of pixels of each class.
+    """
     if logits.dim() != 3 or logits.shape[0] == 0:
         raise ValueError(f"Expected (C, h, w) logits with C > 0, got shape {tuple(logits.shape)}")
     num_classes, h, w = logits.shape
@@ -188,11 +208,14 @@ def upsampled_argmax(
         )
     if out_h <= 0 or out_w <= 0:
         raise ValueError(f"output_size must be positive, got {tuple(output_size)}")
-    if num_classes == 1:
-        return torch.zeros((out_h, out_w), dtype=torch.int64, device=logits.device)
-    magnitude = float(logits.abs().max()) if logits.dtype == torch.float32 else math.nan
-    if not math.isfinite(magnitude):  # also NaN / inf logits: leave them to the plain computation
-        return upsampled_argmax_reference(logits, stride, image_size, output_size)
+    magnitude = math.nan
+    if logits.dtype == torch.float32:
+        low, high = torch.aminmax(logits)
+        magnitude = max(-float(low), float(high))
+    if num_classes == 1 or not math.isfinite(magnitude):
+        # NaN / inf logits and other dtypes: the plain computation
+        labels = upsampled_argmax_reference(logits, stride, image_size, output_size).int()
+        return labels, torch.bincount(labels.flatten().long(), minlength=num_classes)
 
     device = str(logits.device)
     rows = _axis_plan(h, float(stride), img_h, out_h, device)
@@ -206,39 +229,59 @@ def upsampled_argmax(
         label, window, torch.minimum
     )
     clear = _window_reduce(margin, window, torch.minimum) > tol
-    # Only windows some output pixel reads matter.
-    used = (rows.units[:, 0] >= 0)[:, None] & (cols.units[:, 0] >= 0)[None, :]
-    window_label = torch.where(uniform & clear, label[: h - rows.size + 1, : w - cols.size + 1], -1)
-    win_y, win_x = torch.nonzero((window_label < 0) & used, as_tuple=True)
+    decided = uniform & clear
+    window_label = torch.where(decided, label[: h - rows.size + 1, : w - cols.size + 1], -1).int()
+    # Pixels per window (0 for windows no output pixel reads).
+    pixels = rows.count[:, None] * cols.count[None, :]
+    areas = torch.bincount(
+        window_label[decided].long(), weights=pixels[decided].double(), minlength=num_classes
+    ).long()
+    win_y, win_x = torch.nonzero(~decided & (pixels > 0), as_tuple=True)
     # One spare slot at the end takes the writes of padding pixels in _resolve_windows.
-    out = torch.empty(out_h * out_w + 1, dtype=torch.int64, device=logits.device)
-    out[:-1].view(out_h, out_w)[:] = window_label[:, cols.anchor].index_select(0, rows.anchor)
+    out = torch.empty(out_h * out_w + 1, dtype=torch.int32, device=logits.device)
+    torch.index_select(
+        window_label[:, cols.anchor], 0, rows.anchor, out=out[:-1].view(out_h, out_w)
+    )
     if len(win_y) > 0:
-        _resolve_windows(logits, stride, image_size, rows, cols, win_y, win_x, tol, out)
-    return out[:-1].view(out_h, out_w)
+        work = _Work(logits, stride, (img_h, img_w), rows, cols, tol, out, areas)
+        _resolve_windows(work, win_y, win_x)
+    return out[:-1].view(out_h, out_w), areas
 
 
-def _window_values(logits, rows, cols, win_y, win_x, unit_y, unit_x, classes) -> torch.Tensor:
+class _Work(NamedTuple):
+    """What tiers 2 and 3 read and write."""
+
+    logits: torch.Tensor
+    stride: float
+    image_size: Tuple[int, int]
+    rows: _AxisPlan
+    cols: _AxisPlan
+    tol: float
+    out: torch.Tensor  # flat int32 labels, one spare last slot for padding pixels
+    areas: torch.Tensor  # (C,) int64 pixel counts
+
+
+def _window_values(work: _Work, win_y, win_x, unit_y, unit_x, classes) -> torch.Tensor:
     """
     float64 interpolated values of `classes` ((n, k): per item) at the output pixels of the units
     (unit_y, unit_x) of windows (win_y, win_x): (n, G_rows, G_cols, k); padding pixels give 0.
     """
-    dy = torch.arange(rows.size, device=logits.device)
-    dx = torch.arange(cols.size, device=logits.device)
-    patch = logits[
-        classes[:, None, None, :],
-        win_y[:, None, None, None] + dy[None, :, None, None],
-        win_x[:, None, None, None] + dx[None, None, :, None],
-    ].double()  # (n, size_y, size_x, k)
-    pad_row = torch.zeros((1, rows.size), dtype=torch.float64, device=logits.device)
-    pad_col = torch.zeros((1, cols.size), dtype=torch.float64, device=logits.device)
+    rows, cols = work.rows, work.cols
+    h, w = work.logits.shape[1:]
+    dy = torch.arange(rows.size, device=work.out.device)[None, :, None, None]
+    dx = torch.arange(cols.size, device=work.out.device)[None, None, :, None]
+    index = (classes[:, None, None, :] * h + win_y[:, None, None, None] + dy) * w
+    patch = work.logits.take(index + win_x[:, None, None, None] + dx).double()  # (n, sy, sx, k)
+    pad_row = rows.weight.new_zeros((1, rows.size))
+    pad_col = cols.weight.new_zeros((1, cols.size))
     w_rows = torch.cat([rows.weight, pad_row])[rows.unit_members[unit_y]]  # (n, G_rows, size_y)
     w_cols = torch.cat([cols.weight, pad_col])[cols.unit_members[unit_x]]  # (n, G_cols, size_x)
     return torch.einsum("ngi,nijk,nhj->nghk", w_rows, patch, w_cols)
 
 
-def _resolve_windows(logits, stride, image_size, rows, cols, win_y, win_x, tol, out) -> None:
-    """Tiers 2 and 3: writes the labels of every output pixel of windows (win_y, win_x) to out."""
+def _resolve_windows(work: _Work, win_y: torch.Tensor, win_x: torch.Tensor) -> None:
+    """Tiers 2 and 3 for every output pixel of the windows (win_y, win_x)."""
+    logits, rows, cols = work.logits, work.rows, work.cols
     num_classes = logits.shape[0]
     # Work items: pairs of row and column units of each window.
     pair_y, pair_x = rows.units[win_y][:, :, None], cols.units[win_x][:, None, :]
@@ -249,56 +292,42 @@ def _resolve_windows(logits, stride, image_size, rows, cols, win_y, win_x, tol, 
     ys = rows.unit_members[unit_y][:, :, None]
     xs = cols.unit_members[unit_x][:, None, :]
     valid = (ys < len(rows.anchor)) & (xs < len(cols.anchor))  # (n, G, G')
-    # Flat output positions; padding pixels write to the spare last slot.
-    target = torch.where(valid, ys * len(cols.anchor) + xs, len(out) - 1)
+    target = torch.where(valid, ys * len(cols.anchor) + xs, len(work.out) - 1)
 
     # Candidate classes: the top window maxima. A class outside them interpolates to at most
     # `bound`, the next window maximum (bilinear weights are convex).
-    if len(win_y) * rows.size * cols.size < logits.shape[1] * logits.shape[2]:
-        dy = torch.arange(rows.size, device=out.device)[None, :, None]
-        dx = torch.arange(cols.size, device=out.device)[None, None, :]
-        patches = logits[:, win_y[:, None, None] + dy, win_x[:, None, None] + dx]
-        window_max = patches.flatten(2).amax(dim=2).T  # (n, C)
-    else:
-        window_max = _window_reduce(logits, (rows.size, cols.size), torch.maximum)
-        window_max = window_max[:, win_y, win_x].T
+    h, w = logits.shape[1:]
+    dy = torch.arange(rows.size, device=logits.device)[None, :, None]
+    dx = torch.arange(cols.size, device=logits.device)[None, None, :]
+    pixel = ((win_y[:, None, None] + dy) * w + win_x[:, None, None] + dx).flatten(1)  # (n, K)
+    every_class = torch.arange(num_classes, device=logits.device)[:, None, None] * (h * w)
+    window_max = logits.take(every_class + pixel[None]).amax(dim=2).T  # (n, C)
     k = min(_NUM_CANDIDATES, num_classes)
     top_values, top_classes = window_max.topk(min(k + 1, num_classes), dim=1)
     candidates = top_classes[:, :k].sort(dim=1).values
     if num_classes > k:
         bound = top_values[:, k].double()
     else:
-        bound = torch.full((len(win_y),), float("-inf"), dtype=torch.float64, device=out.device)
+        bound = torch.full((len(win_y),), float("-inf"), dtype=torch.float64, device=logits.device)
 
     # Tier 2: float64 interpolation of the candidates at these pixels; items where another class
     # might still win are evaluated with every class.
-    values = _window_values(logits, rows, cols, win_y, win_x, unit_y, unit_x, candidates)
+    values = _window_values(work, win_y, win_x, unit_y, unit_x, candidates)
     best = values.max(dim=3).values
-    unsafe = ((best <= bound[:, None, None] + tol) & valid).flatten(1).any(dim=1)
+    unsafe = ((best <= bound[:, None, None] + work.tol) & valid).flatten(1).any(dim=1)
     if not bool(unsafe.any()):
-        _decide(values, candidates, target, tol, out, logits, stride, image_size, rows, cols)
+        _decide(work, values, candidates, target)
         return
     safe = ~unsafe
-    _decide(
-        values[safe],
-        candidates[safe],
-        target[safe],
-        tol,
-        out,
-        logits,
-        stride,
-        image_size,
-        rows,
-        cols,
-    )
-    every = torch.arange(num_classes, device=out.device).expand(int(unsafe.sum()), -1)
+    _decide(work, values[safe], candidates[safe], target[safe])
+    every = torch.arange(num_classes, device=logits.device).expand(int(unsafe.sum()), -1)
     values = _window_values(
-        logits, rows, cols, win_y[unsafe], win_x[unsafe], unit_y[unsafe], unit_x[unsafe], every
+        work, win_y[unsafe], win_x[unsafe], unit_y[unsafe], unit_x[unsafe], every
     )
-    _decide(values, every, target[unsafe], tol, out, logits, stride, image_size, rows, cols)
+    _decide(work, values, every, target[unsafe])
 
 
-def _decide(values, classes, target, tol, out, logits, stride, image_size, rows, cols) -> None:
+def _decide(work: _Work, values, classes, target) -> None:
     """
     Write the winners of float64 `values` (n, G, G', k) of `classes` (n, k) to the flat output
     positions `target`; pixels whose best classes are within `tol` are settled with the kernel's
@@ -306,38 +335,29 @@ def _decide(values, classes, target, tol, out, logits, stride, image_size, rows,
     """
     best, arg = values.max(dim=3)
     labels = classes.gather(1, arg.flatten(1)).view(arg.shape)
-    near_best = values >= (best - tol)[..., None]  # classes that may still win
-    tie = (near_best.sum(dim=3) > 1) & (target < len(out) - 1)
+    near_best = values >= (best - work.tol)[..., None]  # classes that may still win
+    valid = target < len(work.out) - 1
+    tie = (near_best.sum(dim=3) > 1) & valid
     if bool(tie.any()):
-        may_win = torch.zeros(
-            (int(tie.sum()), logits.shape[0]), dtype=torch.bool, device=out.device
-        )
-        tie_classes = classes[:, None, None, :].expand_as(near_best)[tie]
-        may_win.scatter_(1, tie_classes, near_best[tie])
-        width = len(cols.anchor)
-        labels[tie] = _exact_labels(
-            logits,
-            may_win,
-            stride,
-            image_size,
-            rows,
-            cols,
-            target[tie] // width,
-            target[tie] % width,
-        )
-    out[target.flatten()] = labels.flatten()
+        num_classes = work.logits.shape[0]
+        may_win = torch.zeros((int(tie.sum()), num_classes), dtype=torch.bool, device=tie.device)
+        may_win.scatter_(1, classes[:, None, None, :].expand_as(near_best)[tie], near_best[tie])
+        width = len(work.cols.anchor)
+        labels[tie] = _exact_labels(work, may_win, target[tie] // width, target[tie] % width)
+    work.out[target.flatten()] = labels.flatten().int()
+    work.areas.add_(torch.bincount(labels[valid], minlength=len(work.areas)))
 
 
-def _exact_labels(logits, may_win, stride, image_size, rows, cols, ys, xs) -> torch.Tensor:
+def _exact_labels(work: _Work, may_win, ys, xs) -> torch.Tensor:
     """
     Per pixel (ys, xs): the argmax, first index on ties, of the kernel's own float32 values over
     the classes marked in `may_win` (P, C) (all other classes are known to be lower there).
     """
+    logits, stride, rows = work.logits, work.stride, work.rows
     num_classes, h, w = logits.shape
     result = torch.empty(len(ys), dtype=torch.int64, device=logits.device)
-    if _bands_are_exact(rows, cols, stride, w):
+    if _bands_are_exact(rows, work.cols, stride, w):
         first_source = rows.first_source[ys]
-        step = int(stride)
         jobs = []
         for lo, hi in _row_bands(first_source, h):
             sel = torch.nonzero((first_source >= lo) & (first_source < hi))[:, 0]
@@ -349,8 +369,8 @@ def _exact_labels(logits, may_win, stride, image_size, rows, cols, ys, xs) -> to
         if band is None:
             if w < _MIN_BAND_WIDTH:  # tiny images: exactly detectron2's call, every class
                 classes = torch.arange(num_classes, device=logits.device)
-            output_size = (len(rows.anchor), len(cols.anchor))
-            full = upsampled_logits(logits[classes], stride, image_size, output_size)
+            output_size = (len(rows.anchor), len(work.cols.anchor))
+            full = upsampled_logits(logits[classes], stride, work.image_size, output_size)
             values = full[:, ys[sel], xs[sel]]
         else:
             lo, hi = band
@@ -360,7 +380,7 @@ def _exact_labels(logits, may_win, stride, image_size, rows, cols, ys, xs) -> to
                 mode="bilinear",
                 align_corners=False,
             )[0]
-            values = up[:, ys[sel] - lo * step, xs[sel]]
+            values = up[:, ys[sel] - lo * int(stride), xs[sel]]
         values = values.masked_fill(~may_win[sel][:, classes].T, float("-inf"))
         result[sel] = classes[values.argmax(dim=0)]
     return result

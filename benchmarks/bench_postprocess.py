@@ -1,0 +1,222 @@
+"""
+Panoptic post-processing, ours vs detectron2, side by side on the same synthetic head outputs.
+
+    python benchmarks/bench_postprocess.py [--quick] [--repeats N] [--json FILE]
+
+Inputs (seeded): semantic logits at 1/4 scale (54 classes, region-like), and 100 detections with
+boxes, scores, classes and 28x28 mask probabilities, for 800x1216 and 1024x2048 images.
+
+* reference: what detectron2's ``PanopticFPN.inference`` does after its heads returned:
+  ``sem_seg_postprocess`` + ``detector_postprocess`` + argmax +
+  ``combine_semantic_and_instance_outputs``, starting from the full-resolution logits its
+  semantic head returns (the head's own 4x upsampling is not counted);
+* ours: panoptic_ext's "fast" post-processor reading the panoptic output, starting from the
+  1/4-scale logits (so its timing includes the semantic map's resizing);
+* for information: ours reading every output ("sem_seg", "instances" too), and the reference
+  with its head's upsampling included.
+
+The outputs must be identical (segment maps and segments_info); the ratio ours / reference must
+be at most 0.1.
+"""
+
+import argparse
+import json
+import sys
+from typing import Any, Dict, List, Sequence, Tuple
+
+import torch
+from common import make_row, median, time_interleaved
+from torch.nn import functional as F
+
+SIZES = ((800, 1216), (1024, 2048))
+QUICK_SIZES = ((200, 256),)
+NUM_DETECTIONS = 100
+NUM_CLASSES = 54
+TARGET = 0.1
+EVERYTHING = ("sem_seg", "instances", "panoptic_seg")
+
+
+def synthetic_sem_logits(h: int, w: int, seed: int = 0) -> torch.Tensor:
+    """(54, h, w) logits like a trained head's: ~12 regions of one confident class each, smooth
+    transitions at their borders, a low-frequency background and a little noise."""
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.rand(12, 2, generator=g) * torch.tensor([float(h), float(w)])
+    yy, xx = torch.meshgrid(torch.arange(h).float(), torch.arange(w).float(), indexing="ij")
+    dist = (yy[None] - centers[:, 0, None, None]) ** 2 + (xx[None] - centers[:, 1, None, None]) ** 2
+    region_class = torch.randint(0, NUM_CLASSES, (12,), generator=g)[dist.argmin(dim=0)]
+    onehot = F.one_hot(region_class, NUM_CLASSES).permute(2, 0, 1).float()
+    coarse = torch.randn(1, NUM_CLASSES, max(2, h // 32), max(2, w // 32), generator=g)
+    background = F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)[0]
+    logits = F.avg_pool2d((6 * onehot + background - 2)[None], 5, 1, 2, count_include_pad=False)
+    return (logits[0] + 0.05 * torch.randn(NUM_CLASSES, h, w, generator=g)).contiguous()
+
+
+def synthetic_instances(height: int, width: int, n: int = NUM_DETECTIONS, seed: int = 0):
+    """Raw ROI-head output: n detections (scores uniform in [0, 1]) with blob-shaped masks."""
+    from detectron2.structures import Boxes, Instances
+
+    g = torch.Generator().manual_seed(seed + 1)
+    size = torch.rand(n, 2, generator=g) * (min(height, width) / 2.5) + 16
+    center = torch.rand(n, 2, generator=g) * torch.tensor([float(width), float(height)])
+    boxes = torch.cat([center - size / 2, center + size / 2], dim=1)
+    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
+    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, 28), torch.linspace(-1, 1, 28), indexing="ij")
+    blob = 6 * (0.8 - yy**2 - xx**2)
+    mask_logits = blob[None, None] + 1.5 * torch.randn(n, 1, 28, 28, generator=g)
+    instances = Instances((height, width))
+    instances.pred_boxes = Boxes(boxes)
+    instances.scores = torch.rand(n, generator=g).sort(descending=True).values
+    instances.pred_classes = torch.randint(0, 80, (n,), generator=g)
+    instances.pred_masks = torch.sigmoid(mask_logits)
+    return instances
+
+
+def detectron2_postprocess(sem_seg_result, instances, image_size, output_size):
+    """Exactly the post-processing part of detectron2's PanopticFPN.inference."""
+    from detectron2.modeling.meta_arch.panoptic_fpn import combine_semantic_and_instance_outputs
+    from detectron2.modeling.postprocessing import detector_postprocess, sem_seg_postprocess
+    from detectron2.structures import Boxes, Instances
+
+    detector_result = Instances(instances.image_size, **instances.get_fields())
+    detector_result.pred_boxes = Boxes(instances.pred_boxes.tensor.clone())  # it scales in place
+    height, width = output_size
+    sem_seg_r = sem_seg_postprocess(sem_seg_result, image_size, height, width)
+    detector_r = detector_postprocess(detector_result, height, width)
+    panoptic_r = combine_semantic_and_instance_outputs(
+        detector_r, sem_seg_r.argmax(dim=0), 0.5, 4096, 0.5
+    )
+    return {"sem_seg": sem_seg_r, "instances": detector_r, "panoptic_seg": panoptic_r}
+
+
+def _fast_postprocessor():
+    from detectron2.config import get_cfg
+
+    from panoptic_ext import add_panoptic_ext_config
+    from panoptic_ext.modeling import FastPanopticPostprocessor
+
+    cfg = get_cfg()
+    add_panoptic_ext_config(cfg)  # defaults: detectron2's thresholds, 54 classes
+    return FastPanopticPostprocessor(cfg)
+
+
+def _same_panoptic(ours, reference) -> bool:
+    (seg_a, info_a), (seg_b, info_b) = ours["panoptic_seg"], reference["panoptic_seg"]
+    return bool(torch.equal(seg_a, seg_b)) and info_a == info_b
+
+
+def _read(outputs, keys: Sequence[str]):
+    for key in keys:
+        outputs[key]
+    return outputs
+
+
+def bench_size(size: Tuple[int, int], repeats: int, seed: int = 0) -> List[Dict[str, Any]]:
+    """Rows for one image size: reference vs ours (panoptic only), plus the informative ones."""
+    height, width = size
+    logits = synthetic_sem_logits(height // 4, width // 4, seed)
+    instances = synthetic_instances(height, width, seed=seed)
+    up = F.interpolate(logits[None], scale_factor=4, mode="bilinear", align_corners=False)[0]
+    fast = _fast_postprocessor()
+    kwargs = {"stride": 4, "image_size": size, "output_size": size}
+
+    variants = {
+        "reference": lambda: detectron2_postprocess(up, instances, size, size),
+        "ours": lambda: _read(fast(logits, instances, **kwargs), ("panoptic_seg",)),
+        "ours_all": lambda: _read(fast(logits, instances, **kwargs), EVERYTHING),
+        "reference_with_head_upsample": lambda: detectron2_postprocess(
+            F.interpolate(logits[None], scale_factor=4, mode="bilinear", align_corners=False)[0],
+            instances,
+            size,
+            size,
+        ),
+    }
+    reference = variants["reference"]()
+    ours_all = variants["ours_all"]()
+    identical = _same_panoptic(ours_all, reference)
+    identical_all = (
+        identical
+        and torch.equal(ours_all["sem_seg"], reference["sem_seg"])
+        and torch.equal(ours_all["instances"].pred_masks, reference["instances"].pred_masks)
+    )
+    info = reference["panoptic_seg"][1]
+    times = time_interleaved(variants, repeats, warmup=1)
+    workload = f"{NUM_DETECTIONS} dets, {height}x{width}"
+    common = {
+        "things": sum(s["isthing"] for s in info),
+        "stuff": sum(not s["isthing"] for s in info),
+        "above_score_threshold": int((instances.scores >= 0.5).sum()),
+    }
+    reference_s = median(times["reference"])
+    return [
+        make_row(
+            "postprocess",
+            f"{workload} (panoptic)",
+            repeats,
+            "detectron2 sem_seg_postprocess+detector_postprocess+combine",
+            ours_s=median(times["ours"]),
+            reference_s=reference_s,
+            target=TARGET,
+            identical=identical,
+            **common,
+        ),
+        make_row(
+            "postprocess",
+            f"{workload} (all outputs read)",
+            repeats,
+            "detectron2 sem_seg_postprocess+detector_postprocess+combine",
+            ours_s=median(times["ours_all"]),
+            reference_s=reference_s,
+            identical=identical_all,
+        ),
+        make_row(
+            "postprocess",
+            f"{workload} (panoptic; reference incl. head 4x upsample)",
+            repeats,
+            "detectron2 head upsample+post-processing",
+            ours_s=median(times["ours"]),
+            reference_s=median(times["reference_with_head_upsample"]),
+            identical=identical,
+        ),
+    ]
+
+
+def run(quick: bool = False, repeats: int = 0) -> List[Dict[str, Any]]:
+    """All rows (``benchmarks/run_all.py`` calls this)."""
+    sizes = QUICK_SIZES if quick else SIZES
+    repeats = repeats or (2 if quick else 5)
+    rows = []
+    for size in sizes:
+        rows += bench_size(size, repeats)
+    return rows
+
+
+def _print_table(rows: Sequence[Dict[str, Any]]) -> None:
+    print(f"{'workload':58s} {'ours':>9s} {'reference':>10s} {'ratio':>7s}  identical  target")
+    for r in rows:
+        target = (
+            "-" if r["target"] is None else f"<={r['target']} {'met' if r['met'] else 'MISSED'}"
+        )
+        print(
+            f"{r['workload']:58s} {r['ours_s']:8.4f}s {r['reference_s']:9.4f}s "
+            f"{r['ratio']:7.4f}  {str(r.get('identical')):9s}  {target}"
+        )
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="one small size, 2 repeats")
+    parser.add_argument("--repeats", type=int, default=0, help="timed runs per variant")
+    parser.add_argument("--json", default="", help="also write the rows to this JSON file")
+    args = parser.parse_args(argv)
+    torch.set_grad_enabled(False)
+    rows = run(quick=args.quick, repeats=args.repeats)
+    _print_table(rows)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)
+    return 0 if all(r.get("identical") for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
