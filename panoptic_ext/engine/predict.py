@@ -12,13 +12,13 @@ import torch
 from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
 from detectron2.data.catalog import Metadata
-from detectron2.data.detection_utils import read_image
-from detectron2.engine import DefaultPredictor
 from detectron2.utils.visualizer import Visualizer
 from PIL import Image
 
 from ..data.class_layout import PanopticClassLayout
 from ..data.panoptic_targets import rgb_to_id
+from .image_input import read_image_bgr
+from .predictor import PanopticPredictor
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -211,20 +211,21 @@ def predict_images(
     cfg: CfgNode, inputs: Sequence[str], output_dir: str, predictor: Optional[Any] = None
 ) -> List[Dict[str, str]]:
     """
-    Run a ``DefaultPredictor`` (weights from ``cfg.MODEL.WEIGHTS``) on images and save each
+    Run a ``PanopticPredictor`` (weights from ``cfg.MODEL.WEIGHTS``) on images and save each
     prediction with :func:`save_panoptic_prediction` as ``output_dir/<image name>_*``.
 
     Args:
         cfg (CfgNode): the model's config.
         inputs (list[str]): image files, directories or glob patterns.
         output_dir (str): where the outputs go.
-        predictor (callable): BGR image -> model outputs; defaults to ``DefaultPredictor(cfg)``.
+        predictor (callable): BGR image -> model outputs; defaults to ``PanopticPredictor(cfg)``
+            (detectron2's ``DefaultPredictor`` with strict weight loading).
 
     Returns:
         list[dict]: per image, the written paths and "input".
     """
     paths = collect_images(inputs)
-    predictor = predictor or DefaultPredictor(cfg)
+    predictor = predictor or PanopticPredictor(cfg)
     layout = class_layout_for_cfg(cfg)
     dataset_metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0]) if cfg.DATASETS.TEST else None
     metadata = visualization_metadata(layout, dataset_metadata)
@@ -235,7 +236,7 @@ def predict_images(
         while name in used:  # same file name in two input directories
             name, n = f"{stem}_{n}", n + 1
         used.add(name)
-        image = read_image(path, format="BGR")
+        image = read_image_bgr(path)  # also grayscale, RGBA, palette, 16-bit files
         outputs = predictor(image)
         if "panoptic_seg" not in outputs:
             raise ValueError(
