@@ -1,7 +1,7 @@
 """
 Panoptic post-processing, ours vs detectron2, side by side on the same synthetic head outputs.
 
-    python benchmarks/bench_postprocess.py [--quick] [--repeats N] [--json FILE]
+    python benchmarks/bench_postprocess.py [--quick] [--repeats N] [--threads N] [--json FILE]
 
 Inputs (seeded): semantic logits at 1/4 scale (54 classes, region-like), and 100 detections with
 boxes, scores, classes and 28x28 mask probabilities, for 800x1216 and 1024x2048 images.
@@ -22,10 +22,11 @@ be at most 0.1.
 import argparse
 import json
 import sys
-from typing import Any, Dict, List, Sequence, Tuple
+import time
+from typing import Any, Callable, Dict, List, Mapping, Sequence, Tuple
 
 import torch
-from common import make_row, median, time_interleaved
+from common import make_row, median
 from torch.nn import functional as F
 
 SIZES = ((800, 1216), (1024, 2048))
@@ -111,6 +112,27 @@ def _read(outputs, keys: Sequence[str]):
     return outputs
 
 
+def time_both(
+    variants: Mapping[str, Callable[[], Any]], repeats: int, warmup: int = 1
+) -> Tuple[Dict[str, List[float]], Dict[str, List[float]]]:
+    """
+    Like ``common.time_interleaved`` (alternating order, side by side), recording wall-clock and
+    process CPU time: on a loaded machine CPU time is the steadier measure of the work done
+    (with one thread; with more, OpenMP spin-waiting counts too).
+    """
+    names = list(variants)
+    wall: Dict[str, List[float]] = {n: [] for n in names}
+    cpu: Dict[str, List[float]] = {n: [] for n in names}
+    for i in range(warmup + repeats):
+        for name in names if i % 2 == 0 else names[::-1]:
+            w0, c0 = time.perf_counter(), time.process_time()
+            variants[name]()
+            if i >= warmup:
+                wall[name].append(time.perf_counter() - w0)
+                cpu[name].append(time.process_time() - c0)
+    return wall, cpu
+
+
 def bench_size(size: Tuple[int, int], repeats: int, seed: int = 0) -> List[Dict[str, Any]]:
     """Rows for one image size: reference vs ours (panoptic only), plus the informative ones."""
     height, width = size
@@ -140,12 +162,16 @@ def bench_size(size: Tuple[int, int], repeats: int, seed: int = 0) -> List[Dict[
         and torch.equal(ours_all["instances"].pred_masks, reference["instances"].pred_masks)
     )
     info = reference["panoptic_seg"][1]
-    times = time_interleaved(variants, repeats, warmup=1)
+    times, cpu = time_both(variants, repeats)
     workload = f"{NUM_DETECTIONS} dets, {height}x{width}"
     common = {
         "things": sum(s["isthing"] for s in info),
         "stuff": sum(not s["isthing"] for s in info),
         "above_score_threshold": int((instances.scores >= 0.5).sum()),
+        "threads": torch.get_num_threads(),
+        "ours_cpu_s": median(cpu["ours"]),
+        "reference_cpu_s": median(cpu["reference"]),
+        "cpu_ratio": median(cpu["ours"]) / median(cpu["reference"]),
     }
     reference_s = median(times["reference"])
     return [
@@ -192,15 +218,21 @@ def run(quick: bool = False, repeats: int = 0) -> List[Dict[str, Any]]:
 
 
 def _print_table(rows: Sequence[Dict[str, Any]]) -> None:
-    print(f"{'workload':58s} {'ours':>9s} {'reference':>10s} {'ratio':>7s}  identical  target")
+    print(f"{'workload':64s} {'ours':>9s} {'reference':>10s} {'ratio':>7s}  identical  target")
     for r in rows:
-        target = (
-            "-" if r["target"] is None else f"<={r['target']} {'met' if r['met'] else 'MISSED'}"
-        )
+        target = "-"
+        if r["target"] is not None:
+            target = f"<={r['target']} {'met' if r['met'] else 'MISSED'}"
         print(
-            f"{r['workload']:58s} {r['ours_s']:8.4f}s {r['reference_s']:9.4f}s "
+            f"{r['workload']:64s} {r['ours_s']:8.4f}s {r['reference_s']:9.4f}s "
             f"{r['ratio']:7.4f}  {str(r.get('identical')):9s}  {target}"
         )
+        if "cpu_ratio" in r:
+            label = f"  same, CPU time ({r['threads']} threads)"
+            print(
+                f"{label:64s} {r['ours_cpu_s']:8.4f}s {r['reference_cpu_s']:9.4f}s "
+                f"{r['cpu_ratio']:7.4f}"
+            )
 
 
 def main(argv=None) -> int:
@@ -208,8 +240,11 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="one small size, 2 repeats")
     parser.add_argument("--repeats", type=int, default=0, help="timed runs per variant")
     parser.add_argument("--json", default="", help="also write the rows to this JSON file")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
     args = parser.parse_args(argv)
     torch.set_grad_enabled(False)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     rows = run(quick=args.quick, repeats=args.repeats)
     _print_table(rows)
     if args.json:
