@@ -4,12 +4,15 @@ weights, same images, side by side; identical panoptic outputs asserted; peak me
 its own process.
 
     python benchmarks/bench_inference.py [--quick] [--size 800x1216] [--repeats 3]
+    python benchmarks/bench_inference.py --stages [--threads 1]   # time of each stage
 """
 
 import argparse
+import copy
 import os
 import sys
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -105,8 +108,6 @@ def outputs_identical(ours: List, reference: List) -> Dict[str, Optional[str]]:
 
 def _worker(variant: str, weights: str, height: int, width: int, tiny: bool) -> None:
     """Build one variant in this fresh process, run one inference, report time and memory."""
-    import time
-
     state_dict = torch.load(weights, map_location="cpu")
     models = build_models(state_dict, [VARIANTS[variant][0]], tiny=tiny)
     del state_dict
@@ -214,6 +215,87 @@ def run(
     return rows
 
 
+def stage_times(
+    models: Dict[str, torch.nn.Module], inputs: List[Dict[str, Any]], repeats: int = 3
+) -> Dict[str, Dict[str, float]]:
+    """
+    Median wall time of each stage of detectron2's PanopticFPN.inference and of ours (panoptic
+    output only), stage by stage, interleaved: where the time goes, and what is shared.
+    """
+    from detectron2.modeling.meta_arch.panoptic_fpn import combine_semantic_and_instance_outputs
+    from detectron2.modeling.postprocessing import detector_postprocess, sem_seg_postprocess
+
+    d2, ours = models["d2"], models["ours"]
+    height, width = inputs[0]["height"], inputs[0]["width"]
+    state: Dict[str, Any] = {}
+
+    def backbone():
+        state["images"] = d2.preprocess_image(inputs)
+        state["features"] = d2.backbone(state["images"].tensor)
+
+    def rpn():
+        state["proposals"] = d2.proposal_generator(state["images"], state["features"], None)[0]
+
+    def box_head():  # StandardROIHeads.forward's inference path, in its two halves
+        state["boxes"] = d2.roi_heads._forward_box(state["features"], state["proposals"])
+
+    def mask_head():
+        state["detections"] = d2.roi_heads.forward_with_given_boxes(
+            state["features"], [copy.copy(i) for i in state["boxes"]]
+        )
+
+    def d2_sem_seg_head():
+        state["d2_sem"] = d2.sem_seg_head(state["features"], None)[0]
+
+    def ours_sem_seg_head():
+        state["ours_sem"] = ours.sem_seg_head.layers(state["features"])
+
+    def d2_postprocess():
+        image_size = state["images"].image_sizes[0]
+        sem = sem_seg_postprocess(state["d2_sem"][0], image_size, height, width)
+        dets = detector_postprocess(copy.copy(state["detections"][0]), height, width)
+        combine_semantic_and_instance_outputs(dets, sem.argmax(dim=0), 0.5, 4096, 0.5)
+
+    def ours_postprocess():
+        ours.postprocessor(
+            state["ours_sem"][0],
+            state["detections"][0],
+            stride=ours.sem_seg_head.common_stride,
+            image_size=state["images"].image_sizes[0],
+            output_size=(height, width),
+        )["panoptic_seg"]
+
+    stages = {
+        "backbone (shared)": backbone,
+        "RPN (shared)": rpn,
+        "ROI box head (shared)": box_head,
+        "ROI mask head (shared)": mask_head,
+        "semantic head: detectron2 (incl. 4x upsample)": d2_sem_seg_head,
+        "semantic head: ours (1/4 scale)": ours_sem_seg_head,
+        "post-processing: detectron2": d2_postprocess,
+        "post-processing: ours (panoptic)": ours_postprocess,
+    }
+    times: Dict[str, List[float]] = {name: [] for name in stages}
+    with torch.no_grad():
+        for _ in range(repeats + 1):  # the first round warms up
+            for name, fn in stages.items():
+                start = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - start)
+    return {name: median(t[1:]) for name, t in times.items()}
+
+
+def print_stage_times(stages: Dict[str, float]) -> None:
+    shared = sum(t for name, t in stages.items() if "shared" in name)
+    d2 = shared + sum(t for name, t in stages.items() if "detectron2" in name)
+    ours = shared + sum(t for name, t in stages.items() if "ours" in name)
+    for name, t in stages.items():
+        print(f"{name:48s} {t:8.3f} s")
+    print(f"{'sum, detectron2':48s} {d2:8.3f} s")
+    print(f"{'sum, ours':48s} {ours:8.3f} s   ratio {ours / d2:.3f}x")
+    print(f"{'shared / detectron2 sum':48s} {shared / d2:8.3f}")
+
+
 def _parse_size(text: str) -> Tuple[int, int]:
     h, w = text.lower().split("x")
     return int(h), int(w)
@@ -224,6 +306,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--size", type=_parse_size, default=None, help="HxW")
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument(
+        "--stages", action="store_true", help="print the time of each stage instead"
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--variant", choices=list(VARIANTS), help=argparse.SUPPRESS)
     parser.add_argument("--weights", help=argparse.SUPPRESS)
@@ -231,9 +317,16 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if args.worker:
         _worker(args.variant, args.weights, *args.size, tiny=args.quick)
         return
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    size = args.size or (QUICK_SIZE if args.quick else DEFAULT_SIZE)
+    if args.stages:
+        models = build_models(calibrated_state_dict(tiny=args.quick), tiny=args.quick)
+        print_stage_times(stage_times(models, inference_inputs([size]), args.repeats or 3))
+        return
     from run_all import print_table
 
-    print_table(run(args.quick, args.size, args.repeats))
+    print_table(run(args.quick, size, args.repeats))
 
 
 if __name__ == "__main__":
