@@ -1,4 +1,5 @@
-"""Shared pieces of the benchmark suite: the result row, side-by-side timing, peak memory.
+"""Shared pieces of the benchmark suite: the result row, side-by-side timing, peak memory, and
+models with the same calibrated random weights on both sides.
 
 Every benchmark module exposes ``run(quick: bool = False) -> list[dict]`` (or a documented
 equivalent that ``run_all.py`` adapts to) and returns rows made by :func:`make_row`.
@@ -31,7 +32,16 @@ __all__ = [
     "current_rss_mb",
     "run_worker",
     "emit_worker_result",
+    "reference_cfg",
+    "ours_cfg",
+    "synthetic_image",
+    "inference_inputs",
+    "calibrate_random_weights_",
+    "calibrated_state_dict",
+    "build_with_weights",
+    "panoptic_outputs_equal",
     "BENCH_DIR",
+    "REPO_ROOT",
 ]
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
