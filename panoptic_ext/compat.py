@@ -8,7 +8,6 @@ from collections.abc import Sequence
 
 __all__ = [
     "detectron2_has_compiled_ops",
-    "launch_supports_cpu",
     "create_ddp_model",
     "enable_cpu_ddp",
     "fix_map_dataset_retry",
@@ -26,20 +25,6 @@ def detectron2_has_compiled_ops() -> bool:
     except ImportError:
         return False
     return not getattr(_C, _STANDIN_MARKER, False)
-
-
-@functools.lru_cache(maxsize=None)
-def launch_supports_cpu() -> bool:
-    """
-    True if ``detectron2.engine.launch`` can start CPU workers (GLOO backend), as on current
-    main; detectron2 v0.6's worker asserts that CUDA is available.
-    """
-    import inspect
-
-    from detectron2.engine import launch as launch_module
-
-    worker = getattr(launch_module, "_distributed_worker", None)
-    return worker is not None and "GLOO" in inspect.getsource(worker).upper()
 
 
 def create_ddp_model(model, **kwargs):
