@@ -30,8 +30,12 @@ def build(name, **keys):
 class TestSchedules(unittest.TestCase):
     def assertWeights(self, schedule, iteration, instance, semantic):
         weights = schedule(iteration)
-        self.assertAlmostEqual(float(weights.instance), instance, places=6)
-        self.assertAlmostEqual(float(weights.semantic), semantic, places=6)
+        self.assertAlmostEqual(
+            float(torch.as_tensor(weights.instance).detach()), instance, places=6
+        )
+        self.assertAlmostEqual(
+            float(torch.as_tensor(weights.semantic).detach()), semantic, places=6
+        )
 
     def test_registry(self):
         names = {name for name, _ in LOSS_WEIGHT_SCHEDULE_REGISTRY}
