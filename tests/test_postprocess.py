@@ -257,7 +257,7 @@ class TestPasteMask(unittest.TestCase):
         for i in range(len(boxes)):
             mask, region = paster(i)
             canvas = torch.zeros((50, 60), dtype=torch.bool)
-            canvas[region] = mask
+            canvas[region] = torch.from_numpy(mask)
             self.assertTrue(torch.equal(canvas, full[i]), i)
         with self.assertRaises(ValueError):
             MaskPaster(probs[:, None], boxes, (50, 60))

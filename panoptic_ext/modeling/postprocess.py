@@ -8,6 +8,7 @@ for instances that pass the score threshold, and only inside their boxes.
 
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
+import numpy as np
 import torch
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, Instances
@@ -31,8 +32,10 @@ class MaskPaster:
     bit for bit. The grids' coordinates of all instances are computed together up front, which
     saves most of the per-instance overhead.
 
-    ``paster(i) -> (bool mask of the region, (rows, cols))``; pixels outside the region are not in
-    the mask.
+    ``paster(i) -> (bool mask of the region, (rows, cols))``, the mask as a numpy array (the
+    fusion's per-instance work runs in numpy: single-threaded small operations, which stay fast
+    when a busy machine makes every OpenMP parallel region slow); pixels outside the region are
+    not in the mask.
     """
 
     def __init__(
@@ -64,8 +67,9 @@ class MaskPaster:
         self.start_x, self.start_y = start[:, 0].tolist(), start[:, 1].tolist()
         self.stop_x, self.stop_y = stop_x.tolist(), stop_y.tolist()
         x0, y0, x1, y1 = torch.split(boxes, 1, dim=1)
-        self.grid_x = self._coordinates(start[:, 0], stop_x, x0, x1)
-        self.grid_y = self._coordinates(start[:, 1], stop_y, y0, y1)
+        grid_x = self._coordinates(start[:, 0], stop_x, x0, x1).to(self.mask_probs.dtype)
+        grid_y = self._coordinates(start[:, 1], stop_y, y0, y1).to(self.mask_probs.dtype)
+        self.grid_x, self.grid_y = grid_x.cpu().numpy(), grid_y.cpu().numpy()
 
     @staticmethod
     def _coordinates(start, stop, low, high) -> torch.Tensor:
@@ -75,22 +79,23 @@ class MaskPaster:
         pixel = pixel.to(torch.float32) + 0.5
         return (pixel - low) / (high - low) * 2 - 1  # the same float ops, in the same order
 
-    def __call__(self, i: int) -> Tuple[torch.Tensor, Tuple[slice, slice]]:
+    def __call__(self, i: int) -> Tuple[np.ndarray, Tuple[slice, slice]]:
         rows = slice(self.start_y[i], self.stop_y[i])
         cols = slice(self.start_x[i], self.stop_x[i])
         h, w = rows.stop - rows.start, cols.stop - cols.start
-        gx = self.grid_x[i, None, None, :w].expand(1, h, w)
-        gy = self.grid_y[i, None, :h, None].expand(1, h, w)
-        grid = torch.stack([gx, gy], dim=3).to(self.mask_probs.dtype)
+        grid = np.empty((1, h, w, 2), dtype=self.grid_x.dtype)
+        grid[0, :, :, 0] = self.grid_x[i, None, :w]
+        grid[0, :, :, 1] = self.grid_y[i, :h, None]
+        grid = torch.from_numpy(grid).to(self.mask_probs.device)
         pasted = F.grid_sample(self.mask_probs[i][None, None], grid, align_corners=False)
-        return pasted[0, 0] >= self.threshold, (rows, cols)
+        return pasted[0, 0].cpu().numpy() >= self.threshold, (rows, cols)
 
 
 def combine_panoptic(
     semantic: torch.Tensor,
     scores: torch.Tensor,
     classes: torch.Tensor,
-    instance_mask: Callable[[int], Tuple[torch.Tensor, Tuple[slice, slice]]],
+    instance_mask: Callable[[int], Tuple[np.ndarray, Tuple[slice, slice]]],
     *,
     overlap_threshold: float,
     stuff_area_threshold: float,
@@ -113,7 +118,8 @@ def combine_panoptic(
         scores (Tensor): (N,) instance scores.
         classes (Tensor): (N,) instance classes.
         instance_mask (callable): ``instance_mask(i) -> (bool region mask, (rows, cols))``, the
-            mask of instance i inside its region of the image (see :class:`MaskPaster`).
+            mask (numpy array or tensor) of instance i inside its region of the image (see
+            :class:`MaskPaster`).
         overlap_threshold (float): see above (detectron2: 0.5).
         stuff_area_threshold (float): see above (detectron2: 4096).
         instance_score_threshold (float): see above (detectron2: 0.5).
@@ -133,19 +139,24 @@ def combine_panoptic(
             f"scores and classes must be (N,) each, got {tuple(scores.shape)} and "
             f"{tuple(classes.shape)}"
         )
-    occupied = torch.zeros(semantic.shape, dtype=torch.bool, device=semantic.device)
+    # Per-instance work on small regions runs in numpy (single-threaded): see MaskPaster.
+    labels = semantic.cpu().numpy()
+    occupied = np.zeros(labels.shape, dtype=bool)
     placed = []  # (region, mask, segment id) of the things, painted last
     segments_info: List[Dict[str, Any]] = []
-    for inst_id in torch.argsort(-scores):  # the same call as detectron2: same order on ties
-        score = scores[inst_id].item()
+    score_list, class_list = scores.tolist(), classes.tolist()
+    # The same argsort call as detectron2, hence the same order among equal scores.
+    for inst_id in torch.argsort(-scores).tolist():
+        score = score_list[inst_id]
         if score < instance_score_threshold:
             break
-        mask, region = instance_mask(int(inst_id))
-        mask_area = mask.sum().item()
+        mask, region = instance_mask(inst_id)
+        mask = mask.cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
+        mask_area = int(np.count_nonzero(mask))
         if mask_area == 0:
             continue
         taken = occupied[region]  # a view: updates go to `occupied`
-        intersect_area = (mask & taken).sum().item()
+        intersect_area = int(np.count_nonzero(mask & taken))
         if intersect_area * 1.0 / mask_area > overlap_threshold:
             continue
         if intersect_area > 0:
@@ -157,20 +168,21 @@ def combine_panoptic(
                 "id": len(segments_info) + 1,
                 "isthing": True,
                 "score": score,
-                "category_id": classes[inst_id].item(),
-                "instance_id": inst_id.item(),
+                "category_id": class_list[inst_id],
+                "instance_id": inst_id,
             }
         )
 
     # Stuff: uncovered area of each label = its area - its area under the things.
     if semantic_areas is None:
         semantic_areas = torch.bincount(semantic.flatten().long())
-    free_areas = semantic_areas.clone()
+    areas = semantic_areas.cpu().numpy().astype(np.int64)
+    free_areas = areas.copy()
     for region, mask, _ in placed:
-        free_areas -= torch.bincount(semantic[region][mask].long(), minlength=len(free_areas))
-    segment_of_label = torch.zeros(len(free_areas), dtype=torch.int32, device=semantic.device)
+        free_areas -= np.bincount(labels[region][mask], minlength=len(free_areas))
+    segment_of_label = torch.zeros(len(free_areas), dtype=torch.int32)
     # Labels present anywhere, as detectron2's torch.unique(semantic).
-    for label in torch.nonzero(semantic_areas)[:, 0].tolist():
+    for label in np.flatnonzero(areas).tolist():
         area = int(free_areas[label])
         if label == 0 or area < stuff_area_threshold:
             continue
@@ -179,10 +191,12 @@ def combine_panoptic(
         )
         segment_of_label[label] = len(segments_info)
     # Stuff masks are disjoint and the things cover theirs: paint all stuff, then the things.
-    panoptic_seg = segment_of_label.index_select(0, semantic.flatten()).view(semantic.shape)
+    flat = torch.from_numpy(labels).flatten()
+    panoptic_seg = segment_of_label.index_select(0, flat).view(labels.shape)
+    painted = panoptic_seg.numpy()
     for region, mask, segment_id in placed:
-        panoptic_seg[region][mask] = segment_id
-    return panoptic_seg, segments_info
+        painted[region][mask] = segment_id
+    return panoptic_seg.to(semantic.device), segments_info
 
 
 def fold_thing_classes(semantic: torch.Tensor, num_thing_classes: int) -> torch.Tensor:
