@@ -2,8 +2,9 @@
 Panoptic post-processing: semantic map + instances -> detectron2's panoptic output.
 
 :func:`combine_panoptic` is detectron2's ``combine_semantic_and_instance_outputs`` (same segment
-ids, same ``segments_info``) computed without full-image work per instance: masks are pasted only
-for instances that pass the score threshold, and only inside their boxes.
+ids, same ``segments_info``) computed without full-image work per instance or per stuff class:
+masks are pasted (:class:`MaskPaster`) only for the instances the fusion visits and only around
+their boxes, stuff areas come from label counts, and the panoptic map is painted in one pass.
 """
 
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
