@@ -25,6 +25,7 @@ from common import (
     inference_inputs,
     make_row,
     median,
+    min_ratio,
     ours_cfg,
     panoptic_outputs_equal,
     peak_rss_mb,
@@ -186,6 +187,7 @@ def run(
         keys = VARIANTS[name][1]
         extra: Dict[str, Any] = {
             "variant": label,
+            "ratio_of_min": min_ratio(times, name, "d2"),
             "cpu_ratio": median(cpu[name]) / median(cpu["d2"]),
             "identical": diffs["panoptic_seg"] is None,
             "identical_outputs": ",".join(k for k in diffs if diffs[k] is None and k in keys),

@@ -25,6 +25,7 @@ from common import (
     inference_inputs,
     make_row,
     median,
+    min_ratio,
     ours_cfg,
     panoptic_outputs_equal,
     time_interleaved,
@@ -100,6 +101,7 @@ def postprocess_rows(
                         pixels=h * w,
                         detections=len(subset),
                         identical=same is None,
+                        ratio_of_min=min_ratio(times, name, "d2"),
                     )
                 )
     return rows
@@ -156,6 +158,7 @@ def inference_rows(
                 pixels=size[0] * size[1],
                 detections=found,
                 identical=same is None,
+                ratio_of_min=min_ratio(times, "ours", "d2"),
                 cpu_ratio=median(cpu["ours"]) / median(cpu["d2"]),
             )
         )

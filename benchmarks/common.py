@@ -27,6 +27,7 @@ __all__ = [
     "make_row",
     "time_interleaved",
     "median",
+    "min_ratio",
     "reset_peak_rss",
     "peak_rss_mb",
     "current_rss_mb",
@@ -104,6 +105,12 @@ def make_row(
 
 def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
+
+
+def min_ratio(times: Mapping[str, Sequence[float]], ours: str, reference: str) -> float:
+    """Ratio of the fastest runs: load from other processes only adds time, so with few repeats
+    on a busy machine this is the steadier companion of the ratio of medians."""
+    return min(times[ours]) / min(times[reference])
 
 
 def time_interleaved(
