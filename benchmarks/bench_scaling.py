@@ -226,7 +226,8 @@ def run(
     Args:
         quick (bool): tiny model and sizes, one repeat.
         plot_path (str): where to write the PNG.
-        repeats (int): timed rounds per case (default: inference 1, post-processing 3).
+        repeats (int): timed rounds per case (default: inference 2, post-processing 3; 1 when
+            quick).
     """
     sizes = QUICK_SIZES if quick else SIZES
     detections = QUICK_DETECTIONS if quick else DETECTIONS
@@ -234,7 +235,7 @@ def run(
     cases = [(size, max(detections)) for size in sizes]
     cases += [(base_size, n) for n in detections if n != max(detections)]
     state_dict = calibrated_state_dict(tiny=quick)
-    rows, captured = inference_rows(state_dict, cases, repeats or 1, quick)
+    rows, captured = inference_rows(state_dict, cases, repeats or (1 if quick else 2), quick)
     rows += postprocess_rows(captured, detections, repeats or (1 if quick else 3), quick)
     plot_path = plot_path or os.path.join(BENCH_DIR, "scaling.png")
     plot(rows, plot_path)
