@@ -20,7 +20,7 @@ from panoptic_ext.engine import (
     plot_training_curves,
     read_metrics,
 )
-from panoptic_ext.engine.predict import id2rgb, visualization_metadata
+from panoptic_ext.engine.predict import id2rgb, record_to_panoptic, visualization_metadata
 
 
 class _Net(torch.nn.Module):
@@ -167,3 +167,33 @@ def test_engine_configs_load(config):
     assert cfg.MODEL.META_ARCHITECTURE == "PanopticFPNExt"
     assert cfg.MODEL.RESNETS.NORM == "BN" and cfg.MODEL.WEIGHTS == ""
     assert cfg.MODEL.PANOPTIC_EXT.SOLVER.OPTIMIZER == "AdamW"
+
+
+def test_record_to_panoptic(tmp_path):
+    categories = [
+        {"id": 1, "name": "disc", "isthing": 1},
+        {"id": 2, "name": "square", "isthing": 1},
+        {"id": 11, "name": "sky", "isthing": 0},
+        {"id": 12, "name": "ground", "isthing": 0},
+    ]
+    metadata = SimpleNamespace(**metadata_from_categories(categories))  # contiguous 0..3
+    layout = PanopticClassLayout.from_metadata(metadata, "all")  # drawn "merged" anyway
+    ids = np.array([[5, 5, 7, 0], [9, 9, 7, 300], [9, 9, 300, 300]])
+    Image.fromarray(id2rgb(ids)).save(tmp_path / "pan.png")
+    record = {
+        "pan_seg_file_name": str(tmp_path / "pan.png"),
+        "segments_info": [
+            {"id": 5, "category_id": 1, "iscrowd": 0},
+            {"id": 7, "category_id": 0, "iscrowd": 1},
+            {"id": 9, "category_id": 3, "iscrowd": 0},
+            {"id": 300, "category_id": 2, "iscrowd": 0},
+        ],
+    }
+    seg, info = record_to_panoptic(record, layout)
+    assert seg.dtype == torch.int32
+    np.testing.assert_array_equal(seg.numpy(), np.where(ids == 7, 0, ids))  # crowd -> void
+    assert info == [
+        {"id": 5, "isthing": True, "category_id": 1},  # instance class of "square"
+        {"id": 9, "isthing": False, "category_id": 2},  # merged label of "ground"
+        {"id": 300, "isthing": False, "category_id": 1},  # merged label of "sky"
+    ]

@@ -41,13 +41,11 @@ from PIL import Image
 from panoptic_ext.engine import (
     ProgressHook,
     Trainer,
+    class_layout_for_cfg,
     default_setup,
     get_panoptic_cfg,
     plot_training_curves,
     predict_images,
-)
-from panoptic_ext.engine.predict import (
-    class_layout_for_cfg,
     record_to_panoptic,
     visualization_metadata,
 )

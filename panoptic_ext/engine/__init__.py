@@ -3,7 +3,14 @@
 from .hooks import ProgressHook
 from .launch import launch
 from .plot import plot_training_curves, read_metrics
-from .predict import collect_images, predict_images, save_panoptic_prediction
+from .predict import (
+    class_layout_for_cfg,
+    collect_images,
+    predict_images,
+    record_to_panoptic,
+    save_panoptic_prediction,
+    visualization_metadata,
+)
 from .setup import default_setup, get_panoptic_cfg, setup_cfg
 from .solver import build_optimizer
 from .train import main, parse_args
@@ -13,6 +20,7 @@ __all__ = [
     "ProgressHook",
     "Trainer",
     "build_optimizer",
+    "class_layout_for_cfg",
     "collect_images",
     "default_setup",
     "get_panoptic_cfg",
@@ -22,6 +30,8 @@ __all__ = [
     "plot_training_curves",
     "predict_images",
     "read_metrics",
+    "record_to_panoptic",
     "save_panoptic_prediction",
     "setup_cfg",
+    "visualization_metadata",
 ]
