@@ -28,7 +28,7 @@ from torch import nn
 MASK_RCNN_ZOO_CONFIG = "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml"
 SEMANTIC_FPN_ZOO_CONFIG = "Misc/semantic_R_50_FPN_1x.yaml"
 DEFAULT_SIZE = (800, 1216)
-QUICK_SIZE = (200, 256)
+QUICK_SIZE = (128, 160)
 # detectron2's list of elementwise / reduction ops that its FlopCountAnalysis does not count.
 _IGNORED_OPS = (
     "aten::add aten::add_ aten::argmax aten::argsort aten::batch_norm aten::constant_pad_nd "

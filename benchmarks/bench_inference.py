@@ -47,7 +47,7 @@ VARIANTS: Dict[str, Tuple[str, Tuple[str, ...]]] = {
 }
 LABELS = {"ours": "all outputs", "ours_panoptic": "panoptic only"}
 DEFAULT_SIZE = (800, 1216)
-QUICK_SIZE = (200, 256)
+QUICK_SIZE = (128, 160)
 
 
 def build_models(
@@ -154,7 +154,7 @@ def run(
 
     Args:
         quick (bool): tiny model and image, one repeat (smoke test).
-        size (tuple): (H, W) of the image; default 800x1216 (256x384 when quick).
+        size (tuple): (H, W) of the image; default 800x1216 (128x160 when quick).
         repeats (int): timed rounds (default 3, 1 when quick), after one warm-up round.
         memory (bool): also measure each variant's peak RSS in its own process.
     """

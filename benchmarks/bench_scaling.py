@@ -33,7 +33,7 @@ from common import (
 
 SIZES = ((400, 608), (800, 1216), (1024, 2048))
 DETECTIONS = (10, 50, 100)
-QUICK_SIZES = ((128, 192), (200, 256))
+QUICK_SIZES = ((96, 128), (128, 160))
 QUICK_DETECTIONS = (10, 50)
 INFERENCE_BASE_SIZE = (800, 1216)  # where the number of detections varies for inference
 EVERYTHING = ("sem_seg", "instances", "panoptic_seg")  # what detectron2's PanopticFPN returns

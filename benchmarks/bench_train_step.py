@@ -25,7 +25,7 @@ from common import (
 REFERENCE = "detectron2 PanopticFPN"
 TARGET = 1.02
 DEFAULT_SIZES = ((512, 640), (512, 640))
-QUICK_SIZES = ((192, 256), (192, 256))
+QUICK_SIZES = ((128, 160), (128, 160))
 NUM_STUFF = 53  # COCO: merged sem-seg labels 1..53, 0 = things
 
 

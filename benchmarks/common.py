@@ -12,6 +12,7 @@ Every figure is a ratio measured side by side in one process (ours and the refer
 alternate: A B B A A B ...), because these machines are shared and absolute times swing.
 """
 
+import functools
 import json
 import os
 import resource
@@ -362,8 +363,12 @@ def calibrate_random_weights_(model: torch.nn.Module, seed: int = 0) -> torch.nn
     return model
 
 
+@functools.lru_cache(maxsize=2)
 def calibrated_state_dict(seed: int = 0, tiny: bool = False) -> Dict[str, torch.Tensor]:
-    """Seeded random weights of detectron2's R50 PanopticFPN (or the tiny one), calibrated."""
+    """
+    Seeded random weights of detectron2's R50 PanopticFPN (or the tiny one), calibrated; cached
+    for the benchmarks of one run (treat it as read-only).
+    """
     from detectron2.modeling import build_model
 
     torch.manual_seed(seed)
