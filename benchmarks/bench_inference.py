@@ -189,8 +189,9 @@ def run(
             "variant": label,
             "ratio_of_min": min_ratio(times, name, "d2"),
             "cpu_ratio": median(cpu[name]) / median(cpu["d2"]),
-            "identical": diffs["panoptic_seg"] is None,
-            "identical_outputs": ",".join(k for k in diffs if diffs[k] is None and k in keys),
+            # every output the variant reads equals detectron2's
+            "identical": all(diffs[k] is None for k in keys),
+            "identical_outputs": ",".join(k for k in keys if diffs[k] is None),
         }
         different = [diffs[k] for k in keys if diffs[k] is not None]
         if different:
@@ -219,7 +220,7 @@ def run(
 
 def stage_times(
     models: Dict[str, torch.nn.Module], inputs: List[Dict[str, Any]], repeats: int = 3
-) -> Dict[str, Dict[str, float]]:
+) -> Dict[str, float]:
     """
     Median wall time of each stage of detectron2's PanopticFPN.inference and of ours (panoptic
     output only), stage by stage, interleaved: where the time goes, and what is shared.
