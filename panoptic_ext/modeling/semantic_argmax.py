@@ -233,9 +233,12 @@ def upsampled_labels(
     window_label = torch.where(decided, label[: h - rows.size + 1, : w - cols.size + 1], -1).int()
     # Pixels per window (0 for windows no output pixel reads).
     pixels = rows.count[:, None] * cols.count[None, :]
+    # Undecided windows are counted in an extra bin, dropped (cheaper than selecting).
     areas = torch.bincount(
-        window_label[decided].long(), weights=pixels[decided].double(), minlength=num_classes
-    ).long()
+        torch.where(decided, window_label, num_classes).flatten().long(),
+        weights=pixels.flatten().double(),
+        minlength=num_classes + 1,
+    )[:num_classes].long()
     win_y, win_x = torch.nonzero(~decided & (pixels > 0), as_tuple=True)
     # One spare slot at the end takes the writes of padding pixels in _resolve_windows.
     out = torch.empty(out_h * out_w + 1, dtype=torch.int32, device=logits.device)
