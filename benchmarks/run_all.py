@@ -182,6 +182,7 @@ def _metadata(args: argparse.Namespace, names: Sequence[str], started: float) ->
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "load_average_at_end": load,
     }
 
