@@ -155,11 +155,11 @@ def run(
     Args:
         quick (bool): tiny model and image, one repeat (smoke test).
         size (tuple): (H, W) of the image; default 800x1216 (128x160 when quick).
-        repeats (int): timed rounds (default 3, 1 when quick), after one warm-up round.
+        repeats (int): timed rounds (default 5, 1 when quick), after one warm-up round.
         memory (bool): also measure each variant's peak RSS in its own process.
     """
     size = size or (QUICK_SIZE if quick else DEFAULT_SIZE)
-    repeats = repeats or (1 if quick else 3)
+    repeats = repeats or (1 if quick else 5)
     state_dict = calibrated_state_dict(tiny=quick)
     models = build_models(state_dict, tiny=quick)
     inputs = inference_inputs([size])

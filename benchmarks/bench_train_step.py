@@ -116,10 +116,10 @@ def run(
     Args:
         quick (bool): tiny model and images, one repeat.
         sizes (list): (H, W) of the batch's images (default two 512x640).
-        repeats (int): timed steps per model (default 3).
+        repeats (int): timed steps per model (default 5, 1 when quick).
     """
     sizes = sizes or (QUICK_SIZES if quick else DEFAULT_SIZES)
-    repeats = repeats or (1 if quick else 3)
+    repeats = repeats or (1 if quick else 5)
     state_dict = calibrated_state_dict(tiny=quick)
     batch = synthetic_train_batch(sizes)
     steppers = {
