@@ -2,12 +2,20 @@
 One training step (forward, backward, SGD update) of panoptic_ext's ``PanopticFPNExt`` vs
 detectron2's ``PanopticFPN``: same weights, same batch, same random sampling, side by side.
 
-    python benchmarks/bench_train_step.py [--quick] [--repeats 3]
+    python benchmarks/bench_train_step.py [--quick] [--repeats 6] [--profile]
+
+The two models alternate (A B, B A, ...; an even number of timed rounds, so each goes first
+equally often) after untimed warm-up rounds. Reported: the ratio of the medians (``ratio``), the
+median and the minimum of the per-round ratios (each round runs both models back to back, so its
+ratio is the least disturbed by the load of other processes), the ratio of the fastest steps and
+of CPU times, and whether losses and gradients are identical. ``--profile`` prints torch.profiler
+op tables of both models side by side instead (where time goes, and which ops only one runs).
 """
 
 import argparse
+import collections
 import sys
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from common import (
@@ -24,6 +32,8 @@ from common import (
 
 REFERENCE = "detectron2 PanopticFPN"
 TARGET = 1.02
+WARMUP_ROUNDS = 2  # untimed rounds after the loss check: the first steps of a model are slower
+DEFAULT_REPEATS = 6
 DEFAULT_SIZES = ((512, 640), (512, 640))
 QUICK_SIZES = ((128, 160), (128, 160))
 NUM_STUFF = 53  # COCO: merged sem-seg labels 1..53, 0 = things
@@ -103,6 +113,37 @@ class _Stepper:
             self.optimizer.step()
         return {k: float(v.detach()) for k, v in losses.items()}
 
+    def gradients(self) -> Dict[str, torch.Tensor]:
+        """The gradients of the last step, by parameter name."""
+        return {
+            name: p.grad.detach().clone()
+            for name, p in self.model.named_parameters()
+            if p.grad is not None
+        }
+
+
+def _build_steppers(quick: bool, sizes: Sequence[Tuple[int, int]]) -> Dict[str, _Stepper]:
+    state_dict = calibrated_state_dict(tiny=quick)
+    batch = synthetic_train_batch(sizes)
+    return {
+        "d2": _Stepper(build_with_weights(reference_cfg(tiny=quick), state_dict), batch),
+        "ours": _Stepper(build_with_weights(ours_cfg(tiny=quick), state_dict), batch),
+    }
+
+
+def _max_rel_diff(ours: Mapping[str, Any], ref: Mapping[str, Any]) -> float:
+    """Largest relative difference over the reference's entries (inf if ours lacks one)."""
+    worst = 0.0
+    for key, value in ref.items():
+        if key not in ours:
+            return float("inf")
+        a, b = torch.as_tensor(ours[key]).double(), torch.as_tensor(value).double()
+        if a.shape != b.shape:
+            return float("inf")
+        scale = max(float(b.abs().max()) if b.numel() else 0.0, 1e-12)
+        worst = max(worst, float((a - b).abs().max()) / scale if a.numel() else 0.0)
+    return worst
+
 
 def run(
     quick: bool = False,
@@ -110,33 +151,29 @@ def run(
     repeats: Optional[int] = None,
 ) -> List[Dict[str, Any]]:
     """
-    Time one training step of ours and detectron2's, interleaved, after two warm-up steps each,
-    and compare their losses (same seed, so the same anchors and proposals are sampled).
+    Time one training step of ours and detectron2's, interleaved, and compare their losses and
+    gradients (same seed, so the same anchors and proposals are sampled).
 
     Args:
-        quick (bool): tiny model and images, one repeat.
+        quick (bool): tiny model and images, two timed rounds.
         sizes (list): (H, W) of the batch's images (default two 512x640).
-        repeats (int): timed steps per model (default 5, 1 when quick).
+        repeats (int): timed steps per model (default 6, 2 when quick), rounded up to even.
     """
     sizes = sizes or (QUICK_SIZES if quick else DEFAULT_SIZES)
-    repeats = repeats or (1 if quick else 5)
-    state_dict = calibrated_state_dict(tiny=quick)
-    batch = synthetic_train_batch(sizes)
-    steppers = {
-        "d2": _Stepper(build_with_weights(reference_cfg(tiny=quick), state_dict), batch),
-        "ours": _Stepper(build_with_weights(ours_cfg(tiny=quick), state_dict), batch),
-    }
-    losses = {name: step() for name, step in steppers.items()}  # warm-up + loss check
+    repeats = repeats or (2 if quick else DEFAULT_REPEATS)
+    repeats += repeats % 2  # each model first in half of the rounds
+    steppers = _build_steppers(quick, sizes)
+    losses, grads = {}, {}
+    for name, step in steppers.items():  # the first (cold) step checks losses and gradients
+        losses[name] = step()
+        grads[name] = step.gradients()
     cpu: Dict[str, List[float]] = {}
-    # The loss-check step above warms up; one more untimed round each: the first steps of a
-    # model run slower (allocator growth).
-    times = time_interleaved(steppers, repeats, warmup=1, cpu_times=cpu)
+    times = time_interleaved(steppers, repeats, warmup=WARMUP_ROUNDS, cpu_times=cpu)
+    paired = [a / b for a, b in zip(times["ours"], times["d2"])]  # same round, back to back
 
     ref, ours = losses["d2"], losses["ours"]
-    same_keys = set(ref) <= set(ours)
-    max_rel = max(
-        (abs(ours[k] - ref[k]) / max(abs(ref[k]), 1e-12) for k in ref if k in ours), default=0.0
-    )
+    loss_diff = _max_rel_diff(ours, ref)
+    grad_diff = _max_rel_diff(grads["ours"], grads["d2"])
     shapes = " + ".join(f"{h}x{w}" for h, w in sizes)
     model = "tiny R18" if quick else "R50"
     return [
@@ -148,21 +185,85 @@ def run(
             ours_s=median(times["ours"]),
             reference_s=median(times["d2"]),
             target=TARGET,
+            paired_ratio_median=median(paired),
+            paired_ratio_min=min(paired),
+            paired_ratio_max=max(paired),
             ratio_of_min=min_ratio(times, "ours", "d2"),
             cpu_ratio=median(cpu["ours"]) / median(cpu["d2"]),
-            losses_match=bool(same_keys and max_rel < 1e-4),
-            loss_max_rel_diff=max_rel,
+            warmup_rounds=WARMUP_ROUNDS + 1,
+            losses_match=bool(loss_diff < 1e-4),
+            loss_max_rel_diff=loss_diff,
+            grads_match=bool(grad_diff < 1e-4),
+            grad_max_rel_diff=grad_diff,
             reference_loss=round(sum(ref.values()), 5),
             ours_loss=round(sum(ours[k] for k in ref if k in ours), 5),
         )
     ]
 
 
+def _op_times(step: Callable[[], Any]) -> Dict[str, Tuple[float, int]]:
+    """Self CPU milliseconds and call count per op of one profiled call of ``step``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    return {e.key: (e.self_cpu_time_total / 1e3, e.count) for e in prof.key_averages()}
+
+
+def profile_table(quick: bool = False, rounds: int = 2, top: int = 30) -> List[str]:
+    """
+    Profile the two training steps, interleaved (after the same warm-up as :func:`run`), and
+    return a side-by-side op table: self CPU ms per step and calls per step of each model, then
+    every op whose call count differs. Only differences in call counts are systematic; time
+    differences in shared ops are the machine's noise.
+
+    Args:
+        quick (bool): tiny model and images.
+        rounds (int): profiled steps per model, averaged.
+        top (int): rows of the time table.
+    """
+    steppers = _build_steppers(quick, QUICK_SIZES if quick else DEFAULT_SIZES)
+    time_interleaved(steppers, 0, warmup=WARMUP_ROUNDS + 1)
+    totals: Dict[str, Dict[str, List[float]]] = {
+        n: collections.defaultdict(lambda: [0.0, 0.0]) for n in steppers
+    }
+    for r in range(rounds):
+        for name in list(steppers) if r % 2 == 0 else list(steppers)[::-1]:
+            for op, (ms, count) in _op_times(steppers[name]).items():
+                totals[name][op][0] += ms / rounds
+                totals[name][op][1] += count / rounds
+    d2, ours = totals["d2"], totals["ours"]
+    ops = sorted(set(d2) | set(ours), key=lambda k: -max(d2[k][0], ours[k][0]))
+    lines = [
+        f"{'op (self CPU, per step)':48s} {'d2 ms':>9s} {'ours ms':>9s} {'d2 n':>6s} {'ours n':>6s}"
+    ]
+    lines.append(
+        f"{'all ops':48s} {sum(v[0] for v in d2.values()):9.1f} "
+        f"{sum(v[0] for v in ours.values()):9.1f}"
+    )
+    for op in ops[:top]:
+        lines.append(
+            f"{op[:48]:48s} {d2[op][0]:9.1f} {ours[op][0]:9.1f} {d2[op][1]:6.0f} {ours[op][1]:6.0f}"
+        )
+    lines.append("ops called a different number of times (calls per step, ms):")
+    for op in ops:
+        if round(d2[op][1]) != round(ours[op][1]):
+            lines.append(
+                f"  {op[:46]:46s} {d2[op][1]:6.0f} {ours[op][1]:6.0f}   "
+                f"{d2[op][0]:.2f} {ours[op][0]:.2f}"
+            )
+    return lines
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--profile", action="store_true", help="print op tables instead")
     args = parser.parse_args(argv)
+    if args.profile:
+        print("\n".join(profile_table(args.quick)), flush=True)
+        return
     from run_all import print_table
 
     print_table(run(args.quick, repeats=args.repeats))

@@ -90,6 +90,23 @@ class TestSemanticFPNHead(unittest.TestCase):
         expected = F.cross_entropy(logits, small, ignore_index=255) * head.loss_weight
         self.assertTrue(torch.allclose(losses["loss_sem_seg"], expected))
 
+    def test_downsampled_targets_are_nearest_neighbours(self):
+        head = build_sem_seg_head(head_cfg(LOSS_ON="downsampled"), FPN_SHAPES)
+        for height, width in ((64, 96), (66, 97)):  # the stride divides / does not divide
+            targets = torch.randint(0, 54, (2, height, width))
+            size = (16, 24)
+            expected = F.interpolate(targets[:, None].float(), size=size, mode="nearest")
+            self.assertTrue(
+                torch.equal(head._downsample_targets(targets, size), expected[:, 0].long())
+            )
+
+    def test_nan_loss_with_labelled_pixels_is_not_hidden(self):
+        head = build_sem_seg_head(head_cfg(), FPN_SHAPES).train()
+        features = fpn_features(64, 64)
+        features["p2"][0, :, 3, 3] = float("nan")
+        _, losses = head(features, torch.randint(0, 54, (2, 64, 64)))
+        self.assertTrue(torch.isnan(losses["loss_sem_seg"]))  # for the NaN guard to report
+
     def test_all_ignored_targets_give_zero_loss(self):
         for loss_on in ("upsampled", "downsampled"):
             head = build_sem_seg_head(head_cfg(LOSS_ON=loss_on), FPN_SHAPES).train()

@@ -96,18 +96,29 @@ class SemanticFPNHead(SemSegFPNHead):
             dict: {"loss_sem_seg": scalar}; 0 (with gradient) if every pixel is ignored, where
             plain cross-entropy would give NaN.
         """
-        predictions = predictions.float()
+        predictions = predictions.float()  # https://github.com/pytorch/pytorch/issues/48163
         if self.loss_on == "upsampled":
             predictions = F.interpolate(
                 predictions, scale_factor=self.common_stride, mode="bilinear", align_corners=False
             )
         else:
-            targets = F.interpolate(
-                targets[:, None].float(), size=predictions.shape[-2:], mode="nearest"
-            )[:, 0].long()
-        if not bool((targets != self.ignore_value).any()):
-            return {"loss_sem_seg": predictions.sum() * 0.0}
+            targets = self._downsample_targets(targets, predictions.shape[-2:])
         loss = F.cross_entropy(
             predictions, targets, reduction="mean", ignore_index=self.ignore_value
         )
-        return {"loss_sem_seg": loss * self.loss_weight}
+        # The mean over no labelled pixel is 0/0 = NaN. Checking the scalar costs nothing, unlike
+        # a scan of the targets every step; a NaN with labelled pixels is left for the NaN guard.
+        if bool(loss.isnan()) and bool((targets == self.ignore_value).all()):
+            return {"loss_sem_seg": predictions.sum() * 0.0}
+        if self.loss_weight != 1.0:  # x * 1.0 == x: skip the op (lambda_s is applied later)
+            loss = loss * self.loss_weight
+        return {"loss_sem_seg": loss}
+
+    def _downsample_targets(self, targets: torch.Tensor, size: torch.Size) -> torch.Tensor:
+        """Nearest-neighbour labels at the logits' ``size``: every ``common_stride``-th pixel
+        (a strided view, no copy) when the sizes divide, else ``F.interpolate``'s nearest."""
+        stride = self.common_stride
+        if targets.shape[-2] == size[0] * stride and targets.shape[-1] == size[1] * stride:
+            # What F.interpolate(mode="nearest") picks for an exact integer scale.
+            return targets[:, ::stride, ::stride]
+        return F.interpolate(targets[:, None].float(), size=size, mode="nearest")[:, 0].long()
