@@ -1,7 +1,7 @@
 """panoptic_ext.engine: training, evaluation and prediction entry points."""
 
+from .distributed import launch
 from .hooks import ProgressHook
-from .launch import launch
 from .plot import plot_training_curves, read_metrics
 from .predict import (
     class_layout_for_cfg,

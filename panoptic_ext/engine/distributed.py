@@ -1,5 +1,6 @@
-"""Multi-process training on the CPU (GLOO backend), for detectron2 versions whose ``launch``
-cannot do it.
+"""Starting (possibly distributed) jobs: :func:`launch` (``panoptic_ext.engine.launch``, used by
+``train_net.py``), with multi-process training on the CPU (gloo backend), which detectron2's own
+``launch`` cannot do.
 
 detectron2 v0.6's ``launch`` asserts CUDA and uses NCCL, and on every version ``DefaultTrainer``
 wraps the model with ``create_ddp_model``, which passes ``device_ids=[local_rank]`` that
@@ -52,10 +53,18 @@ def launch(
     timeout: timedelta = DEFAULT_TIMEOUT,
 ) -> None:
     """
-    Run ``main_func(*args)`` in ``num_gpus_per_machine`` processes per machine: on the CPU with
-    :func:`launch_cpu` when there is no GPU, otherwise with detectron2's ``launch``.
+    The one entry point that starts (possibly distributed) jobs: run ``main_func(*args)`` in one
+    process, or in ``num_gpus_per_machine`` processes per machine with ``torch.distributed`` set
+    up: detectron2's ``launch``, or without a GPU :func:`launch_cpu` (gloo backend).
 
-    Args: as detectron2's ``launch``.
+    Args:
+        main_func (callable): the job.
+        num_gpus_per_machine (int): processes per machine (one GPU each, or CPU processes).
+        num_machines (int): machines taking part.
+        machine_rank (int): rank of this machine.
+        dist_url (str): rendezvous URL such as "tcp://127.0.0.1:50152", or "auto".
+        args (tuple): arguments of ``main_func``.
+        timeout (timedelta): timeout of collective operations.
     """
     if use_cpu_launch(num_gpus_per_machine, num_machines):
         return launch_cpu(
