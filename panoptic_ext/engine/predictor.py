@@ -1,7 +1,9 @@
 """``PanopticPredictor``: detectron2's ``DefaultPredictor`` that takes any image array and loads
 its weights strictly."""
 
-from typing import Any, Dict
+import contextlib
+import logging
+from typing import Any, Dict, Iterator
 
 import numpy as np
 from detectron2.config import CfgNode
@@ -11,6 +13,24 @@ from .checkpoint import PanopticCheckpointer
 from .image_input import as_bgr_uint8
 
 __all__ = ["PanopticPredictor"]
+
+# fvcore's Checkpointer logs through this logger (also for detectron2's DetectionCheckpointer).
+_CHECKPOINTER_LOGGER = "fvcore.common.checkpoint"
+
+
+@contextlib.contextmanager
+def _without_log_records(logger_name: str, message_prefix: str) -> Iterator[None]:
+    """Drop the records of ``logger_name`` whose message starts with ``message_prefix``."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(message_prefix)
+
+    logger = logging.getLogger(logger_name)
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
 
 
 class PanopticPredictor(DefaultPredictor):
@@ -29,7 +49,10 @@ class PanopticPredictor(DefaultPredictor):
         cfg = cfg.clone()
         cfg.defrost()
         cfg.MODEL.WEIGHTS = ""  # DefaultPredictor would load them leniently
-        super().__init__(cfg)
+        # ... and say "No checkpoint found. Initializing model from scratch" for the empty path,
+        # a misleading line just before the real weights load below.
+        with _without_log_records(_CHECKPOINTER_LOGGER, "No checkpoint found"):
+            super().__init__(cfg)
         self.cfg.MODEL.WEIGHTS = weights
         PanopticCheckpointer(
             self.model, allow_partial=cfg.MODEL.PANOPTIC_EXT.ALLOW_PARTIAL_WEIGHTS
