@@ -1,6 +1,7 @@
 """Engine utilities: optimizers, the progress hook, training curves, predictor outputs."""
 
 import json
+import logging
 import os
 import re
 from types import SimpleNamespace
@@ -8,6 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 from PIL import Image
 
@@ -21,6 +23,11 @@ from panoptic_ext.engine import (
     read_metrics,
 )
 from panoptic_ext.engine.predict import id2rgb, record_to_panoptic, visualization_metadata
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+QUICK_CONFIG = os.path.join(
+    ROOT, "configs/quick_schedules/panoptic_fpn_R_18_synthetic_instant_test.yaml"
+)
 
 
 class _Net(torch.nn.Module):
@@ -54,9 +61,48 @@ def test_adamw_param_groups():
     assert all(g["lr"] == 0.5 for g in opt.param_groups)
 
 
+def _hyperparams(optimizer):
+    """id(parameter) -> the hyper-parameters of its group (lr, weight_decay, ...)."""
+    return {
+        id(p): {k: v for k, v in g.items() if k != "params"}
+        for g in optimizer.param_groups
+        for p in g["params"]
+    }
+
+
 def test_sgd_is_detectron2s():
-    opt = build_optimizer(_solver_cfg("SGD"), _Net())
+    from detectron2.solver import build_optimizer as build_d2_optimizer
+
+    cfg = _solver_cfg("SGD")
+    cfg.SOLVER.BIAS_LR_FACTOR = 2.0
+    model = _Net()
+    opt = build_optimizer(cfg, model)
     assert type(opt) is torch.optim.SGD
+    reference = build_d2_optimizer(cfg, model)
+    ours, theirs = _hyperparams(opt), _hyperparams(reference)
+    assert set(ours) == set(theirs) == {id(p) for p in model.parameters()}
+    for key in ours:
+        assert ours[key] == theirs[key]
+    assert ours[id(model.conv.bias)]["lr"] == 1.0  # BIAS_LR_FACTOR
+
+
+@pytest.mark.parametrize("optimizer", ["SGD", "AdamW"])
+def test_learned_loss_weights_get_no_weight_decay(optimizer):
+    from panoptic_ext.modeling.loss_weights import LearnedLossWeights
+
+    model = _Net()
+    model.loss_weight_schedule = LearnedLossWeights(instance=1.0, semantic=0.5)
+    opt = build_optimizer(_solver_cfg(optimizer), model)
+    decay = {k: v["weight_decay"] for k, v in _hyperparams(opt).items()}
+    assert decay[id(model.loss_weight_schedule.log_variances)] == 0.0
+    assert decay[id(model.conv.weight)] == 0.01  # the model's weights still decay
+    # one step with zero gradients: decay alone would move the log-variances towards 0
+    before = model.loss_weight_schedule.log_variances.detach().clone()
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    assert torch.equal(model.loss_weight_schedule.log_variances.detach(), before)
+    assert not torch.equal(model.conv.weight.detach(), model.conv.weight.detach() * 0)
 
 
 def test_full_model_gradient_clipping():
@@ -78,6 +124,41 @@ def test_full_model_gradient_clipping():
 def test_unknown_optimizer():
     with pytest.raises(ValueError, match="MODEL.PANOPTIC_EXT.SOLVER.OPTIMIZER"):
         build_optimizer(_solver_cfg("Adagrad"), _Net())
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def test_predictor_logs_only_the_real_weights_load(tmp_path):
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    from panoptic_ext.engine.predictor import PanopticPredictor
+
+    cfg = get_panoptic_cfg(QUICK_CONFIG)
+    DetectionCheckpointer(build_model(cfg), save_dir=str(tmp_path)).save("model")
+    cfg.MODEL.WEIGHTS = str(tmp_path / "model.pth")
+    logger = logging.getLogger("fvcore.common.checkpoint")  # detectron2's checkpointer logs here
+    records, level = _Records(), logger.level
+    logger.addHandler(records)
+    logger.setLevel(logging.INFO)
+    try:
+        PanopticPredictor(cfg)
+        assert not any(m.startswith("No checkpoint found") for m in records.messages)
+        assert any(cfg.MODEL.WEIGHTS in m for m in records.messages)  # the real load
+        records.messages.clear()
+        cfg.MODEL.WEIGHTS = ""  # no weights at all: the line is right, and still there
+        PanopticPredictor(cfg)
+        assert sum(m.startswith("No checkpoint found") for m in records.messages) == 1
+    finally:
+        logger.removeHandler(records)
+        logger.setLevel(level)
+    assert not logger.filters
 
 
 def test_progress_hook_line(caplog):

@@ -5,8 +5,9 @@ from typing import Any, Callable, Dict, List, Type
 
 import torch
 from detectron2.config import CfgNode
-from detectron2.solver import build_optimizer as build_d2_optimizer
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
+
+from ..modeling.loss_weights import LossWeightSchedule
 
 __all__ = ["OPTIMIZERS", "build_optimizer", "add_full_model_gradient_clipping"]
 
@@ -17,6 +18,21 @@ logger = logging.getLogger(__name__)
 FULL_MODEL_CLIP_TYPE = "full_model"
 
 
+def _no_weight_decay_overrides(model: torch.nn.Module) -> Dict[str, Dict[str, float]]:
+    """
+    Weight decay 0 for the parameters of loss-weight schedules (the learned schedule's
+    log-variances): decay would pull every lambda towards 1 instead of where the uncertainty
+    terms put it. Keys are parameter names inside their module, as detectron2's ``overrides``
+    take them (so another module's parameter of the same name gets no decay either).
+    """
+    return {
+        name: {"weight_decay": 0.0}
+        for module in model.modules()
+        if isinstance(module, LossWeightSchedule)
+        for name, _ in module.named_parameters(recurse=False)
+    }
+
+
 def _param_groups(cfg: CfgNode, model: torch.nn.Module) -> List[Dict[str, Any]]:
     return get_default_optimizer_params(
         model,
@@ -25,6 +41,7 @@ def _param_groups(cfg: CfgNode, model: torch.nn.Module) -> List[Dict[str, Any]]:
         weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
         bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
         weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
+        overrides=_no_weight_decay_overrides(model),
     )
 
 
@@ -59,8 +76,7 @@ def _with_clipping(cfg: CfgNode, optimizer_type: Type[torch.optim.Optimizer]):
 
 
 def _build_sgd(cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimizer:
-    if cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE != FULL_MODEL_CLIP_TYPE:
-        return build_d2_optimizer(cfg, model)
+    # detectron2's build_optimizer (same hyper-parameters), plus the schedules' overrides.
     return _with_clipping(cfg, torch.optim.SGD)(
         _param_groups(cfg, model),
         lr=cfg.SOLVER.BASE_LR,
@@ -91,7 +107,8 @@ def build_optimizer(cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimiz
     Build the optimizer named by ``cfg.MODEL.PANOPTIC_EXT.SOLVER.OPTIMIZER`` over the model's
     trainable parameters, with detectron2's per-parameter hyper-parameters (SOLVER.BASE_LR,
     WEIGHT_DECAY, WEIGHT_DECAY_NORM, BIAS_LR_FACTOR, WEIGHT_DECAY_BIAS) and gradient clipping
-    (SOLVER.CLIP_GRADIENTS, whose CLIP_TYPE may also be "full_model").
+    (SOLVER.CLIP_GRADIENTS, whose CLIP_TYPE may also be "full_model"). The parameters of
+    loss-weight schedules (learned log-variances) get no weight decay.
     """
     name = cfg.MODEL.PANOPTIC_EXT.SOLVER.OPTIMIZER
     if name not in OPTIMIZERS:
