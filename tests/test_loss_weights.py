@@ -80,7 +80,7 @@ class TestSchedules(unittest.TestCase):
         self.assertWeights(schedule, 100, 1.0, 0.5)
         self.assertWeights(schedule, 200, 1.0, 0.0)
         self.assertWeights(schedule, 300, 1.0, 0.0)
-        self.assertEqual(build("cosine").max_iter, 1000)  # MAX_ITER 0: SOLVER.MAX_ITER
+        self.assertEqual(build("cosine").num_iters, 1000)  # MAX_ITER 0: SOLVER.MAX_ITER
 
     def test_learned(self):
         schedule = build("learned", INSTANCE=2.0, SEMANTIC=0.5)

@@ -91,16 +91,12 @@ class ConstantLossWeights(LossWeightSchedule):
         return self.weights
 
 
-def _interpolate(start: Sequence[float], end: Sequence[float], t: float) -> LossWeights:
-    return LossWeights(*(float(a + (b - a) * t) for a, b in zip(start, end)))
+class _InterpolatedLossWeights(LossWeightSchedule):
+    """
+    From (start_instance, start_semantic) at iteration 0 to (instance, semantic) at iteration
+    ``num_iters`` along :meth:`curve`, constant afterwards.
+    """
 
-
-@_register("linear_warmup")
-class LinearWarmupLossWeights(LossWeightSchedule):
-    """Linear from (start_instance, start_semantic) at iteration 0 to (instance, semantic) at
-    ``warmup_iters``, constant afterwards."""
-
-    @configurable
     def __init__(
         self,
         *,
@@ -108,73 +104,88 @@ class LinearWarmupLossWeights(LossWeightSchedule):
         start_semantic: float,
         instance: float,
         semantic: float,
-        warmup_iters: int,
+        num_iters: int,
     ):
         super().__init__()
-        if warmup_iters < 0:
-            raise ValueError(
-                f"MODEL.PANOPTIC_EXT.LOSS_WEIGHTS.WARMUP_ITERS must be >= 0, got {warmup_iters}"
-            )
         self.start = (float(start_instance), float(start_semantic))
         self.end = (float(instance), float(semantic))
-        self.warmup_iters = int(warmup_iters)
+        self.num_iters = int(num_iters)
 
-    @classmethod
-    def from_config(cls, cfg) -> dict:
+    @staticmethod
+    def weights_from_config(cfg) -> Dict[str, float]:
+        """The start and end weights of ``cfg.MODEL.PANOPTIC_EXT.LOSS_WEIGHTS``."""
         lw = cfg.MODEL.PANOPTIC_EXT.LOSS_WEIGHTS
         return {
             "start_instance": lw.START_INSTANCE,
             "start_semantic": lw.START_SEMANTIC,
             "instance": lw.INSTANCE,
             "semantic": lw.SEMANTIC,
-            "warmup_iters": lw.WARMUP_ITERS,
         }
 
+    def curve(self, progress: float) -> float:
+        """How far from start to end (0..1) at ``progress`` (0..1) of the ``num_iters``."""
+        raise NotImplementedError
+
     def forward(self, iteration: int) -> LossWeights:
-        if iteration >= self.warmup_iters:
+        if iteration >= self.num_iters:
             return LossWeights(*self.end)
-        return _interpolate(self.start, self.end, iteration / self.warmup_iters)
+        t = self.curve(max(iteration, 0) / self.num_iters)
+        return LossWeights(*(float(a + (b - a) * t) for a, b in zip(self.start, self.end)))
+
+
+@_register("linear_warmup")
+class LinearWarmupLossWeights(_InterpolatedLossWeights):
+    """Linear from (start_instance, start_semantic) at iteration 0 to (instance, semantic) at
+    ``warmup_iters``, constant afterwards."""
+
+    @configurable
+    def __init__(self, *, warmup_iters: int, **weights: float):
+        """
+        Args:
+            warmup_iters (int): iterations of the ramp (0: (instance, semantic) throughout).
+            weights: start_instance, start_semantic, instance, semantic (float).
+        """
+        if warmup_iters < 0:
+            raise ValueError(
+                f"MODEL.PANOPTIC_EXT.LOSS_WEIGHTS.WARMUP_ITERS must be >= 0, got {warmup_iters}"
+            )
+        super().__init__(num_iters=warmup_iters, **weights)
+
+    @classmethod
+    def from_config(cls, cfg) -> dict:
+        warmup_iters = cfg.MODEL.PANOPTIC_EXT.LOSS_WEIGHTS.WARMUP_ITERS
+        return {"warmup_iters": warmup_iters, **cls.weights_from_config(cfg)}
+
+    def curve(self, progress: float) -> float:
+        return progress
 
 
 @_register("cosine")
-class CosineLossWeights(LossWeightSchedule):
+class CosineLossWeights(_InterpolatedLossWeights):
     """Half-cosine from (start_instance, start_semantic) at iteration 0 to (instance, semantic)
     at ``max_iter``, constant afterwards."""
 
     @configurable
-    def __init__(
-        self,
-        *,
-        start_instance: float,
-        start_semantic: float,
-        instance: float,
-        semantic: float,
-        max_iter: int,
-    ):
-        super().__init__()
+    def __init__(self, *, max_iter: int, **weights: float):
+        """
+        Args:
+            max_iter (int): iterations of the half-cosine (> 0).
+            weights: start_instance, start_semantic, instance, semantic (float).
+        """
         if max_iter <= 0:
             raise ValueError(
                 "MODEL.PANOPTIC_EXT.LOSS_WEIGHTS.MAX_ITER (or SOLVER.MAX_ITER when it is 0) must "
                 f"be > 0 for the cosine schedule, got {max_iter}"
             )
-        self.start = (float(start_instance), float(start_semantic))
-        self.end = (float(instance), float(semantic))
-        self.max_iter = int(max_iter)
+        super().__init__(num_iters=max_iter, **weights)
 
     @classmethod
     def from_config(cls, cfg) -> dict:
-        lw = cfg.MODEL.PANOPTIC_EXT.LOSS_WEIGHTS
-        return {
-            "start_instance": lw.START_INSTANCE,
-            "start_semantic": lw.START_SEMANTIC,
-            "instance": lw.INSTANCE,
-            "semantic": lw.SEMANTIC,
-            "max_iter": lw.MAX_ITER or cfg.SOLVER.MAX_ITER,
-        }
+        max_iter = cfg.MODEL.PANOPTIC_EXT.LOSS_WEIGHTS.MAX_ITER or cfg.SOLVER.MAX_ITER
+        return {"max_iter": max_iter, **cls.weights_from_config(cfg)}
 
-    def forward(self, iteration: int) -> LossWeights:
-        progress = min(max(iteration, 0), self.max_iter) / self.max_iter
-        return _interpolate(self.start, self.end, 0.5 * (1.0 - math.cos(math.pi * progress)))
+    def curve(self, progress: float) -> float:
+        return 0.5 * (1.0 - math.cos(math.pi * progress))
 
 
 @_register("step")
