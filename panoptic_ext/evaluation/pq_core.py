@@ -20,6 +20,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .png_reader import fast_kernels
+
 __all__ = [
     "OFFSET",
     "VOID",
@@ -190,6 +192,58 @@ def _segment_ids(segments: Sequence[Mapping[str, Any]], what: str, image: str) -
     return ids
 
 
+def _as_int32_ids(id_map: np.ndarray) -> Optional[np.ndarray]:
+    """``id_map`` as contiguous int32 if all its values are in [0, 2**24), else None."""
+    if id_map.dtype != np.int32:
+        if id_map.dtype.kind not in "iu" or (
+            id_map.size and (id_map.min() < 0 or id_map.max() >= OFFSET)
+        ):
+            return None
+        id_map = id_map.astype(np.int32)
+    return np.ascontiguousarray(id_map).reshape(-1)
+
+
+def _compact_index(ids: np.ndarray, segment_ids: np.ndarray) -> np.ndarray:
+    """segment_index_map's indices of a few distinct ids: 0 unknown, 1 VOID, 2 + i segment i."""
+    order = np.argsort(segment_ids, kind="stable")
+    sorted_ids = segment_ids[order]
+    pos = np.searchsorted(sorted_ids, ids)
+    found = pos < len(sorted_ids)
+    found[found] = sorted_ids[pos[found]] == ids[found]
+    index = np.zeros(len(ids), dtype=np.int64)
+    index[found] = 2 + order[pos[found]]
+    index[ids == VOID] = 1
+    return index
+
+
+def _intersections(
+    gt_ids: np.ndarray, g_ids: np.ndarray, pred_ids: np.ndarray, p_ids: np.ndarray
+) -> Tuple[np.ndarray, np.ndarray]:
+    """
+    ((len(g_ids) + 2, len(p_ids) + 2) pixel counts of (gt index, pred index) pairs, with the
+    indices of :func:`segment_index_map`; sorted predicted ids not in ``p_ids`` nor VOID).
+    """
+    num_g, num_p = len(g_ids) + 2, len(p_ids) + 2
+    kernels = fast_kernels()
+    gt_flat = _as_int32_ids(gt_ids) if kernels is not None else None
+    pred_flat = _as_int32_ids(pred_ids) if gt_flat is not None else None
+    if pred_flat is not None:
+        # One pass over the pixels' runs: counts of the distinct (gt id, pred id) pairs.
+        keys, counts, ok = kernels.joint_counts(gt_flat, pred_flat)
+        if ok:
+            pred_of_pair = keys & (OFFSET - 1)
+            pj = _compact_index(pred_of_pair, p_ids)
+            gi = _compact_index(keys >> 24, g_ids)
+            inter = np.zeros((num_g, num_p), dtype=np.int64)
+            np.add.at(inter, (gi, pj), counts)
+            return inter, np.unique(pred_of_pair[pj == 0])
+    joint = segment_index_map(gt_ids, g_ids, scale=num_p)
+    joint += segment_index_map(pred_ids, p_ids)
+    inter = np.bincount(joint.ravel(), minlength=num_g * num_p).reshape(num_g, num_p)
+    unknown = np.unique(pred_ids[(joint % num_p) == 0]) if inter[:, 0].any() else joint[:0]
+    return inter, unknown
+
+
 def pq_image(
     gt_ids: np.ndarray,
     gt_segments: Sequence[Mapping[str, Any]],
@@ -225,15 +279,11 @@ def pq_image(
     row_of = {c: i for i, c in enumerate(stat.category_ids)}
     g_ids = _segment_ids(gt_segments, "ground-truth", image)
     p_ids = _segment_ids(pred_segments, "predicted", image)
-    num_g, num_p = len(g_ids) + 2, len(p_ids) + 2
 
     # Intersections of every (gt index, pred index) pair (indices of segment_index_map).
-    joint = segment_index_map(gt_ids, g_ids, scale=num_p)
-    joint += segment_index_map(pred_ids, p_ids)
-    inter = np.bincount(joint.ravel(), minlength=num_g * num_p).reshape(num_g, num_p)
+    inter, unknown = _intersections(gt_ids, g_ids, pred_ids, p_ids)
     pred_area = inter.sum(axis=0)
     if pred_area[0] > 0:
-        unknown = np.unique(pred_ids[(joint % num_p) == 0])
         raise PanopticFormatError(
             f"{image}: segment ids {unknown.tolist()} are in the predicted PNG but not in its "
             "segments_info"
