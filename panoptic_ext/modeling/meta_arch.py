@@ -1,5 +1,6 @@
 """``PanopticFPNExt``: Panoptic FPN as a detectron2 ``GeneralizedRCNN`` with pluggable parts."""
 
+import functools
 import logging
 from typing import Dict, List, Mapping, Tuple, Union
 
@@ -10,6 +11,7 @@ from detectron2.structures import ImageList, Instances
 from detectron2.utils.events import get_event_storage
 from torch import nn
 
+from .deferred_masks import DeferredMasks, supports_deferred_masks
 from .loss_weights import LossWeightSchedule, build_loss_weight_schedule
 from .postprocessors import build_panoptic_postprocessor
 
@@ -40,6 +42,7 @@ class PanopticFPNExt(GeneralizedRCNN):
         loss_weight_schedule: LossWeightSchedule,
         postprocessor,
         scale_rpn_losses: bool = False,
+        defer_masks: bool = True,
         **kwargs,
     ):
         """
@@ -50,6 +53,9 @@ class PanopticFPNExt(GeneralizedRCNN):
             loss_weight_schedule (LossWeightSchedule): gives lambda_i and lambda_s per iteration.
             postprocessor: a panoptic post-processor (see ``PANOPTIC_POSTPROCESSOR_REGISTRY``).
             scale_rpn_losses (bool): multiply the RPN losses by lambda_i too.
+            defer_masks (bool): at inference, predict first only the masks the panoptic output
+                needs (the post-processor's ``needed_instances``) and the others when
+                "instances" is read (:class:`DeferredMasks`); the outputs are the same.
             kwargs: the arguments of :class:`GeneralizedRCNN`.
         """
         super().__init__(**kwargs)
@@ -63,6 +69,7 @@ class PanopticFPNExt(GeneralizedRCNN):
         self.loss_weight_schedule = loss_weight_schedule
         self.postprocessor = postprocessor
         self.scale_rpn_losses = scale_rpn_losses
+        self.defer_masks = defer_masks
 
     @classmethod
     def from_config(cls, cfg) -> dict:
@@ -153,16 +160,32 @@ class PanopticFPNExt(GeneralizedRCNN):
         else:
             sem_seg_logits, _ = self.sem_seg_head(features, None)
         proposals, _ = self.proposal_generator(images, features, None)
-        detector_results, _ = self.roi_heads(images, features, proposals, None)
+        deferred = None
+        if do_postprocess and self._can_defer_masks():
+            detector_results = self.roi_heads._forward_box(features, proposals)
+            needed = [self.postprocessor.needed_instances(x) for x in detector_results]
+            if all(n is not None for n in needed):
+                deferred = DeferredMasks(self.roi_heads, features, detector_results, needed)
+            else:
+                detector_results = self.roi_heads.forward_with_given_boxes(
+                    features, detector_results
+                )
+        else:
+            detector_results, _ = self.roi_heads(images, features, proposals, None)
         if not do_postprocess:
             return detector_results, sem_seg_logits
 
         results = []
-        for logits, instances, inputs, image_size in zip(
-            sem_seg_logits, detector_results, batched_inputs, images.image_sizes
+        for i, (logits, instances, inputs, image_size) in enumerate(
+            zip(sem_seg_logits, detector_results, batched_inputs, images.image_sizes)
         ):
             height = inputs.get("height", image_size[0])
             width = inputs.get("width", image_size[1])
+            kwargs = {}
+            if deferred is not None:
+                instances = Instances(instances.image_size, **instances.get_fields())
+                instances.pred_masks = deferred.partial(i)
+                kwargs["complete_masks"] = functools.partial(deferred.complete, i)
             results.append(
                 self.postprocessor(
                     logits,
@@ -170,6 +193,16 @@ class PanopticFPNExt(GeneralizedRCNN):
                     stride=self.sem_seg_head.common_stride,
                     image_size=image_size,
                     output_size=(height, width),
+                    **kwargs,
                 )
             )
         return results
+
+    def _can_defer_masks(self) -> bool:
+        """Deferred masks: enabled, supported by the ROI heads, and by the post-processor (it
+        says which masks it needs, ``needed_instances``)."""
+        return (
+            self.defer_masks
+            and supports_deferred_masks(self.roi_heads)
+            and callable(getattr(self.postprocessor, "needed_instances", None))
+        )

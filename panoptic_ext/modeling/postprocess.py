@@ -220,9 +220,18 @@ def postprocess_boxes(instances: Instances, output_size: Tuple[int, int]) -> Ins
     return detector_postprocess(Instances(instances.image_size, **fields), *output_size)
 
 
-def postprocess_instances(instances: Instances, output_size: Tuple[int, int]) -> Instances:
-    """:func:`detector_postprocess` (full-image masks) leaving the raw instances unchanged."""
+def postprocess_instances(
+    instances: Instances,
+    output_size: Tuple[int, int],
+    pred_masks: Optional[Callable[[], torch.Tensor]] = None,
+) -> Instances:
+    """
+    :func:`detector_postprocess` (full-image masks) leaving the raw instances unchanged;
+    ``pred_masks`` (callable): gives the (N, 1, M, M) masks to use instead of the instances'.
+    """
     fields = dict(instances.get_fields())
+    if pred_masks is not None:
+        fields["pred_masks"] = pred_masks()
     fields["pred_boxes"] = Boxes(instances.pred_boxes.tensor.clone())
     return detector_postprocess(Instances(instances.image_size, **fields), *output_size)
 

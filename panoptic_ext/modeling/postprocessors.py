@@ -3,7 +3,7 @@ The registry of panoptic post-processors: "fast" (default) and "detectron2" (the
 """
 
 import functools
-from typing import Dict, Mapping
+from typing import Callable, Dict, Mapping, Optional
 
 import torch
 from detectron2.config import configurable
@@ -49,6 +49,13 @@ It returns detectron2's PanopticFPN outputs for the image: ``"panoptic_seg"``: (
 segments_info) as detectron2's ``combine_semantic_and_instance_outputs``, and when enabled by
 ``POSTPROCESS.RETURN_SEM_SEG`` / ``RETURN_INSTANCES``: ``"sem_seg"`` (C, H, W) logits and
 ``"instances"`` (:func:`detector_postprocess` output, full-image masks).
+
+A post-processor may also define ``needed_instances(instances) -> Optional[Tensor]``: given an
+image's detections without masks, the (N,) bool selection of those whose masks its panoptic
+output reads (None: all). ``PanopticFPNExt`` then predicts those masks first and calls it with
+``instances.pred_masks`` computed only in the selected rows (zeros elsewhere) and the keyword
+``complete_masks``: a callable returning every detection's (N, 1, M, M) masks, computed when
+first called (see :class:`~panoptic_ext.modeling.deferred_masks.DeferredMasks`).
 """
 
 SEM_SEG_THINGS_CHOICES = ("merged", "all")
@@ -124,6 +131,10 @@ class _PanopticPostprocessor:
             "return_instances": cfg.MODEL.PANOPTIC_EXT.POSTPROCESS.RETURN_INSTANCES,
         }
 
+    def needed_instances(self, instances: Instances) -> Optional[torch.Tensor]:
+        """The detections whose masks the panoptic output reads (None: all); see the registry."""
+        return None
+
     def merged_labels(self, semantic: torch.Tensor) -> torch.Tensor:
         """Semantic labels in detectron2's merged layout (0 = things)."""
         if self.sem_seg_things == "all":
@@ -153,9 +164,30 @@ class FastPanopticPostprocessor(_PanopticPostprocessor):
     The default: detectron2's panoptic output exactly, computing only what it needs (exact
     shortcut argmax of the semantic map, masks pasted only in the boxes of instances the fusion
     visits). "sem_seg" and "instances" are computed on first access (:class:`PanopticOutputs`).
+    The fusion reads the masks of the detections scoring at least ``instance_score_threshold``
+    only (``needed_instances``).
     """
 
-    def __call__(self, sem_seg_logits, instances, *, stride, image_size, output_size) -> Mapping:
+    def needed_instances(self, instances: Instances) -> Optional[torch.Tensor]:
+        # combine_panoptic stops at the first score below the threshold (compared as Python
+        # floats: float64 here too)
+        return instances.scores.to(torch.float64) >= self.instance_score_threshold
+
+    def __call__(
+        self,
+        sem_seg_logits,
+        instances,
+        *,
+        stride,
+        image_size,
+        output_size,
+        complete_masks: Optional[Callable[[], torch.Tensor]] = None,
+    ) -> Mapping:
+        """
+        See ``PANOPTIC_POSTPROCESSOR_REGISTRY``; ``complete_masks``: when given,
+        ``instances.pred_masks`` holds only the masks of the ``needed_instances`` and this
+        returns all of them (for the "instances" output).
+        """
         self.check_inputs(sem_seg_logits, instances, output_size)
         output_size = (int(output_size[0]), int(output_size[1]))
         kept = postprocess_boxes(instances, output_size)
@@ -187,7 +219,9 @@ class FastPanopticPostprocessor(_PanopticPostprocessor):
                 upsampled_logits, sem_seg_logits, stride, image_size, output_size
             )
         if self.return_instances:
-            lazy["instances"] = functools.partial(postprocess_instances, instances, output_size)
+            lazy["instances"] = functools.partial(
+                postprocess_instances, instances, output_size, pred_masks=complete_masks
+            )
         return PanopticOutputs({"panoptic_seg": panoptic}, lazy)
 
 
