@@ -2,18 +2,21 @@
 One training step (forward, backward, SGD update) of panoptic_ext's ``PanopticFPNExt`` vs
 detectron2's ``PanopticFPN``: same weights, same batch, same random sampling, side by side.
 
-    python benchmarks/bench_train_step.py [--quick] [--repeats 6] [--profile]
+    python benchmarks/bench_train_step.py [--quick] [--repeats 6] [--no-control] [--profile]
 
-The two models alternate (A B, B A, ...; an even number of timed rounds, so each goes first
-equally often) after untimed warm-up rounds. Reported: the ratio of the medians (``ratio``), the
-median and the minimum of the per-round ratios (each round runs both models back to back, so its
-ratio is the least disturbed by the load of other processes), the ratio of the fastest steps and
-of CPU times, and whether losses and gradients are identical. ``--profile`` prints torch.profiler
-op tables of both models side by side instead (where time goes, and which ops only one runs).
+Each timed round runs every model once, cycling through all their orders, after untimed warm-up
+steps. A second detectron2 model with the same weights (the control) runs in the same rounds:
+its ratio to the first is the run's noise floor (two identical models differ by about 1% on this
+shared machine). Reported: the ratio of the medians (``ratio``), the median, minimum and maximum
+of the per-round ratios (both models back to back), the ratio of the fastest steps and of CPU
+times, the same for the control, and whether losses and gradients are identical. ``--profile``
+prints torch.profiler op tables of both models side by side instead (where time goes, and which
+ops only one of them runs).
 """
 
 import argparse
 import collections
+import itertools
 import sys
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -122,12 +125,60 @@ class _Stepper:
         }
 
 
-def _build_steppers(quick: bool, sizes: Sequence[Tuple[int, int]]) -> Dict[str, _Stepper]:
+def _build_steppers(
+    quick: bool, sizes: Sequence[Tuple[int, int]], control: bool = False
+) -> Dict[str, _Stepper]:
+    """Steppers "d2", "ours" and, with ``control``, "d2_copy" (a second detectron2 model)."""
     state_dict = calibrated_state_dict(tiny=quick)
     batch = synthetic_train_batch(sizes)
-    return {
+    steppers = {
         "d2": _Stepper(build_with_weights(reference_cfg(tiny=quick), state_dict), batch),
         "ours": _Stepper(build_with_weights(ours_cfg(tiny=quick), state_dict), batch),
+    }
+    if control:
+        model = build_with_weights(reference_cfg(tiny=quick), state_dict)
+        steppers["d2_copy"] = _Stepper(model, batch)
+    return steppers
+
+
+def _time_permuted(
+    steppers: Mapping[str, Callable[[], Any]], repeats: int
+) -> Tuple[Dict[str, List[float]], Dict[str, List[float]], int]:
+    """
+    Timed rounds, each running every stepper once, cycling through all orders of the steppers
+    (A B, B A with two; all six with three) so that none is favoured by its place in a round.
+    ``repeats`` is rounded up to a whole number of cycles.
+
+    Returns:
+        (wall times, CPU times, rounds): name -> one time per round, in round order.
+    """
+    orders = list(itertools.permutations(steppers))
+    rounds = -(-repeats // len(orders)) * len(orders)
+    times: Dict[str, List[float]] = {name: [] for name in steppers}
+    cpu: Dict[str, List[float]] = {name: [] for name in steppers}
+    for i in range(rounds):
+        round_cpu: Dict[str, List[float]] = {}
+        ordered = {name: steppers[name] for name in orders[i % len(orders)]}
+        round_times = time_interleaved(ordered, 1, warmup=0, cpu_times=round_cpu)
+        for name in steppers:
+            times[name] += round_times[name]
+            cpu[name] += round_cpu[name]
+    return times, cpu, rounds
+
+
+def _ratios(
+    times: Mapping[str, Sequence[float]], cpu: Mapping[str, Sequence[float]], name: str
+) -> Dict[str, float]:
+    """``name`` vs "d2": ratio of medians, per-round ratios (median, min, max), ratio of the
+    fastest steps, ratio of median CPU times."""
+    paired = [a / b for a, b in zip(times[name], times["d2"])]  # same round, back to back
+    return {
+        "ratio": median(times[name]) / median(times["d2"]),
+        "paired_ratio_median": median(paired),
+        "paired_ratio_min": min(paired),
+        "paired_ratio_max": max(paired),
+        "ratio_of_min": min_ratio(times, name, "d2"),
+        "cpu_ratio": median(cpu[name]) / median(cpu["d2"]),
     }
 
 
@@ -149,47 +200,50 @@ def run(
     quick: bool = False,
     sizes: Optional[Sequence[Tuple[int, int]]] = None,
     repeats: Optional[int] = None,
+    control: bool = True,
 ) -> List[Dict[str, Any]]:
     """
     Time one training step of ours and detectron2's, interleaved, and compare their losses and
     gradients (same seed, so the same anchors and proposals are sampled).
 
+    With ``control``, a second detectron2 model with the same weights runs in the same rounds:
+    its ratio to the first (``control_*`` fields, ideally 1) is this run's noise floor, and a
+    ratio of ours within it is no measurable difference.
+
     Args:
-        quick (bool): tiny model and images, two timed rounds.
+        quick (bool): tiny model and images.
         sizes (list): (H, W) of the batch's images (default two 512x640).
-        repeats (int): timed steps per model (default 6, 2 when quick), rounded up to even.
+        repeats (int): timed rounds (default 6), rounded up to a whole cycle of orders.
+        control (bool): time the detectron2 control model too.
     """
     sizes = sizes or (QUICK_SIZES if quick else DEFAULT_SIZES)
-    repeats = repeats or (2 if quick else DEFAULT_REPEATS)
-    repeats += repeats % 2  # each model first in half of the rounds
-    steppers = _build_steppers(quick, sizes)
+    steppers = _build_steppers(quick, sizes, control)
     losses, grads = {}, {}
     for name, step in steppers.items():  # the first (cold) step checks losses and gradients
         losses[name] = step()
         grads[name] = step.gradients()
-    cpu: Dict[str, List[float]] = {}
-    times = time_interleaved(steppers, repeats, warmup=WARMUP_ROUNDS, cpu_times=cpu)
-    paired = [a / b for a, b in zip(times["ours"], times["d2"])]  # same round, back to back
+    time_interleaved(steppers, 0, warmup=WARMUP_ROUNDS)
+    times, cpu, rounds = _time_permuted(steppers, repeats or DEFAULT_REPEATS)
 
     ref, ours = losses["d2"], losses["ours"]
     loss_diff = _max_rel_diff(ours, ref)
     grad_diff = _max_rel_diff(grads["ours"], grads["d2"])
     shapes = " + ".join(f"{h}x{w}" for h, w in sizes)
     model = "tiny R18" if quick else "R50"
+    ratios = _ratios(times, cpu, "ours")
+    extra: Dict[str, Any] = {k: v for k, v in ratios.items() if k != "ratio"}
+    if control:
+        extra.update({f"control_{k}": v for k, v in _ratios(times, cpu, "d2_copy").items()})
     return [
         make_row(
             "train_step",
             f"{model}-FPN, batch of {len(sizes)} ({shapes}), forward + backward + SGD step",
-            repeats,
+            rounds,
             REFERENCE,
             ours_s=median(times["ours"]),
             reference_s=median(times["d2"]),
             target=TARGET,
-            paired_ratio_median=median(paired),
-            paired_ratio_min=min(paired),
-            paired_ratio_max=max(paired),
-            ratio_of_min=min_ratio(times, "ours", "d2"),
-            cpu_ratio=median(cpu["ours"]) / median(cpu["d2"]),
+            **extra,
             warmup_rounds=WARMUP_ROUNDS + 1,
             losses_match=bool(loss_diff < 1e-4),
             loss_max_rel_diff=loss_diff,
@@ -260,13 +314,16 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--profile", action="store_true", help="print op tables instead")
+    parser.add_argument(
+        "--no-control", action="store_true", help="no second detectron2 model (noise floor)"
+    )
     args = parser.parse_args(argv)
     if args.profile:
         print("\n".join(profile_table(args.quick)), flush=True)
         return
     from run_all import print_table
 
-    print_table(run(args.quick, repeats=args.repeats))
+    print_table(run(args.quick, repeats=args.repeats, control=not args.no_control))
 
 
 if __name__ == "__main__":
