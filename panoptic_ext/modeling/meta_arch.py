@@ -13,6 +13,7 @@ from torch import nn
 
 from .deferred_masks import DeferredMasks, supports_deferred_masks
 from .loss_weights import LossWeightSchedule, build_loss_weight_schedule
+from .parallel_pooler import parallelize_roi_poolers
 from .postprocessors import build_panoptic_postprocessor
 
 __all__ = ["PanopticFPNExt"]
@@ -43,6 +44,7 @@ class PanopticFPNExt(GeneralizedRCNN):
         postprocessor,
         scale_rpn_losses: bool = False,
         defer_masks: bool = True,
+        parallel_roi_align: bool = True,
         **kwargs,
     ):
         """
@@ -56,6 +58,8 @@ class PanopticFPNExt(GeneralizedRCNN):
             defer_masks (bool): at inference, predict first only the masks the panoptic output
                 needs (the post-processor's ``needed_instances``) and the others when
                 "instances" is read (:class:`DeferredMasks`); the outputs are the same.
+            parallel_roi_align (bool): at inference, pool the ROIs of each feature level in
+                parallel threads (:func:`parallelize_roi_poolers`); the outputs are the same.
             kwargs: the arguments of :class:`GeneralizedRCNN`.
         """
         super().__init__(**kwargs)
@@ -70,6 +74,8 @@ class PanopticFPNExt(GeneralizedRCNN):
         self.postprocessor = postprocessor
         self.scale_rpn_losses = scale_rpn_losses
         self.defer_masks = defer_masks
+        if parallel_roi_align and self.roi_heads is not None:
+            parallelize_roi_poolers(self.roi_heads)
 
     @classmethod
     def from_config(cls, cfg) -> dict:

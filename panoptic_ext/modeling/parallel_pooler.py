@@ -1,0 +1,92 @@
+"""
+ROIAlign over chunks of the ROIs in parallel threads, for inference.
+
+torchvision's CPU ``roi_align`` loops over the ROIs on one thread, so while the ROI heads pool
+their 1000 proposals the other cores idle. Each ROI's output depends only on that ROI, so
+splitting the ROIs into contiguous chunks pooled in threads (torch releases the GIL in its
+operators) and concatenating the results gives the same tensor, bit for bit.
+:func:`parallelize_roi_poolers` wraps the level poolers of a model's ROI poolers in place.
+"""
+
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Optional
+
+import torch
+from detectron2.modeling.poolers import ROIPooler
+from torch import nn
+
+__all__ = ["ChunkedROIAlign", "parallelize_roi_poolers"]
+
+logger = logging.getLogger(__name__)
+
+# Fewer ROIs per chunk are not worth a thread hand-off.
+_MIN_ROIS_PER_CHUNK = 16
+
+_POOL: Optional[ThreadPoolExecutor] = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """A process-wide thread pool with at least ``workers`` threads."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None or _POOL._max_workers < workers:
+            _POOL = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="roi_align")
+        return _POOL
+
+
+class ChunkedROIAlign(nn.Module):
+    """
+    Wraps one ROIAlign module (``forward(input, rois)``, rows of ``rois`` independent): without
+    autograd, the ROIs are split into up to ``num_threads`` contiguous chunks pooled in
+    parallel; with autograd, the wrapped module runs as is.
+    """
+
+    def __init__(self, pooler: nn.Module, num_threads: Optional[int] = None):
+        """
+        Args:
+            pooler (nn.Module): e.g. detectron2's ``ROIAlign``.
+            num_threads (int): chunks at most; default ``torch.get_num_threads()`` at each call.
+        """
+        super().__init__()
+        self.pooler = pooler
+        self.num_threads = num_threads
+
+    def forward(self, input: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
+        threads = self.num_threads or torch.get_num_threads()
+        chunks = min(threads, len(rois) // _MIN_ROIS_PER_CHUNK)
+        if chunks < 2 or (torch.is_grad_enabled() and input.requires_grad) or input.is_cuda:
+            return self.pooler(input, rois)
+        parts = torch.tensor_split(rois, chunks)
+        inference = torch.is_inference_mode_enabled()
+
+        def run(part):
+            # grad mode and inference mode are thread-local: use the caller's
+            with torch.inference_mode(inference), torch.no_grad():
+                return self.pooler(input, part)
+
+        futures = [_pool(chunks - 1).submit(run, part) for part in parts[1:]]
+        outputs = [run(parts[0])] + [f.result() for f in futures]
+        return torch.cat(outputs)
+
+    def extra_repr(self) -> str:
+        return f"num_threads={self.num_threads or 'torch.get_num_threads()'}"
+
+
+def parallelize_roi_poolers(model: nn.Module, num_threads: Optional[int] = None) -> int:
+    """
+    Wrap, in place, the level poolers of every detectron2 ``ROIPooler`` in ``model`` with
+    :class:`ChunkedROIAlign` (parameter-free: the state dict is unchanged). Returns how many
+    were wrapped.
+    """
+    count = 0
+    for module in model.modules():
+        if not isinstance(module, ROIPooler):
+            continue
+        for i, level in enumerate(module.level_poolers):
+            if not isinstance(level, ChunkedROIAlign):
+                module.level_poolers[i] = ChunkedROIAlign(level, num_threads)
+                count += 1
+    return count

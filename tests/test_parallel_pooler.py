@@ -1,0 +1,93 @@
+"""ROIAlign over ROI chunks in threads: the same tensor as detectron2's serial ROIPooler."""
+
+import copy
+import unittest
+from unittest import mock
+
+import torch
+from detectron2.modeling import build_model
+from detectron2.modeling.poolers import ROIPooler
+from detectron2.structures import Boxes
+
+import panoptic_ext  # noqa: F401  (registers the plugins)
+from panoptic_ext.modeling import parallel_pooler
+from panoptic_ext.modeling.parallel_pooler import ChunkedROIAlign, parallelize_roi_poolers
+from tests.common import get_model_zoo_cfg
+
+
+def random_boxes(n: int, height: int, width: int, seed: int) -> Boxes:
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(n, 2, generator=g) * torch.tensor([width * 0.8, height * 0.8])
+    wh = torch.rand(n, 2, generator=g) ** 3 * torch.tensor([width, height]) + 1  # many scales
+    return Boxes(torch.cat([xy, xy + wh], dim=1))
+
+
+class TestChunkedROIAlign(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        g = torch.Generator().manual_seed(0)
+        # two images, FPN levels p2..p5 of a 256x320 input
+        cls.features = [torch.randn(2, 8, 256 // s, 320 // s, generator=g) for s in (4, 8, 16, 32)]
+        cls.boxes = [random_boxes(300, 256, 320, seed=1), random_boxes(150, 256, 320, seed=2)]
+
+    def poolers(self, **kwargs):
+        serial = ROIPooler(
+            output_size=7,
+            scales=(1 / 4, 1 / 8, 1 / 16, 1 / 32),
+            sampling_ratio=0,
+            pooler_type="ROIAlignV2",
+        )
+        parallel = copy.deepcopy(serial)
+        self.assertEqual(parallelize_roi_poolers(parallel, **kwargs), 4)
+        self.assertEqual(parallelize_roi_poolers(parallel), 0)  # idempotent
+        return serial, parallel
+
+    def test_same_tensor_any_chunking(self):
+        for threads in (2, 3, 7):
+            serial, parallel = self.poolers(num_threads=threads)
+            with torch.no_grad():
+                expected = serial(self.features, self.boxes)
+                with mock.patch.object(
+                    parallel_pooler, "_pool", wraps=parallel_pooler._pool
+                ) as pool:
+                    got = parallel(self.features, self.boxes)
+                self.assertTrue(pool.called)  # the threads were really used
+            self.assertTrue(torch.equal(got, expected), threads)
+            with torch.inference_mode():
+                self.assertTrue(torch.equal(parallel(self.features, self.boxes), expected))
+
+    def test_autograd_and_few_rois_run_serially(self):
+        serial, parallel = self.poolers(num_threads=2)
+        features = [f.clone().requires_grad_() for f in self.features]
+        with mock.patch.object(parallel_pooler, "_pool") as pool:
+            out = parallel(features, self.boxes)
+            out.sum().backward()
+            with torch.no_grad():
+                parallel(self.features, [b[:10] for b in self.boxes])
+        pool.assert_not_called()
+        self.assertTrue(torch.equal(out.detach(), serial(self.features, self.boxes)))
+        self.assertIsNotNone(features[0].grad)
+
+    def test_wrapper_interface(self):
+        inner = torch.nn.Identity()
+        wrapped = ChunkedROIAlign(inner, num_threads=2)
+        self.assertIn("num_threads=2", repr(wrapped))
+        self.assertEqual(dict(wrapped.state_dict()), {})
+
+
+class TestModelPoolers(unittest.TestCase):
+    def test_only_our_model_is_parallel_and_weights_load(self):
+        cfg = get_model_zoo_cfg()
+        cfg.merge_from_list(["MODEL.RESNETS.DEPTH", 18, "MODEL.RESNETS.RES2_OUT_CHANNELS", 64])
+        d2 = build_model(cfg)
+        cfg.MODEL.META_ARCHITECTURE = "PanopticFPNExt"
+        cfg.MODEL.SEM_SEG_HEAD.NAME = "SemanticFPNHead"
+        ours = build_model(cfg)
+        chunked = [m for m in ours.modules() if isinstance(m, ChunkedROIAlign)]
+        self.assertEqual(len(chunked), 8)  # box and mask poolers, 4 levels each
+        self.assertFalse(any(isinstance(m, ChunkedROIAlign) for m in d2.modules()))
+        ours.load_state_dict(d2.state_dict(), strict=True)
+
+
+if __name__ == "__main__":
+    unittest.main()
