@@ -244,7 +244,8 @@ class TestPanopticQualityEvaluator:
             model_output(ids_b, segs_b, drop=(101,)),
         ]
         out_dir = str(tmp_path / "eval")
-        res = run(PanopticQualityEvaluator(name, out_dir), records, outputs)["panoptic_seg"]
+        res = run(PanopticQualityEvaluator(name, out_dir, save_pngs=True), records, outputs)
+        res = res["panoptic_seg"]
         meta = MetadataCatalog.get(name)
         saved = pq_compute(
             meta.panoptic_json, os.path.join(out_dir, "predictions.json"), meta.panoptic_root
@@ -253,6 +254,20 @@ class TestPanopticQualityEvaluator:
         assert res["PQ_st"] == pytest.approx(100 * saved["Stuff"]["pq"]) and res["PQ_st"] < 100
         with open(os.path.join(out_dir, "pq_results.json")) as f:
             assert json.load(f)["All"]["pq"] == pytest.approx(saved["All"]["pq"])
+
+    def test_output_dir_keeps_only_the_json_by_default(self, dataset, tmp_path):
+        """As detectron2's COCOPanopticEvaluator: predictions.json, no PNGs (opt-in)."""
+        name, gt, records = dataset
+        outputs = [model_output(*gt[r["image_id"]]) for r in records]
+        out_dir = tmp_path / "eval"
+        evaluator = PanopticQualityEvaluator(name, str(out_dir))
+        res = run(evaluator, records, outputs)["panoptic_seg"]
+        assert res["PQ"] == pytest.approx(100.0)
+        assert sorted(os.listdir(out_dir)) == ["pq_results.json", "predictions.json"]
+        with open(out_dir / "predictions.json") as f:
+            annotations = json.load(f)["annotations"]
+        assert [a["image_id"] for a in annotations] == [r["image_id"] for r in records]
+        assert all("png_string" not in a and a["segments_info"] for a in annotations)
 
     def test_label_divisor_encoding(self, dataset):
         """segments_info None: panoptic ids are record_id * label_divisor + instance (-1 VOID)."""

@@ -142,7 +142,8 @@ def test_pq_equals_cityscapesscripts(cityscapes, tmp_path):
     assert layout.num_thing_classes == 8 and layout.num_stuff_classes == 11
     inputs, outputs = _model_outputs(layout, cityscapes)
     out_dir = tmp_path / "pq"
-    res = _run(PanopticQualityEvaluator(VAL, str(out_dir)), inputs, outputs)["panoptic_seg"]
+    evaluator = PanopticQualityEvaluator(VAL, str(out_dir), save_pngs=True)
+    res = _run(evaluator, inputs, outputs)["panoptic_seg"]
     with contextlib.redirect_stdout(io.StringIO()):
         ref = cs_panoptic.evaluatePanoptic(
             str(cityscapes / "cityscapes_panoptic_val.json"),

@@ -47,8 +47,10 @@ def build_panoptic_evaluators(
       (fast path only with compiled ops).
 
     Args:
-        cfg (CfgNode): the config; reads MODEL.PANOPTIC_EXT.SEM_SEG_THINGS, EVAL.TASKS and
-            POSTPROCESS.RETURN_SEM_SEG / RETURN_INSTANCES (what the model outputs).
+        cfg (CfgNode): the config; reads MODEL.PANOPTIC_EXT.SEM_SEG_THINGS, EVAL.TASKS,
+            EVAL.SAVE_PANOPTIC_PNGS (optional, default False: see
+            :class:`PanopticQualityEvaluator`'s ``save_pngs``) and POSTPROCESS.RETURN_SEM_SEG /
+            RETURN_INSTANCES (what the model outputs).
         dataset_name (str): a registered dataset.
         output_dir (str): where evaluators save predictions and results.
         tasks (list[str]): subset of ("panoptic_seg", "sem_seg", "instances"); default
@@ -85,7 +87,8 @@ def build_panoptic_evaluators(
 
     evaluators = []
     if "panoptic_seg" in tasks:
-        evaluators.append(PanopticQualityEvaluator(dataset_name, output_dir))
+        save_pngs = bool(_ext_option(cfg, "EVAL.SAVE_PANOPTIC_PNGS", False))
+        evaluators.append(PanopticQualityEvaluator(dataset_name, output_dir, save_pngs=save_pngs))
     if "sem_seg" in tasks:
         # Cityscapes reports mIoU over its 19 classes: the semantic branch gives them directly
         # only with SEM_SEG_THINGS="all"; otherwise the panoptic output's classes are used.

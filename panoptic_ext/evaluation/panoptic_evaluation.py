@@ -1,11 +1,11 @@
 """``PanopticQualityEvaluator``: PQ / SQ / RQ of a model's ``panoptic_seg`` outputs, no panopticapi.
 
 Each image is matched against its ground truth as soon as it is processed (the statistics are a
-few numbers per category), so nothing large is kept in memory; predictions are written as COCO
-panoptic files only when ``output_dir`` is given.
+few numbers per category), so nothing large is kept in memory. With ``output_dir``, the
+predicted ``segments_info`` are written as ``predictions.json`` (as detectron2 does); the PNGs
+only with ``save_pngs=True``.
 """
 
-import io
 import itertools
 import json
 import logging
@@ -14,16 +14,16 @@ import os
 from collections import OrderedDict
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
+import cv2
 import numpy as np
 from detectron2.data import MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
-from PIL import Image
 
 from ..data.class_layout import PanopticClassLayout
-from .pq_core import PQStat, categories_by_id, id2rgb, pq_image
-from .pq_io import format_pq_table, read_panoptic_png
+from .pq_core import PQStat, categories_by_id, id2rgb
+from .pq_io import format_pq_table, pq_image_of_files
 
 __all__ = ["PanopticQualityEvaluator", "load_panoptic_ground_truth"]
 
@@ -71,14 +71,20 @@ class PanopticQualityEvaluator(DatasetEvaluator):
         *,
         distributed: bool = True,
         per_class: bool = True,
+        save_pngs: bool = False,
     ):
         """
         Args:
             dataset_name (str): a registered dataset with ``panoptic_json`` / ``panoptic_root``
                 and thing / stuff metadata.
-            output_dir (str): if set, predictions are saved there in COCO panoptic format
-                (``predictions.json`` + ``predictions/*.png``, readable by ``pq_compute``) with
-                the full results in ``pq_results.json``.
+            output_dir (str): if set, the predicted ``segments_info`` are saved there as
+                ``predictions.json`` (COCO panoptic format, as detectron2's
+                ``COCOPanopticEvaluator`` keeps them) with the full results in
+                ``pq_results.json``.
+            save_pngs (bool): also save the predicted PNGs (``output_dir/predictions/*.png``),
+                so that ``pq_compute`` / ``panoptic-pq`` can re-score the predictions. Off by
+                default: encoding and writing a PNG per image adds about 10 ms per image to
+                every (periodic) evaluation.
             distributed (bool): gather the statistics of all ranks.
             per_class (bool): add "PQ-<name>", "SQ-<name>", "RQ-<name>" entries (NaN for
                 categories without ground truth or predictions).
@@ -91,6 +97,8 @@ class PanopticQualityEvaluator(DatasetEvaluator):
         self._gt_by_image = {ann["image_id"]: ann for ann in gt_json["annotations"]}
         self._gt_by_name = {str(ann["image_id"]): ann for ann in gt_json["annotations"]}
         self._output_dir = output_dir
+        self._save_pngs = save_pngs
+        self._category_ids = list(self._categories)
         self._distributed = distributed
         self._per_class = per_class
         # Record ids -> dataset ids, for outputs without segments_info.
@@ -154,27 +162,28 @@ class PanopticQualityEvaluator(DatasetEvaluator):
                 segments = [s for s in segments if area[s["id"]] > 0]
             gt_ann = self._ground_truth(input["image_id"])
             gt_file = os.path.join(self._gt_root, gt_ann["file_name"])
-            self._stat += pq_image(
-                read_panoptic_png(gt_file),
+            self._stat += pq_image_of_files(
+                gt_file,
                 gt_ann["segments_info"],
                 pan,
                 segments,
-                list(self._categories),
+                self._category_ids,
                 image=f"image {input['image_id']!r} ({input.get('file_name', '')}, gt {gt_file})",
             )
             if self._output_dir:
-                with io.BytesIO() as out:
-                    Image.fromarray(id2rgb(pan)).save(out, format="PNG")
-                    png = out.getvalue()
                 file_name = os.path.splitext(os.path.basename(gt_ann["file_name"]))[0] + ".png"
-                self._predictions.append(
-                    {
-                        "image_id": gt_ann["image_id"],
-                        "file_name": file_name,
-                        "segments_info": segments,
-                        "png_string": png,
-                    }
-                )
+                prediction = {
+                    "image_id": gt_ann["image_id"],
+                    "file_name": file_name,
+                    "segments_info": segments,
+                }
+                if self._save_pngs:
+                    # Encoded now (a few KB each) so that only small strings are gathered.
+                    ok, png = cv2.imencode(".png", np.ascontiguousarray(id2rgb(pan)[..., ::-1]))
+                    if not ok:
+                        raise RuntimeError(f"could not encode the panoptic PNG of {file_name}")
+                    prediction["png_string"] = png.tobytes()
+                self._predictions.append(prediction)
 
     # ---- evaluate -----------------------------------------------------------------------------
     def evaluate(self):
@@ -220,12 +229,15 @@ class PanopticQualityEvaluator(DatasetEvaluator):
         return res
 
     def _save(self, predictions: List[Dict[str, Any]], pq_res: Mapping[str, Any]) -> None:
-        png_dir = os.path.join(self._output_dir, "predictions")
-        PathManager.mkdirs(png_dir)
+        PathManager.mkdirs(self._output_dir)
+        if self._save_pngs:
+            png_dir = os.path.join(self._output_dir, "predictions")
+            PathManager.mkdirs(png_dir)
         annotations = []
         for p in predictions:
-            with PathManager.open(os.path.join(png_dir, p["file_name"]), "wb") as f:
-                f.write(p["png_string"])
+            if self._save_pngs:
+                with PathManager.open(os.path.join(png_dir, p["file_name"]), "wb") as f:
+                    f.write(p["png_string"])
             annotations.append({k: v for k, v in p.items() if k != "png_string"})
         with PathManager.open(os.path.join(self._output_dir, "predictions.json"), "w") as f:
             json.dump(

@@ -1,5 +1,9 @@
-"""Compiled (numba) loops of the PQ evaluation: PNG scanline unfiltering into segment ids, and
-the joint histogram of two id maps.
+"""Compiled (numba) loops of the PQ evaluation: PNG scanlines to segment ids, and the pixel
+counts of (gt id, predicted id) pairs, read row by row straight from the scanlines.
+
+Panoptic maps are long runs of a few ids, and many rows repeat the row above (a PNG encoder
+stores them as an "Up" row of zeros). So the loops skip repeated rows (their counts are the
+previous row's, once more), and count runs, not pixels, with a small hash table.
 
 Importing this module imports numba; the functions compile on first use and are cached on disk
 (``cache=True``). They release the GIL, so threads decode and match images in parallel.
@@ -8,11 +12,14 @@ Importing this module imports numba; the functions compile on first use and are 
 import numpy as np
 from numba import njit
 
-__all__ = ["unfilter_to_ids", "joint_counts"]
+__all__ = ["unfilter_to_ids", "pair_counts", "ID_LIMIT"]
 
-_ID_LIMIT = 1 << 24
+ID_LIMIT = 1 << 24
 # Fibonacci hashing multiplier (2**64 / golden ratio) as a wrapping signed 64-bit integer.
 _HASH_MULT = -7046029254386353131
+
+# pair_counts status codes.
+OK, GT_FILTER_ERROR, PRED_FILTER_ERROR, ID_OUT_OF_RANGE = 0, 1, 2, 3
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -54,27 +61,63 @@ def _unfilter_row(kind, src, prv, dst, bpp):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _scanlines_to_ids(data, height, width, bpp, out):  # pragma: no cover - compiled
-    stride = width * bpp
-    rows = np.zeros((3, stride), np.uint8)  # rows[2] stays zero: the row above row 0
-    for y in range(height):
-        pos = y * (stride + 1)
-        kind = data[pos]
-        if kind > 4:
-            return y
-        dst = rows[y & 1]
-        _unfilter_row(
-            kind,
-            data[pos + 1 : pos + 1 + stride],
-            rows[2] if y == 0 else rows[(y + 1) & 1],
-            dst,
-            bpp,
-        )
-        ids = out[y]
-        for x in range(width):
-            o = x * bpp
-            ids[x] = np.int32(dst[o]) | (np.int32(dst[o + 1]) << 8) | (np.int32(dst[o + 2]) << 16)
-    return -1
+def _pack_ids(row, bpp, ids):  # pragma: no cover - compiled
+    """R + 256 G + 256^2 B of each pixel of an unfiltered RGB (bpp 3) / RGBA (4) row."""
+    # A constant stride lets the compiler vectorise the loop.
+    if bpp == 3:
+        for x in range(ids.shape[0]):
+            ids[x] = (
+                np.int32(row[3 * x])
+                | (np.int32(row[3 * x + 1]) << 8)
+                | (np.int32(row[3 * x + 2]) << 16)
+            )
+    else:
+        for x in range(ids.shape[0]):
+            ids[x] = (
+                np.int32(row[4 * x])
+                | (np.int32(row[4 * x + 1]) << 8)
+                | (np.int32(row[4 * x + 2]) << 16)
+            )
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _all_zero(values):  # pragma: no cover - compiled
+    acc = np.uint8(0)
+    for i in range(values.shape[0]):
+        acc |= values[i]
+    return acc == 0
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _same_row(a, b):  # pragma: no cover - compiled
+    acc = 0
+    for i in range(a.shape[0]):
+        acc |= a[i] ^ b[i]
+    return acc == 0
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _next_png_row(data, y, bpp, rows, prev, ids):  # pragma: no cover - compiled
+    """
+    Decode scanline ``y`` into ``ids``. ``rows`` (3, stride) holds the last two unfiltered
+    rows, ``rows[prev]`` the one above (``rows[2]``, zeros, above row 0).
+
+    Returns:
+        (prev, status): the new ``prev``; status 0 = decoded, 1 = the same as the row above
+        (``ids`` untouched), -1 = unknown filter type.
+    """
+    stride = rows.shape[1]
+    pos = y * (stride + 1)
+    kind = data[pos]
+    src = data[pos + 1 : pos + 1 + stride]
+    if kind == 2 and y > 0 and _all_zero(src):
+        return prev, 1
+    if kind > 4:
+        return prev, -1
+    cur = 1 if prev == 0 else 0
+    _unfilter_row(kind, src, rows[prev], rows[cur], bpp)
+    _pack_ids(rows[cur], bpp, ids)
+    return cur, 0
 
 
 @njit(cache=True, nogil=True)
@@ -92,13 +135,18 @@ def unfilter_to_ids(data, height, width, bpp, out):  # pragma: no cover - compil
     Returns:
         int: -1 on success, else the index of the first row with an unknown filter type.
     """
-    # A constant bytes-per-pixel lets the compiler vectorise the loops.
-    if bpp == 3:
-        return _scanlines_to_ids(data, height, width, 3, out)
-    return _scanlines_to_ids(data, height, width, 4, out)
+    rows = np.zeros((3, width * bpp), np.uint8)
+    prev = 2
+    for y in range(height):
+        prev, status = _next_png_row(data, y, bpp, rows, prev, out[y])
+        if status == 1:
+            out[y] = out[y - 1]
+        elif status < 0:
+            return y
+    return -1
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _insert(keys, counts, key, count):  # pragma: no cover - compiled
     """Add ``count`` to ``key`` in an open-addressing table; returns 1 if the key is new."""
     mask = keys.shape[0] - 1
@@ -116,38 +164,95 @@ def _insert(keys, counts, key, count):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def joint_counts(gt, pred):  # pragma: no cover - compiled
-    """
-    Pixel counts of every (gt id, predicted id) pair of two equally long id arrays.
+def _grow(keys, counts):  # pragma: no cover - compiled
+    new_keys = np.full(2 * keys.shape[0], -1, np.int64)
+    new_counts = np.zeros(2 * keys.shape[0], np.int64)
+    for s in range(keys.shape[0]):
+        if keys[s] != -1:
+            _insert(new_keys, new_counts, keys[s], counts[s])
+    return new_keys, new_counts
 
-    Args:
-        gt, pred (ndarray): (N,) int32 segment ids.
+
+@njit(cache=True, nogil=True, inline="always")
+def _row_runs(g, p, run_keys, run_lens):  # pragma: no cover - compiled
+    """Runs of equal (gt, pred) ids along a row: their keys (gt * 2**24 + pred) and lengths.
+    Returns the number of runs, or -1 if an id is outside [0, 2**24)."""
+    n = 0
+    start = 0
+    width = g.shape[0]
+    for x in range(1, width + 1):
+        if x == width or g[x] != g[start] or p[x] != p[start]:
+            a = g[start]
+            b = p[start]
+            if a < 0 or a >= ID_LIMIT or b < 0 or b >= ID_LIMIT:
+                return -1
+            run_keys[n] = np.int64(a) * ID_LIMIT + b
+            run_lens[n] = x - start
+            n += 1
+            start = x
+    return n
+
+
+@njit(cache=True, nogil=True)
+def pair_counts(g_data, g_bpp, g_map, p_data, p_bpp, p_map, height, width):  # pragma: no cover
+    """
+    Pixel counts of every (gt id, predicted id) pair of two images, each given either as PNG
+    scanlines (``*_data`` and ``*_bpp`` 3 or 4, as :func:`unfilter_to_ids` takes them) or as an
+    id map (``*_bpp`` 0 and ``*_map``, (height, width) int32).
 
     Returns:
-        (keys, counts, ok): int64 arrays, key = gt id * 2**24 + predicted id, in no particular
-        order; ``ok`` is False (and the arrays empty) when an id is outside [0, 2**24).
+        (keys, counts, status, row): int64 arrays, key = gt id * 2**24 + predicted id, in no
+        particular order; status OK, GT_FILTER_ERROR / PRED_FILTER_ERROR (unknown filter type in
+        ``row``) or ID_OUT_OF_RANGE (an id map has an id outside [0, 2**24)).
     """
-    n = gt.shape[0]
     keys = np.full(1024, -1, np.int64)
     counts = np.zeros(1024, np.int64)
     used = 0
-    i = 0
-    while i < n:
-        g = gt[i]
-        p = pred[i]
-        if g < 0 or g >= _ID_LIMIT or p < 0 or p >= _ID_LIMIT:
-            return keys[:0], counts[:0], False
-        j = i + 1
-        while j < n and gt[j] == g and pred[j] == p:  # runs are long in panoptic maps
-            j += 1
-        used += _insert(keys, counts, np.int64(g) * _ID_LIMIT + p, j - i)
-        if 2 * used > keys.shape[0]:  # keep the load factor at most 1/2
-            old_keys, old_counts = keys, counts
-            keys = np.full(2 * old_keys.shape[0], -1, np.int64)
-            counts = np.zeros(2 * old_keys.shape[0], np.int64)
-            for s in range(old_keys.shape[0]):
-                if old_keys[s] != -1:
-                    _insert(keys, counts, old_keys[s], old_counts[s])
-        i = j
+    g_rows = np.zeros((3, max(1, width * g_bpp)), np.uint8)
+    p_rows = np.zeros((3, max(1, width * p_bpp)), np.uint8)
+    g_prev = 2
+    p_prev = 2
+    g_ids = np.zeros(width, np.int32)
+    p_ids = np.zeros(width, np.int32)
+    run_keys = np.zeros(width, np.int64)
+    run_lens = np.zeros(width, np.int64)
+    num_runs = 0
+    repeat = 0  # how many times the runs in run_keys / run_lens occur
+    for y in range(height + 1):
+        if y < height:
+            same = y > 0
+            if g_bpp == 0:
+                g = g_map[y]
+                if same:
+                    same = _same_row(g, g_map[y - 1])
+            else:
+                g_prev, status = _next_png_row(g_data, y, g_bpp, g_rows, g_prev, g_ids)
+                if status < 0:
+                    return keys[:0], counts[:0], GT_FILTER_ERROR, y
+                same = same and status == 1
+                g = g_ids
+            if p_bpp == 0:
+                p = p_map[y]
+                if same:
+                    same = _same_row(p, p_map[y - 1])
+            else:
+                p_prev, status = _next_png_row(p_data, y, p_bpp, p_rows, p_prev, p_ids)
+                if status < 0:
+                    return keys[:0], counts[:0], PRED_FILTER_ERROR, y
+                same = same and status == 1
+                p = p_ids
+            if same:
+                repeat += 1
+                continue
+        for r in range(num_runs):  # flush the previous distinct row
+            used += _insert(keys, counts, run_keys[r], run_lens[r] * repeat)
+            if 2 * used > keys.shape[0]:  # keep the load factor at most 1/2
+                keys, counts = _grow(keys, counts)
+        if y == height:
+            break
+        num_runs = _row_runs(g, p, run_keys, run_lens)
+        if num_runs < 0:
+            return keys[:0], counts[:0], ID_OUT_OF_RANGE, y
+        repeat = 1
     filled = keys != -1
-    return keys[filled], counts[filled], True
+    return keys[filled], counts[filled], OK, -1

@@ -20,7 +20,7 @@ from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
 
-__all__ = ["PNGHeader", "parse_png", "decode_panoptic_png", "fast_kernels"]
+__all__ = ["PNGHeader", "parse_png", "inflate_png", "decode_panoptic_png", "fast_kernels"]
 
 logger = logging.getLogger(__name__)
 
@@ -127,23 +127,23 @@ def parse_png(data: bytes, path: str) -> Optional[Tuple[PNGHeader, bytes]]:
     return header, b"".join(idat)
 
 
-def decode_panoptic_png(data: bytes, path: str) -> Optional[np.ndarray]:
+def inflate_png(data: bytes, path: str) -> Optional[Tuple[PNGHeader, int, np.ndarray]]:
     """
-    Segment ids (R + 256 G + 256^2 B) of an 8-bit RGB / RGBA, non-interlaced PNG file.
+    The inflated (still filtered) scanlines of an 8-bit RGB / RGBA, non-interlaced PNG file.
 
     Args:
         data (bytes): the file's contents.
         path (str): the file, for error messages.
 
     Returns:
-        ndarray or None: (H, W) int32 ids; None when this reader does not handle the file (not
-        a PNG, another color type or bit depth, interlaced) or the kernels are not installed.
+        (PNGHeader, bytes per pixel, (height * (1 + width * bpp),) uint8 array), or None when
+        this reader does not handle the file (not a PNG, another color type or bit depth,
+        interlaced) or the fast kernels are not installed.
 
     Raises:
         ValueError: the PNG is truncated or corrupt (the message names ``path``).
     """
-    kernels = fast_kernels()
-    if kernels is None:
+    if fast_kernels() is None:
         return None
     parsed = parse_png(data, path)
     if parsed is None:
@@ -166,13 +166,36 @@ def decode_panoptic_png(data: bytes, path: str) -> Optional[np.ndarray]:
             f"panoptic PNG {path} is corrupt: its image data inflates to {len(raw)} bytes, "
             f"expected {expected} for {header.width}x{header.height} pixels"
         )
+    return header, bpp, np.frombuffer(raw, dtype=np.uint8)
+
+
+def filter_error(path: str, scanlines: np.ndarray, width: int, bpp: int, row: int) -> ValueError:
+    """The error of a scanline whose filter type is unknown."""
+    kind = int(scanlines[row * (1 + width * bpp)])
+    return ValueError(f"panoptic PNG {path} is corrupt: unknown filter type {kind} in row {row}")
+
+
+def decode_panoptic_png(data: bytes, path: str) -> Optional[np.ndarray]:
+    """
+    Segment ids (R + 256 G + 256^2 B) of an 8-bit RGB / RGBA, non-interlaced PNG file.
+
+    Args:
+        data (bytes): the file's contents.
+        path (str): the file, for error messages.
+
+    Returns:
+        ndarray or None: (H, W) int32 ids; None when this reader does not handle the file (see
+        :func:`inflate_png`).
+
+    Raises:
+        ValueError: the PNG is truncated or corrupt (the message names ``path``).
+    """
+    inflated = inflate_png(data, path)
+    if inflated is None:
+        return None
+    header, bpp, scanlines = inflated
     ids = np.empty((header.height, header.width), dtype=np.int32)
-    bad_row = kernels.unfilter_to_ids(
-        np.frombuffer(raw, dtype=np.uint8), header.height, header.width, bpp, ids
-    )
+    bad_row = fast_kernels().unfilter_to_ids(scanlines, header.height, header.width, bpp, ids)
     if bad_row >= 0:
-        kind = raw[bad_row * (1 + header.width * bpp)]
-        raise ValueError(
-            f"panoptic PNG {path} is corrupt: unknown filter type {kind} in row {bad_row}"
-        )
+        raise filter_error(path, scanlines, header.width, bpp, bad_row)
     return ids

@@ -30,6 +30,7 @@ __all__ = [
     "rgb2id",
     "id2rgb",
     "pq_image",
+    "pq_image_from_pairs",
     "segment_index_map",
 ]
 
@@ -184,7 +185,7 @@ def _segment_ids(segments: Sequence[Mapping[str, Any]], what: str, image: str) -
             f"{image}: {what} segment ids must be in [1, 2**24) (0 is VOID), got "
             f"{sorted(set(ids[(ids <= VOID) | (ids >= OFFSET)].tolist()))}"
         )
-    if len(np.unique(ids)) != len(ids):
+    if len(set(ids.tolist())) != len(ids):
         values, counts = np.unique(ids, return_counts=True)
         raise PanopticFormatError(
             f"{image}: duplicated {what} segment ids {values[counts > 1].tolist()}"
@@ -192,15 +193,21 @@ def _segment_ids(segments: Sequence[Mapping[str, Any]], what: str, image: str) -
     return ids
 
 
-def _as_int32_ids(id_map: np.ndarray) -> Optional[np.ndarray]:
-    """``id_map`` as contiguous int32 if all its values are in [0, 2**24), else None."""
+def as_int32_ids(id_map: np.ndarray) -> Optional[np.ndarray]:
+    """A 2-D id map as a C-contiguous writable int32 array (for the compiled loops), or None if
+    it cannot be one without changing values (ids outside [0, 2**24) or not integers)."""
+    id_map = np.asarray(id_map)
+    if id_map.ndim != 2:
+        return None
     if id_map.dtype != np.int32:
         if id_map.dtype.kind not in "iu" or (
             id_map.size and (id_map.min() < 0 or id_map.max() >= OFFSET)
         ):
             return None
         id_map = id_map.astype(np.int32)
-    return np.ascontiguousarray(id_map).reshape(-1)
+    if not (id_map.flags.c_contiguous and id_map.flags.writeable):
+        id_map = id_map.copy()
+    return id_map
 
 
 def _compact_index(ids: np.ndarray, segment_ids: np.ndarray) -> np.ndarray:
@@ -216,27 +223,41 @@ def _compact_index(ids: np.ndarray, segment_ids: np.ndarray) -> np.ndarray:
     return index
 
 
+def pair_intersections(
+    keys: np.ndarray, counts: np.ndarray, g_ids: np.ndarray, p_ids: np.ndarray
+) -> Tuple[np.ndarray, np.ndarray]:
+    """
+    Intersections from the pixel counts of (gt id, pred id) pairs (key gt * 2**24 + pred): the
+    (len(g_ids) + 2, len(p_ids) + 2) matrix over the indices of :func:`segment_index_map`, and
+    the sorted predicted ids that are neither in ``p_ids`` nor VOID.
+    """
+    num_g, num_p = len(g_ids) + 2, len(p_ids) + 2
+    pred_of_pair = keys & (OFFSET - 1)
+    pj = _compact_index(pred_of_pair, p_ids)
+    gi = _compact_index(keys >> 24, g_ids)
+    inter = np.bincount(gi * num_p + pj, weights=counts, minlength=num_g * num_p)
+    inter = inter.astype(np.int64).reshape(num_g, num_p)  # exact: counts < 2**53
+    unknown = pj == 0
+    return inter, (np.unique(pred_of_pair[unknown]) if unknown.any() else pred_of_pair[:0])
+
+
 def _intersections(
     gt_ids: np.ndarray, g_ids: np.ndarray, pred_ids: np.ndarray, p_ids: np.ndarray
 ) -> Tuple[np.ndarray, np.ndarray]:
-    """
-    ((len(g_ids) + 2, len(p_ids) + 2) pixel counts of (gt index, pred index) pairs, with the
-    indices of :func:`segment_index_map`; sorted predicted ids not in ``p_ids`` nor VOID).
-    """
-    num_g, num_p = len(g_ids) + 2, len(p_ids) + 2
+    """:func:`pair_intersections` of two id maps."""
     kernels = fast_kernels()
-    gt_flat = _as_int32_ids(gt_ids) if kernels is not None else None
-    pred_flat = _as_int32_ids(pred_ids) if gt_flat is not None else None
-    if pred_flat is not None:
-        # One pass over the pixels' runs: counts of the distinct (gt id, pred id) pairs.
-        keys, counts, ok = kernels.joint_counts(gt_flat, pred_flat)
-        if ok:
-            pred_of_pair = keys & (OFFSET - 1)
-            pj = _compact_index(pred_of_pair, p_ids)
-            gi = _compact_index(keys >> 24, g_ids)
-            inter = np.zeros((num_g, num_p), dtype=np.int64)
-            np.add.at(inter, (gi, pj), counts)
-            return inter, np.unique(pred_of_pair[pj == 0])
+    if kernels is not None:
+        gt_map = as_int32_ids(gt_ids)
+        pred_map = as_int32_ids(pred_ids) if gt_map is not None else None
+        if pred_map is not None:
+            # One pass over the pixels' runs: counts of the distinct (gt id, pred id) pairs.
+            no_data = np.zeros(0, np.uint8)
+            keys, counts, status, _ = kernels.pair_counts(
+                no_data, 0, gt_map, no_data, 0, pred_map, gt_map.shape[0], gt_map.shape[1]
+            )
+            if status == kernels.OK:
+                return pair_intersections(keys, counts, g_ids, p_ids)
+    num_g, num_p = len(g_ids) + 2, len(p_ids) + 2
     joint = segment_index_map(gt_ids, g_ids, scale=num_p)
     joint += segment_index_map(pred_ids, p_ids)
     inter = np.bincount(joint.ravel(), minlength=num_g * num_p).reshape(num_g, num_p)
@@ -275,13 +296,52 @@ def pq_image(
         raise PanopticFormatError(
             f"{image}: prediction has size {pred_ids.shape}, ground truth {gt_ids.shape}"
         )
-    stat = PQStat(category_ids)
-    row_of = {c: i for i, c in enumerate(stat.category_ids)}
     g_ids = _segment_ids(gt_segments, "ground-truth", image)
     p_ids = _segment_ids(pred_segments, "predicted", image)
-
-    # Intersections of every (gt index, pred index) pair (indices of segment_index_map).
     inter, unknown = _intersections(gt_ids, g_ids, pred_ids, p_ids)
+    return _pq_of_intersections(
+        inter, unknown, g_ids, p_ids, gt_segments, pred_segments, category_ids, image
+    )
+
+
+def pq_image_from_pairs(
+    keys: np.ndarray,
+    counts: np.ndarray,
+    gt_segments: Sequence[Mapping[str, Any]],
+    pred_segments: Sequence[Mapping[str, Any]],
+    category_ids: Sequence[int],
+    image: str = "image",
+) -> PQStat:
+    """
+    :func:`pq_image` from the pixel counts of the distinct (gt id, pred id) pairs of an image.
+
+    Args:
+        keys (ndarray): int64 gt id * 2**24 + predicted id, distinct.
+        counts (ndarray): their pixel counts.
+        gt_segments, pred_segments, category_ids, image: as in :func:`pq_image`.
+    """
+    g_ids = _segment_ids(gt_segments, "ground-truth", image)
+    p_ids = _segment_ids(pred_segments, "predicted", image)
+    inter, unknown = pair_intersections(keys, counts, g_ids, p_ids)
+    return _pq_of_intersections(
+        inter, unknown, g_ids, p_ids, gt_segments, pred_segments, category_ids, image
+    )
+
+
+def _pq_of_intersections(
+    inter: np.ndarray,
+    unknown: np.ndarray,
+    g_ids: np.ndarray,
+    p_ids: np.ndarray,
+    gt_segments: Sequence[Mapping[str, Any]],
+    pred_segments: Sequence[Mapping[str, Any]],
+    category_ids: Sequence[int],
+    image: str,
+) -> PQStat:
+    """PQ statistics from the intersections of every (gt index, pred index) pair (indices of
+    segment_index_map) and the predicted ids missing from ``pred_segments``."""
+    stat = PQStat(category_ids)
+    row_of = {c: i for i, c in enumerate(stat.category_ids)}
     pred_area = inter.sum(axis=0)
     if pred_area[0] > 0:
         raise PanopticFormatError(

@@ -13,20 +13,28 @@ import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
 import torch
 from torchvision.io import decode_png
 
-from .png_reader import decode_panoptic_png
-from .pq_core import PanopticFormatError, PQStat, categories_by_id, pq_image
+from .png_reader import decode_panoptic_png, fast_kernels, filter_error, inflate_png
+from .pq_core import (
+    PanopticFormatError,
+    PQStat,
+    as_int32_ids,
+    categories_by_id,
+    pq_image,
+    pq_image_from_pairs,
+)
 
 __all__ = [
     "pq_compute",
     "pq_compute_annotations",
     "read_panoptic_png",
+    "pq_image_of_files",
     "planes_to_ids",
     "format_pq_table",
 ]
@@ -34,23 +42,17 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-def read_panoptic_png(path: str) -> np.ndarray:
-    """
-    Read a COCO panoptic PNG as an (H, W) int32 map of segment ids (R + 256 G + 256^2 B).
-
-    Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: the file is truncated or corrupt, or not an 8-bit RGB(A) image.
-    """
+def _read_file(path: str) -> bytes:
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            return f.read()
     except (FileNotFoundError, IsADirectoryError):
         raise FileNotFoundError(f"panoptic PNG {path} does not exist") from None
-    ids = decode_panoptic_png(data, path)  # 8-bit RGB(A) PNGs: libdeflate + compiled loops
-    if ids is not None:
-        return ids
-    # Other images (or no fast kernels): torchvision's libpng decoder, then OpenCV.
+
+
+def _decode_general(data: bytes, path: str) -> np.ndarray:
+    """Ids of any other image (or without the fast kernels): torchvision's libpng decoder,
+    then OpenCV's for other formats."""
     try:
         planes = decode_png(torch.frombuffer(bytearray(data), dtype=torch.uint8)).numpy()
     except RuntimeError:
@@ -64,6 +66,81 @@ def read_panoptic_png(path: str) -> np.ndarray:
             )
         planes = image[..., 2::-1].transpose(2, 0, 1)  # BGR(A) -> RGB planes
     return planes_to_ids(planes[0], planes[1], planes[2])
+
+
+def read_panoptic_png(path: str) -> np.ndarray:
+    """
+    Read a COCO panoptic PNG as an (H, W) int32 map of segment ids (R + 256 G + 256^2 B).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file is truncated or corrupt, or not an 8-bit RGB(A) image.
+    """
+    data = _read_file(path)
+    ids = decode_panoptic_png(data, path)  # 8-bit RGB(A) PNGs: libdeflate + compiled loops
+    return ids if ids is not None else _decode_general(data, path)
+
+
+_NO_DATA = np.zeros(0, np.uint8)
+_NO_MAP = np.zeros((1, 1), np.int32)
+
+
+def _source(path: str) -> Tuple[Tuple[int, int], int, np.ndarray, np.ndarray]:
+    """(shape, bytes per pixel, scanlines, id map) of a PNG for ``pair_counts``: inflated
+    scanlines (bpp 3 / 4) when the fast reader handles the file, else decoded ids (bpp 0)."""
+    data = _read_file(path)
+    inflated = inflate_png(data, path)
+    if inflated is not None:
+        header, bpp, scanlines = inflated
+        return (header.height, header.width), bpp, scanlines, _NO_MAP
+    ids = np.ascontiguousarray(_decode_general(data, path), dtype=np.int32)
+    return ids.shape, 0, _NO_DATA, ids
+
+
+def pq_image_of_files(
+    gt_file: str,
+    gt_segments: Sequence[Mapping[str, Any]],
+    pred: Union[str, np.ndarray],
+    pred_segments: Sequence[Mapping[str, Any]],
+    category_ids: Sequence[int],
+    image: str = "image",
+) -> PQStat:
+    """
+    :func:`pq_image` of a gt PNG file and a predicted PNG file or id map. With the fast
+    kernels, both PNGs are matched row by row straight from their scanlines (no id maps).
+
+    Args:
+        gt_file (str): the gt PNG.
+        pred (str or ndarray): the predicted PNG, or an (H, W) integer id map.
+        gt_segments, pred_segments, category_ids, image: as in :func:`pq_image`.
+    """
+    kernels = fast_kernels()
+    p_map = None if kernels is None or isinstance(pred, str) else as_int32_ids(pred)
+    if kernels is None or (p_map is None and not isinstance(pred, str)):
+        pred_ids = read_panoptic_png(pred) if isinstance(pred, str) else pred
+        return pq_image(
+            read_panoptic_png(gt_file), gt_segments, pred_ids, pred_segments, category_ids, image
+        )
+    if p_map is None:
+        p_shape, p_bpp, p_data, p_map = _source(pred)
+    else:
+        p_shape, p_bpp, p_data = p_map.shape, 0, _NO_DATA
+    g_shape, g_bpp, g_data, g_map = _source(gt_file)
+    if g_shape != p_shape:
+        raise PanopticFormatError(f"{image}: prediction has size {p_shape}, ground truth {g_shape}")
+    keys, counts, status, row = kernels.pair_counts(
+        g_data, g_bpp, g_map, p_data, p_bpp, p_map, g_shape[0], g_shape[1]
+    )
+    if status == kernels.GT_FILTER_ERROR:
+        raise filter_error(gt_file, g_data, g_shape[1], g_bpp, row)
+    if status == kernels.PRED_FILTER_ERROR:
+        raise filter_error(str(pred), p_data, g_shape[1], p_bpp, row)
+    if status != kernels.OK:  # ids out of range: the id-map path reports them
+        pred_ids = read_panoptic_png(pred) if isinstance(pred, str) else pred
+        return pq_image(
+            read_panoptic_png(gt_file), gt_segments, pred_ids, pred_segments, category_ids, image
+        )
+    return pq_image_from_pairs(keys, counts, gt_segments, pred_segments, category_ids, image)
 
 
 def planes_to_ids(r: np.ndarray, g: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -103,14 +180,12 @@ def _evaluate_pair(
     gt_file = os.path.join(gt_folder, gt_ann["file_name"])
     pred_file = os.path.join(pred_folder, pred_ann["file_name"])
     image = f"image {gt_ann['image_id']!r} (gt {gt_file}, prediction {pred_file})"
-    try:
-        pred_ids = read_panoptic_png(pred_file)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{image}: the predicted PNG {pred_file} does not exist") from None
-    return pq_image(
-        read_panoptic_png(gt_file),
+    if not os.path.isfile(pred_file):
+        raise FileNotFoundError(f"{image}: the predicted PNG {pred_file} does not exist")
+    return pq_image_of_files(
+        gt_file,
         gt_ann["segments_info"],
-        pred_ids,
+        pred_file,
         pred_ann["segments_info"],
         category_ids,
         image=image,
