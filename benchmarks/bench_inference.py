@@ -9,6 +9,7 @@ its own process.
 
 import argparse
 import copy
+import functools
 import os
 import sys
 import tempfile
@@ -220,83 +221,101 @@ def run(
 
 def stage_times(
     models: Dict[str, torch.nn.Module], inputs: List[Dict[str, Any]], repeats: int = 3
-) -> Dict[str, float]:
+) -> Dict[str, Dict[str, float]]:
     """
     Median wall time of each stage of detectron2's PanopticFPN.inference and of ours (panoptic
-    output only), stage by stage, interleaved: where the time goes, and what is shared.
+    output only: masks of the confident detections), each model running its own modules on the
+    same intermediate results, stage by stage, interleaved.
+
+    Returns:
+        dict stage -> {"d2": seconds, "ours": seconds}.
     """
     from detectron2.modeling.meta_arch.panoptic_fpn import combine_semantic_and_instance_outputs
     from detectron2.modeling.postprocessing import detector_postprocess, sem_seg_postprocess
 
-    d2, ours = models["d2"], models["ours"]
+    from panoptic_ext.modeling.deferred_masks import DeferredMasks
+
     height, width = inputs[0]["height"], inputs[0]["width"]
     state: Dict[str, Any] = {}
 
-    def backbone():
-        state["images"] = d2.preprocess_image(inputs)
-        state["features"] = d2.backbone(state["images"].tensor)
+    def backbone(name):
+        model = models[name]
+        state["images"] = model.preprocess_image(inputs)
+        state["features"] = model.backbone(state["images"].tensor)
 
-    def rpn():
-        state["proposals"] = d2.proposal_generator(state["images"], state["features"], None)[0]
+    def rpn(name):
+        proposals = models[name].proposal_generator(state["images"], state["features"], None)
+        state["proposals"] = proposals[0]
 
-    def box_head():  # StandardROIHeads.forward's inference path, in its two halves
-        state["boxes"] = d2.roi_heads._forward_box(state["features"], state["proposals"])
+    def box_head(name):  # StandardROIHeads.forward's inference path, in its two halves
+        state["boxes"] = models[name].roi_heads._forward_box(state["features"], state["proposals"])
 
-    def mask_head():
-        state["detections"] = d2.roi_heads.forward_with_given_boxes(
-            state["features"], [copy.copy(i) for i in state["boxes"]]
+    def mask_head(name):
+        model = models[name]
+        if name == "d2":
+            state["detections"] = model.roi_heads.forward_with_given_boxes(
+                state["features"], [copy.copy(i) for i in state["boxes"]]
+            )
+            return
+        needed = [model.postprocessor.needed_instances(x) for x in state["boxes"]]
+        state["deferred"] = DeferredMasks(
+            model.roi_heads, state["features"], state["boxes"], needed
         )
+        state["ours_detections"] = copy.copy(state["boxes"][0])
+        state["ours_detections"].pred_masks = state["deferred"].partial(0)
 
-    def d2_sem_seg_head():
-        state["d2_sem"] = d2.sem_seg_head(state["features"], None)[0]
+    def sem_seg_head(name):
+        model = models[name]
+        if name == "d2":
+            state["d2_sem"] = model.sem_seg_head(state["features"], None)[0]
+        else:
+            state["ours_sem"] = model.sem_seg_head.layers(state["features"])
 
-    def ours_sem_seg_head():
-        state["ours_sem"] = ours.sem_seg_head.layers(state["features"])
-
-    def d2_postprocess():
-        image_size = state["images"].image_sizes[0]
-        sem = sem_seg_postprocess(state["d2_sem"][0], image_size, height, width)
-        dets = detector_postprocess(copy.copy(state["detections"][0]), height, width)
-        combine_semantic_and_instance_outputs(dets, sem.argmax(dim=0), 0.5, 4096, 0.5)
-
-    def ours_postprocess():
-        ours.postprocessor(
+    def postprocess(name):
+        if name == "d2":
+            image_size = state["images"].image_sizes[0]
+            sem = sem_seg_postprocess(state["d2_sem"][0], image_size, height, width)
+            dets = detector_postprocess(copy.copy(state["detections"][0]), height, width)
+            combine_semantic_and_instance_outputs(dets, sem.argmax(dim=0), 0.5, 4096, 0.5)
+            return
+        model = models[name]
+        model.postprocessor(
             state["ours_sem"][0],
-            state["detections"][0],
-            stride=ours.sem_seg_head.common_stride,
+            state["ours_detections"],
+            stride=model.sem_seg_head.common_stride,
             image_size=state["images"].image_sizes[0],
             output_size=(height, width),
+            complete_masks=functools.partial(state["deferred"].complete, 0),
         )["panoptic_seg"]
 
     stages = {
-        "backbone (shared)": backbone,
-        "RPN (shared)": rpn,
-        "ROI box head (shared)": box_head,
-        "ROI mask head (shared)": mask_head,
-        "semantic head: detectron2 (incl. 4x upsample)": d2_sem_seg_head,
-        "semantic head: ours (1/4 scale)": ours_sem_seg_head,
-        "post-processing: detectron2": d2_postprocess,
-        "post-processing: ours (panoptic)": ours_postprocess,
+        "backbone": backbone,
+        "RPN": rpn,
+        "ROI box head": box_head,
+        "ROI mask head": mask_head,
+        "semantic head": sem_seg_head,
+        "post-processing": postprocess,
     }
-    times: Dict[str, List[float]] = {name: [] for name in stages}
+    times: Dict[str, Dict[str, List[float]]] = {s: {"d2": [], "ours": []} for s in stages}
     with torch.no_grad():
-        for _ in range(repeats + 1):  # the first round warms up
-            for name, fn in stages.items():
-                start = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - start)
-    return {name: median(t[1:]) for name, t in times.items()}
+        for i in range(repeats + 1):  # the first round warms up
+            # each model's own modules on its own intermediate results, stage by stage;
+            # the order of the models alternates between rounds
+            for name in ("d2", "ours") if i % 2 == 0 else ("ours", "d2"):
+                for stage, fn in stages.items():
+                    start = time.perf_counter()
+                    fn(name)
+                    times[stage][name].append(time.perf_counter() - start)
+    return {s: {n: median(t[1:]) for n, t in per.items()} for s, per in times.items()}
 
 
-def print_stage_times(stages: Dict[str, float]) -> None:
-    shared = sum(t for name, t in stages.items() if "shared" in name)
-    d2 = shared + sum(t for name, t in stages.items() if "detectron2" in name)
-    ours = shared + sum(t for name, t in stages.items() if "ours" in name)
+def print_stage_times(stages: Dict[str, Dict[str, float]]) -> None:
+    print(f"{'stage':24s} {'detectron2':>11s} {'ours':>9s} {'ratio':>7s}")
     for name, t in stages.items():
-        print(f"{name:48s} {t:8.3f} s")
-    print(f"{'sum, detectron2':48s} {d2:8.3f} s")
-    print(f"{'sum, ours':48s} {ours:8.3f} s   ratio {ours / d2:.3f}x")
-    print(f"{'shared / detectron2 sum':48s} {shared / d2:8.3f}")
+        print(f"{name:24s} {t['d2']:9.3f} s {t['ours']:7.3f} s {t['ours'] / t['d2']:7.3f}")
+    d2 = sum(t["d2"] for t in stages.values())
+    ours = sum(t["ours"] for t in stages.values())
+    print(f"{'sum':24s} {d2:9.3f} s {ours:7.3f} s {ours / d2:7.3f}")
 
 
 def _parse_size(text: str) -> Tuple[int, int]:

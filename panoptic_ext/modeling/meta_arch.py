@@ -12,6 +12,7 @@ from detectron2.utils.events import get_event_storage
 from torch import nn
 
 from .deferred_masks import DeferredMasks, supports_deferred_masks
+from .inplace_norm import use_inplace_frozen_batchnorm
 from .loss_weights import LossWeightSchedule, build_loss_weight_schedule
 from .parallel_pooler import parallelize_roi_poolers
 from .postprocessors import build_panoptic_postprocessor
@@ -45,6 +46,7 @@ class PanopticFPNExt(GeneralizedRCNN):
         scale_rpn_losses: bool = False,
         defer_masks: bool = True,
         parallel_roi_align: bool = True,
+        inplace_frozen_bn: bool = True,
         **kwargs,
     ):
         """
@@ -60,6 +62,9 @@ class PanopticFPNExt(GeneralizedRCNN):
                 "instances" is read (:class:`DeferredMasks`); the outputs are the same.
             parallel_roi_align (bool): at inference, pool the ROIs of each feature level in
                 parallel threads (:func:`parallelize_roi_poolers`); the outputs are the same.
+            inplace_frozen_bn (bool): compute the frozen batch norms of the backbone's
+                convolutions in place when autograd is not involved
+                (:func:`use_inplace_frozen_batchnorm`); the outputs are the same.
             kwargs: the arguments of :class:`GeneralizedRCNN`.
         """
         super().__init__(**kwargs)
@@ -76,6 +81,8 @@ class PanopticFPNExt(GeneralizedRCNN):
         self.defer_masks = defer_masks
         if parallel_roi_align and self.roi_heads is not None:
             parallelize_roi_poolers(self.roi_heads)
+        if inplace_frozen_bn:
+            use_inplace_frozen_batchnorm(self.backbone)
 
     @classmethod
     def from_config(cls, cfg) -> dict:

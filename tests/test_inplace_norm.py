@@ -1,0 +1,77 @@
+"""In-place frozen batch norm: detectron2's FrozenBatchNorm2d values, bit for bit."""
+
+import copy
+import unittest
+
+import torch
+from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
+from detectron2.modeling.backbone.fpn import build_resnet_fpn_backbone
+
+import panoptic_ext  # noqa: F401  (registers the plugins)
+from panoptic_ext.modeling.inplace_norm import (
+    InplaceFrozenBatchNorm2d,
+    use_inplace_frozen_batchnorm,
+)
+from tests.common import get_model_zoo_cfg
+
+
+def random_norm(channels: int, seed: int) -> FrozenBatchNorm2d:
+    g = torch.Generator().manual_seed(seed)
+    norm = FrozenBatchNorm2d(channels)
+    norm.weight.copy_(torch.randn(channels, generator=g))
+    norm.bias.copy_(torch.randn(channels, generator=g))
+    norm.running_mean.copy_(torch.randn(channels, generator=g))
+    norm.running_var.copy_(torch.rand(channels, generator=g) + 0.1)
+    return norm
+
+
+class TestInplaceFrozenBatchNorm2d(unittest.TestCase):
+    def test_same_values_in_place(self):
+        g = torch.Generator().manual_seed(0)
+        for i, shape in enumerate([(1, 3, 5, 7), (2, 64, 33, 47), (1, 256, 50, 76), (3, 8, 1, 1)]):
+            norm = random_norm(shape[1], seed=i)
+            inplace = InplaceFrozenBatchNorm2d.from_frozen(norm)
+            x = torch.randn(*shape, generator=g) * 10
+            expected = norm(x)
+            y = x.clone()
+            with torch.no_grad():
+                out = inplace(y)
+            self.assertEqual(out.data_ptr(), y.data_ptr())  # no new tensor
+            self.assertTrue(torch.equal(out, expected), shape)
+            with torch.inference_mode():
+                self.assertTrue(torch.equal(inplace(x.clone()), expected))
+
+    def test_autograd_and_other_layouts_use_detectron2s_path(self):
+        norm = random_norm(8, seed=1)
+        inplace = InplaceFrozenBatchNorm2d.from_frozen(norm)
+        x = torch.randn(2, 8, 6, 6, requires_grad=True)
+        out = inplace(x)
+        self.assertNotEqual(out.data_ptr(), x.data_ptr())
+        out.sum().backward()
+        self.assertIsNotNone(x.grad)
+        strided = torch.randn(2, 6, 6, 8).permute(0, 3, 1, 2)  # not contiguous
+        before = strided.clone()
+        self.assertTrue(torch.equal(inplace(strided), norm(before)))
+        self.assertTrue(torch.equal(strided, before))  # input untouched
+
+    def test_backbone_outputs_and_state_dict_unchanged(self):
+        cfg = get_model_zoo_cfg()
+        cfg.merge_from_list(["MODEL.RESNETS.DEPTH", 18, "MODEL.RESNETS.RES2_OUT_CHANNELS", 64])
+        torch.manual_seed(0)
+        backbone = build_resnet_fpn_backbone(cfg, ShapeSpec(channels=3)).eval()
+        for i, m in enumerate(m for m in backbone.modules() if isinstance(m, FrozenBatchNorm2d)):
+            m.load_state_dict(random_norm(m.num_features, seed=i).state_dict())
+        ours = copy.deepcopy(backbone)
+        self.assertEqual(use_inplace_frozen_batchnorm(ours), 20)  # R18: stem + 19 block convs
+        self.assertEqual(use_inplace_frozen_batchnorm(ours), 0)
+        self.assertEqual(list(ours.state_dict()), list(backbone.state_dict()))
+        ours.load_state_dict(backbone.state_dict(), strict=True)
+        x = torch.randn(1, 3, 128, 160)
+        with torch.no_grad():
+            expected, got = backbone(x), ours(x)
+        for name in expected:
+            self.assertTrue(torch.equal(got[name], expected[name]), name)
+
+
+if __name__ == "__main__":
+    unittest.main()
