@@ -23,6 +23,44 @@ OK, GT_FILTER_ERROR, PRED_FILTER_ERROR, ID_OUT_OF_RANGE = 0, 1, 2, 3
 
 
 @njit(cache=True, nogil=True, inline="always")
+def _paeth(s, a, b, c):  # pragma: no cover - compiled
+    """The unfiltered byte: filtered byte ``s`` plus the Paeth predictor of a (left), b (up),
+    c (up-left); all int64."""
+    pa = abs(b - c)
+    pb = abs(a - c)
+    pc = abs(a + b - 2 * c)
+    if pa <= pb and pa <= pc:
+        return s + a
+    if pb <= pc:
+        return s + b
+    return s + c
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _paeth_row(src, prv, dst, bpp):  # pragma: no cover - compiled
+    n = src.shape[0]
+    for i in range(bpp):
+        dst[i] = src[i] + prv[i]  # a = c = 0: the predictor is b
+    for i in range(bpp, n, bpp):
+        # Where the pixel above equals the one above-left, the predictor is the left pixel (the
+        # common case in panoptic maps: a cheap, predictable branch).
+        same = True
+        for k in range(i, i + bpp):
+            same = same and prv[k] == prv[k - bpp]
+        if same:
+            for k in range(i, i + bpp):
+                dst[k] = src[k] + dst[k - bpp]
+        else:
+            for k in range(i, i + bpp):
+                dst[k] = _paeth(
+                    np.int64(src[k]),
+                    np.int64(dst[k - bpp]),
+                    np.int64(prv[k]),
+                    np.int64(prv[k - bpp]),
+                )
+
+
+@njit(cache=True, nogil=True, inline="always")
 def _unfilter_row(kind, src, prv, dst, bpp):  # pragma: no cover - compiled
     """One scanline: ``dst`` = ``src`` (filtered bytes) unfiltered against ``prv``."""
     n = src.shape[0]
@@ -42,22 +80,10 @@ def _unfilter_row(kind, src, prv, dst, bpp):  # pragma: no cover - compiled
             dst[i] = src[i] + (prv[i] >> 1)
         for i in range(bpp, n):
             dst[i] = src[i] + ((np.int32(dst[i - bpp]) + np.int32(prv[i])) >> 1)
-    else:  # Paeth
-        for i in range(bpp):
-            dst[i] = src[i] + prv[i]  # a = c = 0: the predictor is b
-        for i in range(bpp, n):
-            a = np.int32(dst[i - bpp])
-            b = np.int32(prv[i])
-            c = np.int32(prv[i - bpp])
-            pa = abs(b - c)
-            pb = abs(a - c)
-            pc = abs(a + b - 2 * c)
-            if pa <= pb and pa <= pc:
-                dst[i] = src[i] + a
-            elif pb <= pc:
-                dst[i] = src[i] + b
-            else:
-                dst[i] = src[i] + c
+    elif bpp == 3:  # Paeth, with a constant pixel size for the compiler
+        _paeth_row(src, prv, dst, 3)
+    else:
+        _paeth_row(src, prv, dst, 4)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -174,22 +200,35 @@ def _grow(keys, counts):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _row_runs(g, p, run_keys, run_lens):  # pragma: no cover - compiled
-    """Runs of equal (gt, pred) ids along a row: their keys (gt * 2**24 + pred) and lengths.
-    Returns the number of runs, or -1 if an id is outside [0, 2**24)."""
+def _row_runs(g, p, starts, run_keys, run_lens):  # pragma: no cover - compiled
+    """
+    Runs of equal (gt, pred) ids along a row: their keys (gt * 2**24 + pred) and lengths.
+    ``starts`` is uint8 scratch of the row's width rounded up to 8. Returns the number of runs,
+    or -1 if an id is outside [0, 2**24).
+    """
+    width = g.shape[0]
+    # Where runs start, in a vectorised pass; then the scan skips 8 pixels at a time.
+    starts[0] = 1
+    for x in range(1, width):
+        starts[x] = (g[x] != g[x - 1]) | (p[x] != p[x - 1])
+    for x in range(width, starts.shape[0]):
+        starts[x] = 1
+    words = starts.view(np.uint64)
     n = 0
     start = 0
-    width = g.shape[0]
-    for x in range(1, width + 1):
-        if x == width or g[x] != g[start] or p[x] != p[start]:
-            a = g[start]
-            b = p[start]
-            if a < 0 or a >= ID_LIMIT or b < 0 or b >= ID_LIMIT:
-                return -1
-            run_keys[n] = np.int64(a) * ID_LIMIT + b
-            run_lens[n] = x - start
-            n += 1
-            start = x
+    for w in range(words.shape[0]):
+        if words[w] == 0:
+            continue
+        for x in range(max(8 * w, 1), min(8 * w + 8, width + 1)):
+            if x == width or starts[x]:
+                a = g[start]
+                b = p[start]
+                if a < 0 or a >= ID_LIMIT or b < 0 or b >= ID_LIMIT:
+                    return -1
+                run_keys[n] = np.int64(a) * ID_LIMIT + b
+                run_lens[n] = x - start
+                n += 1
+                start = x
     return n
 
 
@@ -214,6 +253,7 @@ def pair_counts(g_data, g_bpp, g_map, p_data, p_bpp, p_map, height, width):  # p
     p_prev = 2
     g_ids = np.zeros(width, np.int32)
     p_ids = np.zeros(width, np.int32)
+    starts = np.zeros(8 * (width // 8 + 1), np.uint8)
     run_keys = np.zeros(width, np.int64)
     run_lens = np.zeros(width, np.int64)
     num_runs = 0
@@ -250,7 +290,7 @@ def pair_counts(g_data, g_bpp, g_map, p_data, p_bpp, p_map, height, width):  # p
                 keys, counts = _grow(keys, counts)
         if y == height:
             break
-        num_runs = _row_runs(g, p, run_keys, run_lens)
+        num_runs = _row_runs(g, p, starts, run_keys, run_lens)
         if num_runs < 0:
             return keys[:0], counts[:0], ID_OUT_OF_RANGE, y
         repeat = 1
