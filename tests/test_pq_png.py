@@ -298,3 +298,31 @@ class TestPairsOfFiles:
             pq_image_of_files(gt_file, segments, ids[1:], segments, categories, image="img")
         with pytest.raises(ValueError, match="non-negative"):
             pq_image_of_files(gt_file, segments, -ids, segments, categories)
+
+    @pytest.mark.parametrize("size", [(1, 1), (3, 8), (6, 9), (4, 17), (9, 64)])
+    def test_pair_counts_of_scanlines(self, size):
+        """PNG scanlines (RGB / RGBA with varying alpha, every filter, repeated rows) against
+        np.unique over the decoded ids, and against an id map as the prediction."""
+        rng = np.random.default_rng(size[0] * 1000 + size[1])
+        h, w = size
+        gt = rng.integers(0, 3, size) * 70001
+        pred = rng.integers(0, 2, size) * 5 + 3
+        gt[h // 2 :] = gt[h // 2]  # repeated rows: "Up" rows of zeros
+        pred[: h // 3] = pred[0]
+        gt_rgb = id2rgb(gt)
+        pred_rgba = np.dstack([id2rgb(pred), rng.integers(0, 256, size, dtype=np.uint8)])
+        kernels = png_reader.fast_kernels()
+        scan = []
+        for pixels in (gt_rgb, pred_rgba):
+            png = encode_png(pixels, [2, 4, 1, 0, 3, 2, 2])
+            header, bpp, data = png_reader.inflate_png(png, "x")
+            scan.append((data, bpp))
+        ref, ref_counts = np.unique(gt * (1 << 24) + pred, return_counts=True)
+        no_map, no_data = np.zeros((1, 1), np.int32), np.zeros(0, np.uint8)
+        for p_data, p_bpp, p_map in ((*scan[1], no_map), (no_data, 0, pred.astype(np.int32))):
+            keys, counts, status, _ = kernels.pair_counts(
+                scan[0][0], scan[0][1], no_map, p_data, p_bpp, p_map, h, w
+            )
+            order = np.argsort(keys)
+            assert status == kernels.OK
+            assert (keys[order] == ref).all() and (counts[order] == ref_counts).all()

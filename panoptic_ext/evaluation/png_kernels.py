@@ -123,14 +123,14 @@ def _same_row(a, b):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _next_png_row(data, y, bpp, rows, prev, ids):  # pragma: no cover - compiled
+def _next_png_row(data, y, bpp, rows, prev):  # pragma: no cover - compiled
     """
-    Decode scanline ``y`` into ``ids``. ``rows`` (3, stride) holds the last two unfiltered
-    rows, ``rows[prev]`` the one above (``rows[2]``, zeros, above row 0).
+    Unfilter scanline ``y``. ``rows`` (3, stride) holds the last two unfiltered rows,
+    ``rows[prev]`` the one above (``rows[2]``, zeros, above row 0).
 
     Returns:
-        (prev, status): the new ``prev``; status 0 = decoded, 1 = the same as the row above
-        (``ids`` untouched), -1 = unknown filter type.
+        (prev, status): the new ``prev`` (``rows[prev]`` is row ``y``); status 0 = decoded,
+        1 = the same as the row above (nothing done), -1 = unknown filter type.
     """
     stride = rows.shape[1]
     pos = y * (stride + 1)
@@ -142,7 +142,6 @@ def _next_png_row(data, y, bpp, rows, prev, ids):  # pragma: no cover - compiled
         return prev, -1
     cur = 1 if prev == 0 else 0
     _unfilter_row(kind, src, rows[prev], rows[cur], bpp)
-    _pack_ids(rows[cur], bpp, ids)
     return cur, 0
 
 
@@ -164,10 +163,12 @@ def unfilter_to_ids(data, height, width, bpp, out):  # pragma: no cover - compil
     rows = np.zeros((3, width * bpp), np.uint8)
     prev = 2
     for y in range(height):
-        prev, status = _next_png_row(data, y, bpp, rows, prev, out[y])
-        if status == 1:
+        prev, status = _next_png_row(data, y, bpp, rows, prev)
+        if status == 0:
+            _pack_ids(rows[prev], bpp, out[y])
+        elif status == 1:
             out[y] = out[y - 1]
-        elif status < 0:
+        else:
             return y
     return -1
 
@@ -200,32 +201,64 @@ def _grow(keys, counts):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _row_runs(g, p, starts, run_keys, run_lens):  # pragma: no cover - compiled
+def _pixel_changes(row, bpp, changes):  # pragma: no cover - compiled
+    """changes[x] = 1 where pixel x of an unfiltered row differs from pixel x - 1 in R, G or B
+    (x >= 1; alpha is not part of the id)."""
+    for x in range(1, changes.shape[0]):
+        o = bpp * x
+        changes[x] = (
+            (row[o] != row[o - bpp])
+            | (row[o + 1] != row[o + 1 - bpp])
+            | (row[o + 2] != row[o + 2 - bpp])
+        )
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _mark_changes(bpp, row, id_row, mask):  # pragma: no cover - compiled
+    """``mask[1:width]`` = where ids change along a row given as unfiltered bytes (bpp 3 / 4)
+    or as ids (bpp 0); ``mask[0]`` and ``mask[width:]`` stay 1."""
+    width = id_row.shape[0] if bpp == 0 else row.shape[0] // bpp
+    changes = mask[:width]
+    if bpp == 0:
+        for x in range(1, width):
+            changes[x] = id_row[x] != id_row[x - 1]
+    elif bpp == 3:  # constant pixel sizes for the compiler
+        _pixel_changes(row, 3, changes)
+    else:
+        _pixel_changes(row, 4, changes)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _id_at(bpp, row, id_row, x):  # pragma: no cover - compiled
+    if bpp == 0:
+        return np.int64(id_row[x])
+    o = bpp * x
+    return np.int64(row[o]) | (np.int64(row[o + 1]) << 8) | (np.int64(row[o + 2]) << 16)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _row_runs(
+    width, g_bpp, g_row, g_ids, g_mask, p_bpp, p_row, p_ids, p_mask, run_keys, run_lens
+):  # pragma: no cover - compiled
     """
     Runs of equal (gt, pred) ids along a row: their keys (gt * 2**24 + pred) and lengths.
-    ``starts`` is uint8 scratch of the row's width rounded up to 8. Returns the number of runs,
-    or -1 if an id is outside [0, 2**24).
+    ``*_mask`` mark where each image's ids change (see :func:`_mark_changes`); they are scanned
+    8 pixels at a time. Returns the number of runs, or -1 if an id is outside [0, 2**24).
     """
-    width = g.shape[0]
-    # Where runs start, in a vectorised pass; then the scan skips 8 pixels at a time.
-    starts[0] = 1
-    for x in range(1, width):
-        starts[x] = (g[x] != g[x - 1]) | (p[x] != p[x - 1])
-    for x in range(width, starts.shape[0]):
-        starts[x] = 1
-    words = starts.view(np.uint64)
+    g_words = g_mask.view(np.uint64)
+    p_words = p_mask.view(np.uint64)
     n = 0
     start = 0
-    for w in range(words.shape[0]):
-        if words[w] == 0:
+    for w in range(g_words.shape[0]):
+        if (g_words[w] | p_words[w]) == 0:
             continue
         for x in range(max(8 * w, 1), min(8 * w + 8, width + 1)):
-            if x == width or starts[x]:
-                a = g[start]
-                b = p[start]
+            if x == width or g_mask[x] or p_mask[x]:
+                a = _id_at(g_bpp, g_row, g_ids, start)
+                b = _id_at(p_bpp, p_row, p_ids, start)
                 if a < 0 or a >= ID_LIMIT or b < 0 or b >= ID_LIMIT:
                     return -1
-                run_keys[n] = np.int64(a) * ID_LIMIT + b
+                run_keys[n] = a * ID_LIMIT + b
                 run_lens[n] = x - start
                 n += 1
                 start = x
@@ -251,37 +284,38 @@ def pair_counts(g_data, g_bpp, g_map, p_data, p_bpp, p_map, height, width):  # p
     p_rows = np.zeros((3, max(1, width * p_bpp)), np.uint8)
     g_prev = 2
     p_prev = 2
-    g_ids = np.zeros(width, np.int32)
-    p_ids = np.zeros(width, np.int32)
-    starts = np.zeros(8 * (width // 8 + 1), np.uint8)
+    no_ids = np.zeros(1, np.int32)
+    g_mask = np.ones(8 * (width // 8 + 1), np.uint8)
+    p_mask = np.ones(8 * (width // 8 + 1), np.uint8)
     run_keys = np.zeros(width, np.int64)
     run_lens = np.zeros(width, np.int64)
     num_runs = 0
     repeat = 0  # how many times the runs in run_keys / run_lens occur
+    g_ids = no_ids
+    p_ids = no_ids
     for y in range(height + 1):
         if y < height:
-            same = y > 0
             if g_bpp == 0:
-                g = g_map[y]
-                if same:
-                    same = _same_row(g, g_map[y - 1])
+                g_ids = g_map[y]
+                g_same = y > 0 and _same_row(g_ids, g_map[y - 1])
             else:
-                g_prev, status = _next_png_row(g_data, y, g_bpp, g_rows, g_prev, g_ids)
+                g_prev, status = _next_png_row(g_data, y, g_bpp, g_rows, g_prev)
                 if status < 0:
                     return keys[:0], counts[:0], GT_FILTER_ERROR, y
-                same = same and status == 1
-                g = g_ids
+                g_same = status == 1
+            if not g_same:
+                _mark_changes(g_bpp, g_rows[g_prev], g_ids, g_mask)
             if p_bpp == 0:
-                p = p_map[y]
-                if same:
-                    same = _same_row(p, p_map[y - 1])
+                p_ids = p_map[y]
+                p_same = y > 0 and _same_row(p_ids, p_map[y - 1])
             else:
-                p_prev, status = _next_png_row(p_data, y, p_bpp, p_rows, p_prev, p_ids)
+                p_prev, status = _next_png_row(p_data, y, p_bpp, p_rows, p_prev)
                 if status < 0:
                     return keys[:0], counts[:0], PRED_FILTER_ERROR, y
-                same = same and status == 1
-                p = p_ids
-            if same:
+                p_same = status == 1
+            if not p_same:
+                _mark_changes(p_bpp, p_rows[p_prev], p_ids, p_mask)
+            if g_same and p_same:
                 repeat += 1
                 continue
         for r in range(num_runs):  # flush the previous distinct row
@@ -290,7 +324,19 @@ def pair_counts(g_data, g_bpp, g_map, p_data, p_bpp, p_map, height, width):  # p
                 keys, counts = _grow(keys, counts)
         if y == height:
             break
-        num_runs = _row_runs(g, p, starts, run_keys, run_lens)
+        num_runs = _row_runs(
+            width,
+            g_bpp,
+            g_rows[g_prev],
+            g_ids,
+            g_mask,
+            p_bpp,
+            p_rows[p_prev],
+            p_ids,
+            p_mask,
+            run_keys,
+            run_lens,
+        )
         if num_runs < 0:
             return keys[:0], counts[:0], ID_OUT_OF_RANGE, y
         repeat = 1
