@@ -12,7 +12,7 @@ from detectron2.utils.events import get_event_storage
 from torch import nn
 
 from .deferred_masks import DeferredMasks, supports_deferred_masks
-from .inplace_norm import use_inplace_frozen_batchnorm
+from .inplace_layers import use_inplace_conv_layers
 from .loss_weights import LossWeightSchedule, build_loss_weight_schedule
 from .parallel_pooler import parallelize_roi_poolers
 from .postprocessors import build_panoptic_postprocessor
@@ -46,7 +46,7 @@ class PanopticFPNExt(GeneralizedRCNN):
         scale_rpn_losses: bool = False,
         defer_masks: bool = True,
         parallel_roi_align: bool = True,
-        inplace_frozen_bn: bool = True,
+        inplace_conv_layers: bool = True,
         **kwargs,
     ):
         """
@@ -62,9 +62,9 @@ class PanopticFPNExt(GeneralizedRCNN):
                 "instances" is read (:class:`DeferredMasks`); the outputs are the same.
             parallel_roi_align (bool): at inference, pool the ROIs of each feature level in
                 parallel threads (:func:`parallelize_roi_poolers`); the outputs are the same.
-            inplace_frozen_bn (bool): compute the frozen batch norms of the backbone's
+            inplace_conv_layers (bool): compute the frozen batch norms and ReLUs of the
                 convolutions in place when autograd is not involved
-                (:func:`use_inplace_frozen_batchnorm`); the outputs are the same.
+                (:func:`use_inplace_conv_layers`); the outputs are the same.
             kwargs: the arguments of :class:`GeneralizedRCNN`.
         """
         super().__init__(**kwargs)
@@ -81,8 +81,8 @@ class PanopticFPNExt(GeneralizedRCNN):
         self.defer_masks = defer_masks
         if parallel_roi_align and self.roi_heads is not None:
             parallelize_roi_poolers(self.roi_heads)
-        if inplace_frozen_bn:
-            use_inplace_frozen_batchnorm(self.backbone)
+        if inplace_conv_layers:
+            use_inplace_conv_layers(self)
 
     @classmethod
     def from_config(cls, cfg) -> dict:

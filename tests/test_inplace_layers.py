@@ -1,16 +1,19 @@
-"""In-place frozen batch norm: detectron2's FrozenBatchNorm2d values, bit for bit."""
+"""In-place frozen batch norm and ReLU in Conv2d: detectron2's values, bit for bit."""
 
 import copy
 import unittest
 
 import torch
 from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
+from detectron2.modeling import build_model
 from detectron2.modeling.backbone.fpn import build_resnet_fpn_backbone
 
 import panoptic_ext  # noqa: F401  (registers the plugins)
-from panoptic_ext.modeling.inplace_norm import (
+from panoptic_ext.modeling import PanopticFPNExt
+from panoptic_ext.modeling.inplace_layers import (
     InplaceFrozenBatchNorm2d,
-    use_inplace_frozen_batchnorm,
+    InplaceReLU,
+    use_inplace_conv_layers,
 )
 from tests.common import get_model_zoo_cfg
 
@@ -62,8 +65,8 @@ class TestInplaceFrozenBatchNorm2d(unittest.TestCase):
         for i, m in enumerate(m for m in backbone.modules() if isinstance(m, FrozenBatchNorm2d)):
             m.load_state_dict(random_norm(m.num_features, seed=i).state_dict())
         ours = copy.deepcopy(backbone)
-        self.assertEqual(use_inplace_frozen_batchnorm(ours), 20)  # R18: stem + 19 block convs
-        self.assertEqual(use_inplace_frozen_batchnorm(ours), 0)
+        self.assertEqual(use_inplace_conv_layers(ours), 20)  # R18: stem + 19 block convs
+        self.assertEqual(use_inplace_conv_layers(ours), 0)
         self.assertEqual(list(ours.state_dict()), list(backbone.state_dict()))
         ours.load_state_dict(backbone.state_dict(), strict=True)
         x = torch.randn(1, 3, 128, 160)
@@ -71,6 +74,40 @@ class TestInplaceFrozenBatchNorm2d(unittest.TestCase):
             expected, got = backbone(x), ours(x)
         for name in expected:
             self.assertTrue(torch.equal(got[name], expected[name]), name)
+
+
+class TestInplaceReLU(unittest.TestCase):
+    def test_values_and_autograd(self):
+        relu = InplaceReLU()
+        x = torch.randn(2, 3, 4, 5)
+        x[0, 0, 0, 0] = float("nan")
+        expected = torch.relu(x)
+        y = x.clone()
+        with torch.no_grad():
+            out = relu(y)
+        self.assertEqual(out.data_ptr(), y.data_ptr())
+        self.assertTrue(torch.equal(out.nan_to_num(-1), expected.nan_to_num(-1)))
+        z = x.clone().requires_grad_()
+        out = relu(z)
+        out.nan_to_num(0).sum().backward()
+        self.assertTrue(torch.equal(z.detach().nan_to_num(-1), x.nan_to_num(-1)))  # untouched
+
+    def test_model_layers_replaced_outputs_equal(self):
+        cfg = get_model_zoo_cfg()
+        cfg.merge_from_list(["MODEL.RESNETS.DEPTH", 18, "MODEL.RESNETS.RES2_OUT_CHANNELS", 64])
+        cfg.MODEL.META_ARCHITECTURE = "PanopticFPNExt"
+        cfg.MODEL.SEM_SEG_HEAD.NAME = "SemanticFPNHead"
+        ours = build_model(cfg)
+        relus = [n for n, m in ours.named_modules() if isinstance(m, InplaceReLU)]
+        # RPN conv, 4 mask-head convs, 7 semantic-head convs
+        self.assertEqual(len(relus), 12, relus)
+        norms = [m for m in ours.modules() if isinstance(m, InplaceFrozenBatchNorm2d)]
+        self.assertEqual(len(norms), 20)
+        plain = PanopticFPNExt(cfg, inplace_conv_layers=False)
+        self.assertFalse(
+            any(isinstance(m, (InplaceReLU, InplaceFrozenBatchNorm2d)) for m in plain.modules())
+        )
+        self.assertEqual(list(ours.state_dict()), list(plain.state_dict()))
 
 
 if __name__ == "__main__":
