@@ -11,12 +11,15 @@ side (interleaved rounds, medians):
 - cityscapesscripts ``pq_compute_single_core`` (one process; panopticapi's per-image code);
 - cityscapesscripts ``pq_compute_multi_core`` (panopticapi's default: one process per CPU);
 - ours with one thread and with the default (one thread per CPU);
-- ``hotcoco.panoptic.pq_compute`` (Rust).
+- ``hotcoco.panoptic.pq_compute`` (Rust; single-threaded: RAYON_NUM_THREADS changes nothing).
 
 Every variant must give the same PQ / SQ / RQ (to 1e-9) for the row to count. The targets:
 ours (default threads) at least 10x faster than panopticapi's single-process code, and within
 2x of hotcoco. CPU times of the single-threaded variants are reported too, since the machines
-are shared.
+are shared (on a busy 2-core machine the second thread gains nothing).
+
+The first round is a warm-up: it also loads numba's compiled PQ loops from their disk cache
+(about 0.5 s once per process; a few seconds the very first time, when they are compiled).
 """
 
 import argparse

@@ -11,8 +11,11 @@ The semantics are panopticapi's ``pq_compute_single_core`` (and of its port in c
 - categories are averaged over those with at least one TP, FP or FN.
 
 Instead of panopticapi's ``np.unique`` over ``gt * OFFSET + pred`` (a sort of every pixel)
-and Python loops over segment pairs, ids are mapped to compact indices with a lookup table and
-all intersections come from one ``np.bincount``; matching works on small (gt x pred) matrices.
+and Python loops over segment pairs, the pixel counts of the distinct (gt id, pred id) pairs come
+from one compiled pass over the runs of the two maps (:mod:`.png_kernels`, or straight from the
+PNG scanlines in :func:`.pq_io.pq_image_of_files`); without numba, ids are mapped to compact
+indices with a lookup table and counted with one ``np.bincount``. Matching then works on small
+(gt x pred) matrices.
 """
 
 import threading
