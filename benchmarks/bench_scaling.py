@@ -40,15 +40,38 @@ EVERYTHING = ("sem_seg", "instances", "panoptic_seg")  # what detectron2's Panop
 
 
 class _Recorder:
-    """Wraps a post-processor and keeps the arguments of its calls."""
+    """
+    Wraps a post-processor and, while ``recording``, keeps the arguments of its calls, with
+    every mask computed (the model defers the masks the panoptic output does not need: the
+    recorded instances get them all when read, see :meth:`call_inputs`).
+    """
 
     def __init__(self, inner: Callable):
         self.inner = inner
+        self.recording = False
         self.calls: List[Tuple[torch.Tensor, Any, Dict[str, Any]]] = []
 
+    def __getattr__(self, name: str) -> Any:  # needed_instances etc. of the post-processor
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
     def __call__(self, logits, instances, **kwargs):
-        self.calls.append((logits, instances, kwargs))
+        if self.recording:
+            self.calls.append((logits, instances, kwargs))
         return self.inner(logits, instances, **kwargs)
+
+    def call_inputs(self, i: int) -> Tuple[torch.Tensor, Any, Dict[str, Any]]:
+        """The i-th recorded (logits, instances with all masks, kwargs)."""
+        from detectron2.structures import Instances
+
+        logits, instances, kwargs = self.calls[i]
+        kwargs = dict(kwargs)
+        complete_masks = kwargs.pop("complete_masks", None)
+        if complete_masks is not None:
+            instances = Instances(instances.image_size, **instances.get_fields())
+            instances.pred_masks = complete_masks()
+        return logits, instances, kwargs
 
 
 def _postprocessors(tiny: bool) -> Dict[str, Callable]:
@@ -127,11 +150,13 @@ def inference_rows(
             model.roi_heads.box_predictor.test_topk_per_image = detections
         inputs = inference_inputs([size])
         recorder.calls.clear()
+        recorder.recording = True
         ref = infer(models["d2"], inputs, EVERYTHING)
         same = panoptic_outputs_equal(infer(models["ours"], inputs, ("panoptic_seg",)), ref)
+        recorder.recording = False
         if detections == max(c[1] for c in cases):
-            logits, instances, kwargs = recorder.calls[0]
-            captured[size] = (logits, instances, kwargs)
+            captured[size] = recorder.call_inputs(0)
+        recorder.calls.clear()
         found = len(ref[0]["instances"])
         del ref
         cpu: Dict[str, List[float]] = {}
