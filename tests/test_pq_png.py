@@ -2,6 +2,7 @@
 counts: every PNG filter type, odd sizes, RGBA, fallbacks to the general decoder, clear errors on
 truncated / corrupt files, and equality with the numpy / libpng paths."""
 
+import os
 import struct
 import zlib
 
@@ -9,9 +10,22 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from panoptic_ext.evaluation import id2rgb, png_reader, pq_core, pq_image, read_panoptic_png, rgb2id
+from panoptic_ext.evaluation import (
+    id2rgb,
+    png_reader,
+    pq_compute,
+    pq_core,
+    pq_image,
+    pq_io,
+    read_panoptic_png,
+    rgb2id,
+)
 from panoptic_ext.evaluation.pq_io import pq_image_of_files
-from panoptic_ext.evaluation.testing import DEFAULT_CATEGORIES, random_panoptic_pair
+from panoptic_ext.evaluation.testing import (
+    DEFAULT_CATEGORIES,
+    random_panoptic_pair,
+    write_panoptic_files,
+)
 
 pytestmark = pytest.mark.skipif(
     png_reader.fast_kernels() is None, reason="numba / deflate not installed"
@@ -214,8 +228,10 @@ def pair_counts_of_maps(gt, pred):
 
 
 def _numpy_only(monkeypatch):
+    """As without numba / deflate installed."""
     monkeypatch.setattr(pq_core, "fast_kernels", lambda: None)
     monkeypatch.setattr(png_reader, "fast_kernels", lambda: None)
+    monkeypatch.setattr(pq_io, "fast_kernels", lambda: None)
 
 
 class TestJointCounts:
@@ -326,3 +342,20 @@ class TestPairsOfFiles:
             order = np.argsort(keys)
             assert status == kernels.OK
             assert (keys[order] == ref).all() and (counts[order] == ref_counts).all()
+
+
+def test_pq_compute_without_the_fast_kernels(tmp_path, monkeypatch):
+    """The general decoder + numpy path (no numba / deflate) gives the same results."""
+    rng = np.random.default_rng(7)
+    cases = [random_panoptic_pair(rng, 30, 41) for _ in range(4)]
+    gt_json, gt_folder, pred_json, pred_folder = write_panoptic_files(str(tmp_path), cases)
+    fast = pq_compute(gt_json, pred_json, gt_folder, pred_folder, num_workers=2)
+    _numpy_only(monkeypatch)
+    png = open(os.path.join(gt_folder, "000000.png"), "rb").read()
+    assert png_reader.decode_panoptic_png(png, "x") is None
+    slow = pq_compute(gt_json, pred_json, gt_folder, pred_folder, num_workers=1)
+    for group in ("All", "Things", "Stuff"):
+        assert fast[group] == pytest.approx(slow[group], abs=1e-12)
+    for c, values in slow["per_class"].items():
+        assert fast["per_class"][c] == pytest.approx(values, abs=1e-12)
+    assert fast["All"]["n"] > 0
