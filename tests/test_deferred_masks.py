@@ -1,6 +1,7 @@
 """Deferred mask prediction: PanopticFPNExt's outputs stay detectron2's, bit for bit."""
 
 import unittest
+import weakref
 
 import torch
 from detectron2.modeling import build_model
@@ -226,6 +227,20 @@ class TestDeferredMasks(unittest.TestCase):
             predictor.bias.add_(0.0)  # an in-place update, as an optimizer step
         with self.assertRaisesRegex(RuntimeError, "modified after inference"):
             deferred.complete(0)
+
+    def test_features_released_once_complete(self):
+        features = {k: v.clone() for k, v in self.features.items()}
+        refs = [weakref.ref(v) for v in features.values()]
+        needed = [x.scores > x.scores.median() for x in self.detections]
+        with torch.no_grad():
+            deferred = DeferredMasks(self.model.roi_heads, features, self.detections, needed)
+        del features
+        self.assertFalse(deferred.is_complete)
+        self.assertTrue(any(r() is not None for r in refs))  # held for the missing masks
+        with torch.no_grad():
+            deferred.complete(0)
+        self.assertTrue(deferred.is_complete)
+        self.assertTrue(all(r() is None for r in refs))
 
     def test_training_mode_at_completion(self):
         needed = [x.scores > x.scores.median() for x in self.detections]
