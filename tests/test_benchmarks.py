@@ -103,6 +103,7 @@ class TestQuickSuite(unittest.TestCase):
             self.assertGreater(row["reference_peak_rss_mb"], 0)
             self.assertGreater(row["ours_s"], 0)
         self.assertTrue(by_suite["train_step"][0]["losses_match"], by_suite["train_step"])
+        self.assertTrue(by_suite["train_step"][0]["grads_match"], by_suite["train_step"])
         flops = by_suite["flops"]
         self.assertEqual({r["unit"] for r in flops}, {"GFLOPs", "M params"})
         joint = [r for r in flops if "joint vs separate" in r["workload"]]
