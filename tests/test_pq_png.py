@@ -6,6 +6,7 @@ import os
 import struct
 import zlib
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -155,6 +156,10 @@ class TestDecoder:
         with pytest.raises(ValueError, match=f"{path}.*8-bit RGB"):
             read_panoptic_png(path)
         Image.fromarray(pixels[..., 0].astype(np.uint16) * 300).save(path)
+        with pytest.raises(ValueError, match=f"{path}.*8-bit RGB"):
+            read_panoptic_png(path)
+        cv2.imwrite(path, pixels.astype(np.uint16) * 257)  # 16-bit RGB
+        assert png_reader.parse_png(open(path, "rb").read(), path)[0].bit_depth == 16
         with pytest.raises(ValueError, match=f"{path}.*8-bit RGB"):
             read_panoptic_png(path)
 

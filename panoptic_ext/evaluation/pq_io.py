@@ -57,7 +57,12 @@ def _decode_general(data: bytes, path: str) -> np.ndarray:
         planes = decode_png(torch.frombuffer(bytearray(data), dtype=torch.uint8)).numpy()
     except RuntimeError:
         planes = None
-    if planes is None or planes.ndim != 3 or planes.shape[0] not in (3, 4):
+    if (
+        planes is None
+        or planes.dtype != np.uint8
+        or planes.ndim != 3
+        or planes.shape[0] not in (3, 4)
+    ):
         image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
         if image is None or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] < 3:
             raise ValueError(
