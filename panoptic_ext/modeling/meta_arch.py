@@ -12,7 +12,7 @@ from detectron2.utils.events import get_event_storage
 from torch import nn
 
 from .deferred_masks import DeferredMasks, supports_deferred_masks
-from .fast_stem import use_fast_pool_stem
+from .fast_backbone import use_fast_backbone
 from .inplace_layers import use_inplace_conv_layers
 from .loss_weights import LossWeightSchedule, build_loss_weight_schedule
 from .parallel_pooler import parallelize_roi_poolers
@@ -48,7 +48,7 @@ class PanopticFPNExt(GeneralizedRCNN):
         defer_masks: bool = True,
         parallel_roi_align: bool = True,
         inplace_conv_layers: bool = True,
-        fast_pool_stem: bool = True,
+        fast_backbone: bool = True,
         **kwargs,
     ):
         """
@@ -67,8 +67,9 @@ class PanopticFPNExt(GeneralizedRCNN):
             inplace_conv_layers (bool): compute the frozen batch norms and ReLUs of the
                 convolutions in place when autograd is not involved
                 (:func:`use_inplace_conv_layers`); the outputs are the same.
-            fast_pool_stem (bool): the ResNet stem's max pooling without indices when autograd
-                is not involved (:func:`use_fast_pool_stem`); the outputs are the same.
+            fast_backbone (bool): the ResNet stem's max pooling without indices and the FPN
+                top-down sums in place when autograd is not involved
+                (:func:`use_fast_backbone`); the outputs are the same.
             kwargs: the arguments of :class:`GeneralizedRCNN`.
         """
         super().__init__(**kwargs)
@@ -87,8 +88,8 @@ class PanopticFPNExt(GeneralizedRCNN):
             parallelize_roi_poolers(self.roi_heads)
         if inplace_conv_layers:
             use_inplace_conv_layers(self)
-        if fast_pool_stem:
-            use_fast_pool_stem(self.backbone)
+        if fast_backbone:
+            use_fast_backbone(self.backbone)
 
     @classmethod
     def from_config(cls, cfg) -> dict:

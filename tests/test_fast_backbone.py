@@ -1,13 +1,21 @@
-"""The stem's max pooling without indices: F.max_pool2d's values."""
+"""The backbone's faster exact steps: stem max pooling, in-place FPN top-down sums."""
 
 import copy
 import unittest
 
 import torch
+from detectron2.layers import ShapeSpec
+from detectron2.modeling.backbone.fpn import build_resnet_fpn_backbone
 from detectron2.modeling.backbone.resnet import BasicStem
 from torch.nn import functional as F
 
-from panoptic_ext.modeling.fast_stem import FastPoolStem, max_pool_3x3_s2, use_fast_pool_stem
+from panoptic_ext.modeling.fast_backbone import (
+    FastPoolStem,
+    InplaceTopDownFPN,
+    max_pool_3x3_s2,
+    use_fast_backbone,
+)
+from tests.common import get_model_zoo_cfg
 
 
 def same(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -37,8 +45,8 @@ class TestFastPoolStem(unittest.TestCase):
         torch.manual_seed(0)
         stem = BasicStem(3, 16, norm="FrozenBN")
         fast = copy.deepcopy(stem)
-        self.assertEqual(use_fast_pool_stem(fast), 1)
-        self.assertEqual(use_fast_pool_stem(fast), 0)
+        self.assertEqual(use_fast_backbone(fast), 1)
+        self.assertEqual(use_fast_backbone(fast), 0)
         self.assertIsInstance(fast, FastPoolStem)
         self.assertEqual(list(fast.state_dict()), list(stem.state_dict()))
         x = torch.randn(2, 3, 67, 90)
@@ -47,6 +55,31 @@ class TestFastPoolStem(unittest.TestCase):
         y = x.clone().requires_grad_()
         fast(y).sum().backward()  # the autograd path: detectron2's pooling
         self.assertIsNotNone(y.grad)
+
+
+class TestInplaceTopDownFPN(unittest.TestCase):
+    def test_backbone_outputs_equal_detectron2s(self):
+        cfg = get_model_zoo_cfg()
+        cfg.merge_from_list(["MODEL.RESNETS.DEPTH", 18, "MODEL.RESNETS.RES2_OUT_CHANNELS", 64])
+        torch.manual_seed(0)
+        backbone = build_resnet_fpn_backbone(cfg, ShapeSpec(channels=3)).eval()
+        for p in backbone.parameters():  # non-trivial top-down sums
+            torch.nn.init.normal_(p, std=0.05)
+        fast = copy.deepcopy(backbone)
+        self.assertEqual(use_fast_backbone(fast), 2)  # the stem and the FPN
+        self.assertIsInstance(fast, InplaceTopDownFPN)
+        self.assertEqual(list(fast.state_dict()), list(backbone.state_dict()))
+        for size in ((128, 160), (96, 224)):
+            x = torch.randn(1, 3, *size)
+            with torch.no_grad():
+                expected, got = backbone(x), fast(x)
+            self.assertEqual(list(got), list(expected))
+            for name in expected:
+                self.assertTrue(torch.equal(got[name], expected[name]), (size, name))
+        # with autograd: detectron2's forward
+        out = fast(torch.randn(1, 3, 64, 64))
+        out["p2"].sum().backward()
+        self.assertIsNotNone(fast.lateral_convs[-1].weight.grad)
 
 
 if __name__ == "__main__":
