@@ -20,6 +20,9 @@ setup(
         "opencv-python-headless",
         "matplotlib",
         "tqdm",
+        # fast PQ evaluation (PNG inflate, compiled loops); without them a slower path is used
+        "deflate",
+        "numba",
     ],
     extras_require={"cityscapes": ["cityscapesscripts"]},
     entry_points={
