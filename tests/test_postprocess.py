@@ -305,6 +305,32 @@ class TestPostprocessors(unittest.TestCase):
         with self.assertRaises(ValueError):
             self.build("nonexistent")
 
+    def test_needed_instances_and_complete_masks(self):
+        logits, instances = synthetic_outputs()
+        for threshold in (0.5, 0.45, 0.0):
+            fast = self.build(
+                "fast", **{"MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH": threshold}
+            )
+            scores = instances.scores.clone()
+            scores[:3] = torch.tensor([threshold, float("nan"), 0.1])
+            subject = Instances(instances.image_size, scores=scores)
+            expected = [not (s < threshold) for s in scores.tolist()]  # combine_panoptic's test
+            self.assertEqual(fast.needed_instances(subject).tolist(), expected)
+        self.assertIsNone(self.build("detectron2").needed_instances(instances))
+        # only the needed masks given: the panoptic output is the same, "instances" complete
+        fast = self.build("fast")
+        partial = Instances(instances.image_size, **instances.get_fields())
+        needed = fast.needed_instances(instances)
+        partial.pred_masks = torch.where(
+            needed[:, None, None, None], instances.pred_masks, torch.zeros(())
+        )
+        kwargs = {"stride": 4, "image_size": instances.image_size, "output_size": (200, 249)}
+        out = fast(logits, partial, complete_masks=lambda: instances.pred_masks, **kwargs)
+        ref = self.build("detectron2")(logits, instances, **kwargs)
+        self.assertTrue(torch.equal(out["panoptic_seg"][0], ref["panoptic_seg"][0]))
+        self.assertEqual(out["panoptic_seg"][1], ref["panoptic_seg"][1])
+        self.assertTrue(torch.equal(out["instances"].pred_masks, ref["instances"].pred_masks))
+
     def test_fast_equals_detectron2(self):
         logits, instances = synthetic_outputs()
         for output_size in [(200, 249), (150, 187)]:

@@ -169,9 +169,9 @@ class FastPanopticPostprocessor(_PanopticPostprocessor):
     """
 
     def needed_instances(self, instances: Instances) -> Optional[torch.Tensor]:
-        # combine_panoptic stops at the first score below the threshold (compared as Python
-        # floats: float64 here too)
-        return instances.scores.to(torch.float64) >= self.instance_score_threshold
+        # combine_panoptic visits instances until one scores below the threshold (compared as
+        # Python floats: float64 here too; written as its test, so a NaN score is visited too)
+        return ~(instances.scores.to(torch.float64) < self.instance_score_threshold)
 
     def __call__(
         self,
