@@ -182,6 +182,9 @@ class PanopticFPNExt(GeneralizedRCNN):
         proposals, _ = self.proposal_generator(images, features, None)
         deferred = None
         if do_postprocess and self._can_defer_masks():
+            # StandardROIHeads.forward's inference in its two halves (_forward_box, then the
+            # mask branch), both in detectron2 v0.6 and main; the masks the panoptic output
+            # does not read are predicted when "instances" is read
             detector_results = self.roi_heads._forward_box(features, proposals)
             needed = [self.postprocessor.needed_instances(x) for x in detector_results]
             if all(n is not None for n in needed):
