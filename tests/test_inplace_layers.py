@@ -99,8 +99,9 @@ class TestInplaceReLU(unittest.TestCase):
         cfg.MODEL.SEM_SEG_HEAD.NAME = "SemanticFPNHead"
         ours = build_model(cfg)
         relus = [n for n, m in ours.named_modules() if isinstance(m, InplaceReLU)]
-        # RPN conv, 4 mask-head convs, 7 semantic-head convs
-        self.assertEqual(len(relus), 12, relus)
+        # the 7 semantic-head convs (conv + GroupNorm + ReLU); not after bare convolutions
+        self.assertEqual(len(relus), 7, relus)
+        self.assertTrue(all(n.startswith("sem_seg_head.") for n in relus), relus)
         norms = [m for m in ours.modules() if isinstance(m, InplaceFrozenBatchNorm2d)]
         self.assertEqual(len(norms), 20)
         plain = PanopticFPNExt(cfg, inplace_conv_layers=False)

@@ -69,8 +69,10 @@ def _is_relu(activation) -> bool:
 def use_inplace_conv_layers(model: nn.Module) -> int:
     """
     In every detectron2 ``Conv2d`` of ``model``, replace in place a ``FrozenBatchNorm2d`` norm
-    by :class:`InplaceFrozenBatchNorm2d` and a ReLU activation (``F.relu`` or ``nn.ReLU()``)
-    by :class:`InplaceReLU`. The state dict keeps its keys. Returns how many layers changed.
+    by :class:`InplaceFrozenBatchNorm2d`, and a ReLU activation (``F.relu`` or ``nn.ReLU()``)
+    following a norm by :class:`InplaceReLU`. (Measured on the CPU: after a bare convolution,
+    e.g. the RPN head's, the in-place ReLU made the layers after it slower.) The state dict
+    keeps its keys. Returns how many layers changed.
     """
     count = 0
     for module in model.modules():
@@ -80,7 +82,7 @@ def use_inplace_conv_layers(model: nn.Module) -> int:
         if type(norm) is FrozenBatchNorm2d:  # noqa: E721  (not subclasses)
             module.norm = InplaceFrozenBatchNorm2d.from_frozen(norm)
             count += 1
-        if _is_relu(getattr(module, "activation", None)):
+        if norm is not None and _is_relu(getattr(module, "activation", None)):
             module.activation = InplaceReLU()
             count += 1
     return count
