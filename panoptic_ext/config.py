@@ -76,6 +76,16 @@ def add_panoptic_ext_config(cfg: CN) -> None:
     # leaving those layers as initialised; by default such a checkpoint is an error.
     _C.MODEL.PANOPTIC_EXT.ALLOW_PARTIAL_WEIGHTS = False
 
+    # Exact inference speed-ups of PanopticFPNExt (outputs identical to detectron2's; each can be
+    # switched off): masks first only for detections the panoptic map can use (the others when
+    # "instances" is read), ROIAlign in parallel threads, in-place frozen BN / ReLU, and the
+    # stem max pool without indices + in-place FPN top-down sums.
+    _C.MODEL.PANOPTIC_EXT.INFERENCE = CN()
+    _C.MODEL.PANOPTIC_EXT.INFERENCE.DEFER_MASKS = True
+    _C.MODEL.PANOPTIC_EXT.INFERENCE.PARALLEL_ROI_ALIGN = True
+    _C.MODEL.PANOPTIC_EXT.INFERENCE.INPLACE_CONV_LAYERS = True
+    _C.MODEL.PANOPTIC_EXT.INFERENCE.FAST_BACKBONE = True
+
     # Evaluation (panoptic_ext.evaluation.build_panoptic_evaluators) of panoptic datasets.
     _C.MODEL.PANOPTIC_EXT.EVAL = CN()
     # Metrics to compute: "panoptic_seg" (PQ), "sem_seg" (mIoU), "instances" (COCO AP).

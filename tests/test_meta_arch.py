@@ -180,6 +180,34 @@ class TestPanopticFPNExt(unittest.TestCase):
         vis = Visualizer(image, metadata).draw_panoptic_seg(panoptic_seg, segments_info)
         self.assertEqual(vis.get_image().shape, (200, 250, 3))
 
+    def test_inference_speedups_follow_config(self):
+        from detectron2.layers import FrozenBatchNorm2d
+        from detectron2.modeling.backbone import FPN
+
+        from panoptic_ext.modeling.parallel_pooler import ChunkedROIAlign
+
+        def describe(model):
+            level_poolers = model.roi_heads.box_pooler.level_poolers
+            norms = [m.norm for m in model.backbone.modules() if getattr(m, "norm", None)]
+            return {
+                "defer": model.defer_masks,
+                "parallel": isinstance(level_poolers[0], ChunkedROIAlign),
+                "plain_bn": all(type(n) is FrozenBatchNorm2d for n in norms),
+                "plain_fpn": type(model.backbone) is FPN,
+            }
+
+        self.assertEqual(
+            describe(self.model),
+            {"defer": True, "parallel": True, "plain_bn": False, "plain_fpn": False},
+        )
+        cfg = self.cfg.clone()
+        for key in ("DEFER_MASKS", "PARALLEL_ROI_ALIGN", "INPLACE_CONV_LAYERS", "FAST_BACKBONE"):
+            cfg.MODEL.PANOPTIC_EXT.INFERENCE[key] = False
+        self.assertEqual(
+            describe(build_model(cfg)),
+            {"defer": False, "parallel": False, "plain_bn": True, "plain_fpn": True},
+        )
+
     def test_sem_seg_input_required_in_training(self):
         batch = training_batch([(64, 64)])
         del batch[0]["sem_seg"]

@@ -98,6 +98,11 @@ class PanopticFPNExt(GeneralizedRCNN):
         ret["loss_weight_schedule"] = build_loss_weight_schedule(cfg)
         ret["postprocessor"] = build_panoptic_postprocessor(cfg)
         ret["scale_rpn_losses"] = cfg.MODEL.PANOPTIC_EXT.LOSS_WEIGHTS.SCALE_RPN
+        speedups = cfg.MODEL.PANOPTIC_EXT.INFERENCE
+        ret["defer_masks"] = speedups.DEFER_MASKS
+        ret["parallel_roi_align"] = speedups.PARALLEL_ROI_ALIGN
+        ret["inplace_conv_layers"] = speedups.INPLACE_CONV_LAYERS
+        ret["fast_backbone"] = speedups.FAST_BACKBONE
         if cfg.MODEL.SEM_SEG_HEAD.LOSS_WEIGHT != 1.0:
             logger.warning(
                 "MODEL.SEM_SEG_HEAD.LOSS_WEIGHT=%s multiplies lambda_s "
