@@ -1,6 +1,8 @@
 """ROIAlign over ROI chunks in threads: the same tensor as detectron2's serial ROIPooler."""
 
 import copy
+import multiprocessing
+import os
 import unittest
 from unittest import mock
 
@@ -13,6 +15,14 @@ import panoptic_ext  # noqa: F401  (registers the plugins)
 from panoptic_ext.modeling import parallel_pooler
 from panoptic_ext.modeling.parallel_pooler import ChunkedROIAlign, parallelize_roi_poolers
 from tests.common import get_model_zoo_cfg
+
+
+def _pool_in_child(pooler, features, boxes):
+    # OpenMP's own thread pool does not survive a fork either (torch then hangs, with or
+    # without this project): one intra-op thread; the pooler still uses 2 chunk threads.
+    torch.set_num_threads(1)
+    with torch.no_grad():
+        return pooler(features, boxes)
 
 
 def random_boxes(n: int, height: int, width: int, seed: int) -> Boxes:
@@ -55,6 +65,18 @@ class TestChunkedROIAlign(unittest.TestCase):
             self.assertTrue(torch.equal(got, expected), threads)
             with torch.inference_mode():
                 self.assertTrue(torch.equal(parallel(self.features, self.boxes), expected))
+
+    @unittest.skipUnless(hasattr(os, "fork"), "needs fork")
+    def test_forked_child_gets_its_own_threads(self):
+        serial, parallel = self.poolers(num_threads=2)
+        with torch.no_grad():
+            expected = serial(self.features, self.boxes)
+            parallel(self.features, self.boxes)  # the parent's pool now exists
+        ctx = multiprocessing.get_context("fork")
+        with ctx.Pool(1) as pool:
+            # with the parent's thread-less pool, the child would wait forever
+            got = pool.apply_async(_pool_in_child, (parallel, self.features, self.boxes))
+            self.assertTrue(torch.equal(got.get(timeout=60), expected))
 
     def test_autograd_and_few_rois_run_serially(self):
         serial, parallel = self.poolers(num_threads=2)

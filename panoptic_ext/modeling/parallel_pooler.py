@@ -9,6 +9,7 @@ operators) and concatenating the results gives the same tensor, bit for bit.
 """
 
 import logging
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
@@ -25,15 +26,19 @@ logger = logging.getLogger(__name__)
 _MIN_ROIS_PER_CHUNK = 16
 
 _POOL: Optional[ThreadPoolExecutor] = None
+_POOL_PID: Optional[int] = None
 _POOL_LOCK = threading.Lock()
 
 
 def _pool(workers: int) -> ThreadPoolExecutor:
     """A process-wide thread pool with at least ``workers`` threads."""
-    global _POOL
+    global _POOL, _POOL_PID
     with _POOL_LOCK:
-        if _POOL is None or _POOL._max_workers < workers:
+        # A forked child inherits the pool object but not its threads: work submitted to it
+        # would never run, so each process makes its own.
+        if _POOL is None or _POOL._max_workers < workers or _POOL_PID != os.getpid():
             _POOL = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="roi_align")
+            _POOL_PID = os.getpid()
         return _POOL
 
 
