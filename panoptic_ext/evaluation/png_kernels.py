@@ -301,6 +301,30 @@ def _row_runs(
     return n
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _advance_row(y, data, bpp, id_map, rows, prev, ids, mask):  # pragma: no cover - compiled
+    """
+    Move one image of :func:`pair_counts` to row ``y``: given as PNG scanlines (``bpp`` 3 / 4,
+    unfiltered into ``rows``, see :func:`_next_png_row`) or as an id map (``bpp`` 0, ``ids``
+    becomes its row ``y``); where the row differs from the one above, ``mask`` is updated
+    (:func:`_mark_changes`).
+
+    Returns:
+        (ids, prev, status): status 0 = a new row, 1 = the same as the row above, -1 = unknown
+        PNG filter type.
+    """
+    if bpp == 0:
+        ids = id_map[y]
+        status = 1 if y > 0 and _same_row(ids, id_map[y - 1]) else 0
+    else:
+        prev, status = _next_png_row(data, y, bpp, rows, prev)
+        if status < 0:
+            return ids, prev, status
+    if status == 0:
+        _mark_changes(bpp, rows[prev], ids, mask)
+    return ids, prev, status
+
+
 @njit(cache=True, nogil=True)
 def pair_counts(g_data, g_bpp, g_map, p_data, p_bpp, p_map, height, width):  # pragma: no cover
     """
@@ -331,27 +355,17 @@ def pair_counts(g_data, g_bpp, g_map, p_data, p_bpp, p_map, height, width):  # p
     p_ids = no_ids
     for y in range(height + 1):
         if y < height:
-            if g_bpp == 0:
-                g_ids = g_map[y]
-                g_same = y > 0 and _same_row(g_ids, g_map[y - 1])
-            else:
-                g_prev, status = _next_png_row(g_data, y, g_bpp, g_rows, g_prev)
-                if status < 0:
-                    return keys[:0], counts[:0], GT_FILTER_ERROR, y
-                g_same = status == 1
-            if not g_same:
-                _mark_changes(g_bpp, g_rows[g_prev], g_ids, g_mask)
-            if p_bpp == 0:
-                p_ids = p_map[y]
-                p_same = y > 0 and _same_row(p_ids, p_map[y - 1])
-            else:
-                p_prev, status = _next_png_row(p_data, y, p_bpp, p_rows, p_prev)
-                if status < 0:
-                    return keys[:0], counts[:0], PRED_FILTER_ERROR, y
-                p_same = status == 1
-            if not p_same:
-                _mark_changes(p_bpp, p_rows[p_prev], p_ids, p_mask)
-            if g_same and p_same:
+            g_ids, g_prev, g_status = _advance_row(
+                y, g_data, g_bpp, g_map, g_rows, g_prev, g_ids, g_mask
+            )
+            if g_status < 0:
+                return keys[:0], counts[:0], GT_FILTER_ERROR, y
+            p_ids, p_prev, p_status = _advance_row(
+                y, p_data, p_bpp, p_map, p_rows, p_prev, p_ids, p_mask
+            )
+            if p_status < 0:
+                return keys[:0], counts[:0], PRED_FILTER_ERROR, y
+            if g_status == 1 and p_status == 1:
                 repeat += 1
                 continue
         for r in range(num_runs):  # flush the previous distinct row
