@@ -1,4 +1,4 @@
-"""The one place that knows how detectron2 versions differ (v0.6 vs current main).
+"""The one place that knows how detectron2 (v0.6 vs current main) and torch versions differ.
 
 Code elsewhere asks these functions instead of checking versions itself.
 """
@@ -7,6 +7,9 @@ import functools
 from collections.abc import Sequence
 
 __all__ = [
+    "autocast_enabled",
+    "import_detectron2_export",
+    "pad_to_backbone",
     "detectron2_has_compiled_ops",
     "create_ddp_model",
     "enable_cpu_ddp",
@@ -25,6 +28,62 @@ def detectron2_has_compiled_ops() -> bool:
     except ImportError:
         return False
     return not getattr(_C, _STANDIN_MARKER, False)
+
+
+def autocast_enabled(device_type: str = "cpu") -> bool:
+    """Whether ``torch.autocast`` is on for ``device_type`` ("cpu" or "cuda"), in every torch the
+    project supports (``torch.is_autocast_enabled(device_type)`` is torch >= 2.4's form)."""
+    import torch
+
+    try:
+        return bool(torch.is_autocast_enabled(device_type))
+    except TypeError:  # older torch: no argument, one function per device
+        if device_type == "cpu":
+            return bool(torch.is_autocast_cpu_enabled())
+        return bool(torch.is_autocast_enabled())
+
+
+def pad_to_backbone(tensors, backbone, pad_value: float = 0.0):
+    """
+    ``ImageList.from_tensors`` padded as ``GeneralizedRCNN.preprocess_image`` pads the images:
+    to ``backbone.size_divisibility`` and, on detectron2 main, its ``padding_constraints``
+    (e.g. FPN's ``square_pad``); v0.6 has neither ``padding_constraints`` nor that argument.
+    """
+    from detectron2.structures import ImageList
+
+    constraints = getattr(backbone, "padding_constraints", None)
+    if constraints is None:
+        return ImageList.from_tensors(tensors, backbone.size_divisibility, pad_value)
+    return ImageList.from_tensors(
+        tensors, backbone.size_divisibility, pad_value, padding_constraints=constraints
+    )
+
+
+def import_detectron2_export(submodule: str):
+    """
+    ``detectron2.export.<submodule>`` (e.g. "flatten" for ``TracingAdapter``). detectron2 v0.6's
+    ``detectron2/export/__init__.py`` imports its Caffe2 exporter, which needs ``caffe2``, gone
+    from torch 2; its other submodules do not. There the package is registered without running
+    its ``__init__`` (its submodules still import normally), and ``detectron2.export``'s Caffe2
+    API is left out.
+    """
+    import importlib
+    import os
+    import sys
+    import types
+
+    try:
+        return importlib.import_module(f"detectron2.export.{submodule}")
+    except ModuleNotFoundError as e:
+        if e.name is None or not e.name.startswith("caffe2"):
+            raise
+    import detectron2
+
+    package = types.ModuleType("detectron2.export")
+    package.__path__ = [os.path.join(os.path.dirname(detectron2.__file__), "export")]
+    package.__doc__ = "detectron2.export without its Caffe2 API (see panoptic_ext.compat)"
+    sys.modules["detectron2.export"] = package
+    return importlib.import_module(f"detectron2.export.{submodule}")
 
 
 def create_ddp_model(model, **kwargs):

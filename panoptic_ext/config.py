@@ -48,8 +48,9 @@ def add_panoptic_ext_config(cfg: CN) -> None:
     _C.MODEL.PANOPTIC_EXT.POSTPROCESS = CN()
     # Registered name in PANOPTIC_POSTPROCESSOR_REGISTRY.
     _C.MODEL.PANOPTIC_EXT.POSTPROCESS.NAME = "fast"
-    # Which outputs inference returns: detectron2's evaluators read "sem_seg" (full-resolution
-    # logits) and "instances" (with full masks); producing them costs time.
+    # Which outputs inference returns besides "panoptic_seg": detectron2's evaluators read
+    # "sem_seg" (full-resolution logits) and "instances" (with full masks); producing them costs
+    # time. Without "instances", PanopticROIHeads predicts only the masks the fusion reads.
     _C.MODEL.PANOPTIC_EXT.POSTPROCESS.RETURN_SEM_SEG = True
     _C.MODEL.PANOPTIC_EXT.POSTPROCESS.RETURN_INSTANCES = True
 
@@ -75,16 +76,6 @@ def add_panoptic_ext_config(cfg: CN) -> None:
     # Load MODEL.WEIGHTS even if some weights do not fit the model (e.g. other class counts),
     # leaving those layers as initialised; by default such a checkpoint is an error.
     _C.MODEL.PANOPTIC_EXT.ALLOW_PARTIAL_WEIGHTS = False
-
-    # Exact inference speed-ups of PanopticFPNExt (outputs identical to detectron2's; each can be
-    # switched off): masks first only for detections the panoptic map can use (the others when
-    # "instances" is read), ROIAlign in parallel threads, in-place frozen BN / ReLU, and the
-    # stem max pool without indices + in-place FPN top-down sums.
-    _C.MODEL.PANOPTIC_EXT.INFERENCE = CN()
-    _C.MODEL.PANOPTIC_EXT.INFERENCE.DEFER_MASKS = True
-    _C.MODEL.PANOPTIC_EXT.INFERENCE.PARALLEL_ROI_ALIGN = True
-    _C.MODEL.PANOPTIC_EXT.INFERENCE.INPLACE_CONV_LAYERS = True
-    _C.MODEL.PANOPTIC_EXT.INFERENCE.FAST_BACKBONE = True
 
     # Evaluation (panoptic_ext.evaluation.build_panoptic_evaluators) of panoptic datasets.
     _C.MODEL.PANOPTIC_EXT.EVAL = CN()

@@ -70,3 +70,43 @@ def write_coco_panoptic(root, samples, categories, split: str = "train") -> dict
         "panoptic_root": panoptic_root,
         "panoptic_json": panoptic_json,
     }
+
+
+def detectron2_twin_cfg(cfg: CfgNode) -> CfgNode:
+    """The config of detectron2's own ``PanopticFPN`` with the modules and loss weights of the
+    project's ``cfg`` (same state dict keys and shapes)."""
+    twin = cfg.clone()
+    twin.defrost()
+    twin.MODEL.META_ARCHITECTURE = "PanopticFPN"
+    twin.MODEL.SEM_SEG_HEAD.NAME = "SemSegFPNHead"
+    twin.MODEL.ROI_HEADS.NAME = "StandardROIHeads"
+    twin.MODEL.SEM_SEG_HEAD.LOSS_WEIGHT = cfg.MODEL.PANOPTIC_EXT.LOSS_WEIGHTS.SEMANTIC
+    twin.MODEL.PANOPTIC_FPN.INSTANCE_LOSS_WEIGHT = cfg.MODEL.PANOPTIC_EXT.LOSS_WEIGHTS.INSTANCE
+    return twin
+
+
+def make_detections_confident(model) -> None:
+    """Random weights give degenerate boxes and scores: make proposals the anchors, boxes the
+    proposals, and scores peak on foreground classes, so many confident detections exist."""
+    with torch.no_grad():
+        model.proposal_generator.rpn_head.anchor_deltas.weight.zero_()
+        model.proposal_generator.rpn_head.anchor_deltas.bias.zero_()
+        model.roi_heads.box_predictor.bbox_pred.weight.zero_()
+        model.roi_heads.box_predictor.bbox_pred.bias.zero_()
+        model.roi_heads.box_predictor.cls_score.bias[-1] = -1e4  # never background
+
+
+def assert_same_outputs(ours, theirs, keys=("panoptic_seg", "sem_seg", "instances")) -> None:
+    """Per image, the outputs ``keys`` of two models are identical."""
+    assert len(ours) == len(theirs)
+    for i, (a, b) in enumerate(zip(ours, theirs)):
+        if "panoptic_seg" in keys:
+            assert torch.equal(a["panoptic_seg"][0], b["panoptic_seg"][0]), f"image {i}"
+            assert a["panoptic_seg"][1] == b["panoptic_seg"][1], f"image {i}"
+        if "sem_seg" in keys:
+            assert torch.equal(a["sem_seg"], b["sem_seg"]), f"image {i}: sem_seg"
+        if "instances" in keys:
+            for field in ("pred_boxes", "scores", "pred_classes", "pred_masks"):
+                x, y = a["instances"].get(field), b["instances"].get(field)
+                x, y = getattr(x, "tensor", x), getattr(y, "tensor", y)
+                assert torch.equal(x, y), f"image {i}: instances.{field}"

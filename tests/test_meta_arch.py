@@ -15,7 +15,7 @@ from detectron2.utils.visualizer import Visualizer
 import panoptic_ext  # noqa: F401  (registers the plugins)
 from panoptic_ext import add_panoptic_ext_config
 from panoptic_ext.modeling import PanopticFPNExt
-from tests.common import get_model_zoo_cfg, random_image_batch
+from tests.common import get_model_zoo_cfg, make_detections_confident, random_image_batch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "configs")
@@ -55,17 +55,6 @@ def _make_fast(cfg):
     cfg.MODEL.RPN.POST_NMS_TOPK_TEST = 200
     cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 64
     cfg.TEST.DETECTIONS_PER_IMAGE = 40
-
-
-def make_detections_confident(model):
-    """Random weights give degenerate boxes and scores: make proposals the anchors, boxes the
-    proposals, and scores peak on foreground classes, so many confident detections exist."""
-    with torch.no_grad():
-        model.proposal_generator.rpn_head.anchor_deltas.weight.zero_()
-        model.proposal_generator.rpn_head.anchor_deltas.bias.zero_()
-        model.roi_heads.box_predictor.bbox_pred.weight.zero_()
-        model.roi_heads.box_predictor.bbox_pred.bias.zero_()
-        model.roi_heads.box_predictor.cls_score.bias[-1] = -1e4  # never background
 
 
 class TestDetectron2Equivalence(unittest.TestCase):
@@ -180,34 +169,6 @@ class TestPanopticFPNExt(unittest.TestCase):
         vis = Visualizer(image, metadata).draw_panoptic_seg(panoptic_seg, segments_info)
         self.assertEqual(vis.get_image().shape, (200, 250, 3))
 
-    def test_inference_speedups_follow_config(self):
-        from detectron2.layers import FrozenBatchNorm2d
-        from detectron2.modeling.backbone import FPN
-
-        from panoptic_ext.modeling.parallel_pooler import ChunkedROIAlign
-
-        def describe(model):
-            level_poolers = model.roi_heads.box_pooler.level_poolers
-            norms = [m.norm for m in model.backbone.modules() if getattr(m, "norm", None)]
-            return {
-                "defer": model.defer_masks,
-                "parallel": isinstance(level_poolers[0], ChunkedROIAlign),
-                "plain_bn": all(type(n) is FrozenBatchNorm2d for n in norms),
-                "plain_fpn": type(model.backbone) is FPN,
-            }
-
-        self.assertEqual(
-            describe(self.model),
-            {"defer": True, "parallel": True, "plain_bn": False, "plain_fpn": False},
-        )
-        cfg = self.cfg.clone()
-        for key in ("DEFER_MASKS", "PARALLEL_ROI_ALIGN", "INPLACE_CONV_LAYERS", "FAST_BACKBONE"):
-            cfg.MODEL.PANOPTIC_EXT.INFERENCE[key] = False
-        self.assertEqual(
-            describe(build_model(cfg)),
-            {"defer": False, "parallel": False, "plain_bn": True, "plain_fpn": True},
-        )
-
     def test_sem_seg_input_required_in_training(self):
         batch = training_batch([(64, 64)])
         del batch[0]["sem_seg"]
@@ -238,6 +199,7 @@ class TestConfigs(unittest.TestCase):
         intended = {
             "MODEL.META_ARCHITECTURE",
             "MODEL.SEM_SEG_HEAD.NAME",
+            "MODEL.ROI_HEADS.NAME",  # PanopticROIHeads: StandardROIHeads + masks on demand
             "MODEL.SEM_SEG_HEAD.LOSS_WEIGHT",  # lambda_s moved to PANOPTIC_EXT.LOSS_WEIGHTS
         }
         for name in ("panoptic_fpn_R_50_1x", "panoptic_fpn_R_50_3x", "panoptic_fpn_R_101_3x"):

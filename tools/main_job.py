@@ -47,7 +47,6 @@ from panoptic_ext.engine import (
     plot_training_curves,
     predict_images,
     record_to_panoptic,
-    visualization_metadata,
 )
 
 DEFAULT_CONFIG = "configs/Synthetic-PanopticSegmentation/panoptic_fpn_R_18_scratch_cpu.yaml"
@@ -100,7 +99,7 @@ def _visualize_val(cfg: CfgNode, weights: str, num: int, output_dir: str) -> Lis
     cfg.MODEL.WEIGHTS = weights
     written = predict_images(cfg, [r["file_name"] for r in records], output_dir)
     layout = class_layout_for_cfg(cfg)
-    metadata = visualization_metadata(layout, MetadataCatalog.get(dataset_name))
+    metadata = MetadataCatalog.get(dataset_name)  # the outputs speak its label space
     composites = []
     for record, outputs in zip(records, written):
         image = read_image(record["file_name"], format="RGB")

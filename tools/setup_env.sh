@@ -69,6 +69,10 @@ install_all() {
     fi
     log "installing runtime and development requirements"
     "${pip[@]}" -r "$ROOT/requirements.txt" -r "$ROOT/requirements-dev.txt" || return 1
+    # panopticapi (COCO's reference PQ code, which detectron2's COCOPanopticEvaluator imports),
+    # for the tests that check the outputs against it; its metadata asks for a Pillow that
+    # detectron2 v0.6 cannot import, hence --no-deps (it needs only numpy and Pillow).
+    "${pip[@]}" --no-deps "panopticapi-lite==0.2.0" || return 1
     if [ "$USE_SYSTEM_D2" = 0 ]; then
         "$VENV/bin/python" "$ROOT/tools/install_detectron2.py" \
             --constraints "$ROOT/constraints.txt" || return 1

@@ -8,8 +8,10 @@ Three numberings meet here:
   (0 = all things, ``1..S`` = stuff; detectron2's layout) or "all" (``0..T-1`` = things in
   instance-class order, ``T..T+S-1`` = stuff).
 
-Panoptic outputs use detectron2's convention: a thing segment's ``category_id`` is its instance
-class, a stuff segment's is its merged semantic label ``1..S``.
+Panoptic outputs speak the metadata's label space: a segment's ``category_id`` is its record id
+(the metadata's contiguous id), which detectron2's ``Visualizer`` and ``COCOPanopticEvaluator``
+read; for detectron2's "separated" metadata, whose stuff classes are not record ids, that is
+detectron2's PanopticFPN convention (instance class; merged semantic label ``1..S``).
 """
 
 from dataclasses import dataclass
@@ -44,12 +46,22 @@ class PanopticClassLayout:
     sem_seg_things: str = "merged"
     ignore_label: int = 255
 
-    def __post_init__(self):
-        if self.sem_seg_things not in SEM_SEG_THINGS_MODES:
+    @staticmethod
+    def check_sem_seg_things(mode: str, num_thing_classes: int = None) -> None:
+        """The one check of ``MODEL.PANOPTIC_EXT.SEM_SEG_THINGS`` (and of T for "all")."""
+        if mode not in SEM_SEG_THINGS_MODES:
             raise ValueError(
                 f"MODEL.PANOPTIC_EXT.SEM_SEG_THINGS must be one of {SEM_SEG_THINGS_MODES}, "
-                f"got {self.sem_seg_things!r}"
+                f"got {mode!r}"
             )
+        if mode == "all" and num_thing_classes is not None and num_thing_classes <= 0:
+            raise ValueError(
+                "MODEL.PANOPTIC_EXT.SEM_SEG_THINGS 'all' needs thing classes "
+                f"(MODEL.ROI_HEADS.NUM_CLASSES > 0, got {num_thing_classes})"
+            )
+
+    def __post_init__(self):
+        self.check_sem_seg_things(self.sem_seg_things)
         overlap = set(self.thing_record_ids) & set(self.stuff_record_ids)
         if overlap:
             raise ValueError(f"category ids {sorted(overlap)} are both thing and stuff classes")
@@ -98,13 +110,55 @@ class PanopticClassLayout:
         )
 
     # ---- panoptic outputs -> dataset ids ------------------------------------------------------
+    @property
+    def thing_output_ids(self) -> Tuple[int, ...]:
+        """``category_id`` of each instance class in panoptic outputs (and ``pred_classes``)."""
+        return self.thing_record_ids
+
+    @property
+    def stuff_output_ids(self) -> Tuple[int, ...]:
+        """``category_id`` of each stuff class in panoptic outputs: its record id, or for
+        detectron2's "separated" metadata (stuff not in records) its merged label ``1..S``,
+        which that metadata's ``stuff_classes`` index."""
+        if self.stuff_record_ids and all(r < 0 for r in self.stuff_record_ids):
+            return tuple(range(1, self.num_stuff_classes + 1))
+        return self.stuff_record_ids
+
     def dataset_id(self, isthing: bool, category_id: int) -> int:
-        """Dataset category id of a predicted segment (detectron2's segments_info convention)."""
-        if isthing:
-            return self.thing_dataset_ids[category_id]
-        if not 1 <= category_id <= self.num_stuff_classes:
-            raise ValueError(f"stuff category_id must be in [1, {self.num_stuff_classes}]")
-        return self.stuff_dataset_ids[category_id - 1]
+        """Dataset category id of a predicted segment (``category_id`` in the output space)."""
+        ids = self._thing_output_to_dataset if isthing else self._stuff_output_to_dataset
+        if category_id not in ids:
+            kind = "thing" if isthing else "stuff"
+            raise ValueError(
+                f"{kind} category_id {category_id} is not one of this dataset's output ids "
+                f"{sorted(ids)}"
+            )
+        return ids[category_id]
+
+    def model_label(self, isthing: bool, category_id: int) -> int:
+        """A predicted segment's class in the model's terms: instance class (things) or merged
+        semantic label ``1..S`` (stuff)."""
+        ids = self.thing_output_ids if isthing else self.stuff_output_ids
+        if category_id not in ids:
+            raise ValueError(
+                f"{'thing' if isthing else 'stuff'} category_id {category_id} is not one of "
+                f"this dataset's output ids {list(ids)}"
+            )
+        return ids.index(category_id) + (0 if isthing else 1)
+
+    def category_name(self, isthing: bool, category_id: int) -> str:
+        """Name of a predicted segment's class (``category_id`` in the output space)."""
+        ids = self.thing_output_ids if isthing else self.stuff_output_ids
+        names = self.thing_names if isthing else self.stuff_names
+        return names[ids.index(category_id)]
+
+    @cached_property
+    def _thing_output_to_dataset(self) -> Dict[int, int]:
+        return dict(zip(self.thing_output_ids, self.thing_dataset_ids))
+
+    @cached_property
+    def _stuff_output_to_dataset(self) -> Dict[int, int]:
+        return dict(zip(self.stuff_output_ids, self.stuff_dataset_ids))
 
     @property
     def merged_stuff_classes(self) -> Tuple[str, ...]:

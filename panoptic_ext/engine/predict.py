@@ -1,6 +1,5 @@
 """Panoptic predictions on image files: visualization, raw segment-id PNG and segments JSON."""
 
-import dataclasses
 import glob
 import json
 import logging
@@ -76,20 +75,20 @@ def class_layout_for_cfg(cfg: CfgNode) -> PanopticClassLayout:
     """
     The class layout of the model of ``cfg``: from the metadata of ``DATASETS.TEST[0]`` when it
     is a registered panoptic dataset, otherwise generic names ("thing0", "stuff0", ...) sized by
-    ``ROI_HEADS.NUM_CLASSES`` and ``SEM_SEG_HEAD.NUM_CLASSES``.
+    ``ROI_HEADS.NUM_CLASSES`` and ``SEM_SEG_HEAD.NUM_CLASSES``, in detectron2's PanopticFPN output
+    convention (instance class; merged stuff label), which the post-processor then uses.
     """
     sem_seg_things = cfg.MODEL.PANOPTIC_EXT.SEM_SEG_THINGS
-    if len(cfg.DATASETS.TEST):
-        metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0])
-        if hasattr(metadata, "thing_dataset_id_to_contiguous_id"):
-            return PanopticClassLayout.from_metadata(metadata, sem_seg_things)
+    metadata = _panoptic_metadata(cfg)
+    if metadata is not None:
+        return PanopticClassLayout.from_metadata(metadata, sem_seg_things)
     num_things = cfg.MODEL.ROI_HEADS.NUM_CLASSES
     num_stuff = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES - (
         1 if sem_seg_things == "merged" else num_things
     )
     return PanopticClassLayout(
         thing_record_ids=tuple(range(num_things)),
-        stuff_record_ids=tuple(range(num_things, num_things + num_stuff)),
+        stuff_record_ids=tuple(-(1 + j) for j in range(num_stuff)),  # not in any record
         thing_dataset_ids=tuple(range(num_things)),
         stuff_dataset_ids=tuple(range(num_things, num_things + num_stuff)),
         thing_names=tuple(f"thing{k}" for k in range(num_things)),
@@ -98,33 +97,27 @@ def class_layout_for_cfg(cfg: CfgNode) -> PanopticClassLayout:
     )
 
 
-def _colors_by_name(metadata: Any, names_key: str, colors_key: str) -> Dict[str, Any]:
-    names, colors = getattr(metadata, names_key, None), getattr(metadata, colors_key, None)
-    if not names or not colors or len(names) != len(colors):
-        return {}
-    return {name: tuple(color) for name, color in zip(names, colors)}
+def _panoptic_metadata(cfg: CfgNode) -> Optional[Metadata]:
+    if len(cfg.DATASETS.TEST) and cfg.DATASETS.TEST[0] in MetadataCatalog.list():
+        metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0])
+        if hasattr(metadata, "thing_dataset_id_to_contiguous_id"):
+            return metadata
+    return None
 
 
-def visualization_metadata(
-    layout: PanopticClassLayout, dataset_metadata: Optional[Any] = None
-) -> Metadata:
+def visualization_metadata(cfg: CfgNode) -> Metadata:
     """
-    Metadata for ``Visualizer.draw_panoptic_seg`` on model outputs: ``thing_classes`` indexed by
-    instance class, ``stuff_classes`` by merged semantic label (0 = "things"), and the dataset's
-    colors, matched by class name, when it has them.
+    Metadata for detectron2's ``Visualizer`` on the outputs of the model of ``cfg``: the
+    metadata of ``DATASETS.TEST[0]`` itself (the outputs speak its label space), or for a model
+    without a registered test dataset, generic class names indexed as its outputs.
     """
-    stuff_classes = list(layout.merged_stuff_classes)
-    ret = Metadata(name="panoptic_ext_visualization")
+    metadata = _panoptic_metadata(cfg)
+    if metadata is not None:
+        return metadata
+    layout = class_layout_for_cfg(cfg)
+    ret = Metadata(name="panoptic_ext_generic_classes")
     ret.thing_classes = list(layout.thing_names)
-    ret.stuff_classes = stuff_classes
-    if dataset_metadata is not None:
-        thing_colors = _colors_by_name(dataset_metadata, "thing_classes", "thing_colors")
-        stuff_colors = _colors_by_name(dataset_metadata, "stuff_classes", "stuff_colors")
-        if all(name in thing_colors for name in layout.thing_names):
-            ret.thing_colors = [thing_colors[name] for name in layout.thing_names]
-        if all(name in stuff_colors for name in layout.stuff_names):
-            # The merged "things" class never shows up as a stuff segment; grey is a placeholder.
-            ret.stuff_colors = [(128, 128, 128)] + [stuff_colors[n] for n in layout.stuff_names]
+    ret.stuff_classes = ["things"] + list(layout.stuff_names)  # indexed by merged label
     return ret
 
 
@@ -133,22 +126,20 @@ def record_to_panoptic(
 ) -> Tuple[torch.Tensor, List[Dict[str, Any]]]:
     """
     The ground truth of a standard panoptic record (``pan_seg_file_name`` + ``segments_info``)
-    in the model's output convention, e.g. to draw it with ``Visualizer.draw_panoptic_seg`` and
-    :func:`visualization_metadata`: thing segments get their instance class, stuff segments their
-    merged semantic label; crowd segments are left out (drawn as void).
+    as a model output, e.g. to draw it with ``Visualizer.draw_panoptic_seg`` and the dataset's
+    metadata: segments keep their record ids, with ``isthing``; crowd segments are left out
+    (drawn as void).
 
     Returns:
         (Tensor, list[dict]): (H, W) int32 segment ids and their segments_info.
     """
-    merged = dataclasses.replace(layout, sem_seg_things="merged")
     ids = rgb_to_id(np.asarray(Image.open(record["pan_seg_file_name"]).convert("RGB")))
     segments_info, keep = [], np.zeros(ids.shape, dtype=bool)
     for seg in record["segments_info"]:
         if seg.get("iscrowd", 0):
             continue
-        isthing = merged.is_thing(seg["category_id"])
-        label = (merged.instance_class if isthing else merged.sem_seg_label)(seg["category_id"])
-        segments_info.append({"id": seg["id"], "isthing": isthing, "category_id": label})
+        isthing = layout.is_thing(seg["category_id"])
+        segments_info.append({"id": seg["id"], "isthing": isthing, "category_id": seg["category_id"]})
         keep |= ids == seg["id"]
     ids = np.where(keep, ids, 0)
     return torch.as_tensor(ids.astype(np.int32)), segments_info
@@ -165,7 +156,7 @@ def save_panoptic_prediction(
     """
     Write ``<prefix>_panoptic.png`` (visualization), ``<prefix>_panoptic_ids.png`` (segment ids
     RGB-encoded as in COCO panoptic, 0 = void) and ``<prefix>_segments.json`` (one entry per
-    segment: ``id``, ``isthing``, ``category_id`` in the model's convention, the dataset's
+    segment: ``id``, ``isthing``, ``category_id`` (the metadata's contiguous id), the dataset's
     ``dataset_category_id``, ``category_name``, ``area`` and, for things, ``score``).
 
     Returns:
@@ -177,13 +168,12 @@ def save_panoptic_prediction(
     for info in segments_info:
         isthing = bool(info["isthing"])
         category_id = int(info["category_id"])
-        names = layout.thing_names if isthing else layout.merged_stuff_classes
         entry = {
             "id": int(info["id"]),
             "isthing": isthing,
             "category_id": category_id,
             "dataset_category_id": int(layout.dataset_id(isthing, category_id)),
-            "category_name": names[category_id],
+            "category_name": layout.category_name(isthing, category_id),
             "area": int((ids == info["id"]).sum()),
         }
         if "score" in info:
@@ -227,8 +217,7 @@ def predict_images(
     paths = collect_images(inputs)
     predictor = predictor or PanopticPredictor(cfg)
     layout = class_layout_for_cfg(cfg)
-    dataset_metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0]) if cfg.DATASETS.TEST else None
-    metadata = visualization_metadata(layout, dataset_metadata)
+    metadata = visualization_metadata(cfg)
     results, used = [], set()
     for path in paths:
         stem = os.path.splitext(os.path.basename(path))[0]

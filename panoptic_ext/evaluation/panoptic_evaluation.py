@@ -101,7 +101,7 @@ class PanopticQualityEvaluator(DatasetEvaluator):
         self._category_ids = list(self._categories)
         self._distributed = distributed
         self._per_class = per_class
-        # Record ids -> dataset ids, for outputs without segments_info.
+        # Record ids -> dataset ids, for outputs without segments_info (e.g. Panoptic-DeepLab's).
         self._record_to_dataset = dict(
             zip(
                 self._layout.thing_record_ids + self._layout.stuff_record_ids,

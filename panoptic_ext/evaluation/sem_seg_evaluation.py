@@ -155,8 +155,9 @@ class PanopticSemSegEvaluator(DatasetEvaluator):
         table = np.full(len(ids) + 2, self._num_classes, dtype=np.int64)  # VOID: no prediction
         num_things = self._layout.num_thing_classes
         for i, s in enumerate(segments_info):
-            k = int(s["category_id"])
-            if s.get("isthing", False):
+            isthing = bool(s.get("isthing", False))
+            k = self._layout.model_label(isthing, int(s["category_id"]))
+            if isthing:
                 table[2 + i] = 0 if self._label_space == "merged" else k
             else:
                 table[2 + i] = k if self._label_space == "merged" else num_things + k - 1

@@ -1,8 +1,11 @@
 """
-panoptic_ext.modeling: the semantic FPN head, loss-weight schedules, panoptic post-processors and
-the ``PanopticFPNExt`` meta-architecture. Importing it registers all of them.
+panoptic_ext.modeling: the semantic FPN head, loss-weight schedules, panoptic post-processors,
+the ROI heads that predict only the masks a panoptic output reads, and the ``PanopticFPNExt``
+meta-architecture. Importing it registers all of them. ``optimize_for_cpu_inference`` is the
+explicit pass of CPU-only inference speed-ups.
 """
 
+from .cpu_inference import CPU_SPEEDUPS, optimize_for_cpu_inference
 from .loss_weights import (
     LOSS_WEIGHT_SCHEDULE_REGISTRY,
     LossWeights,
@@ -10,17 +13,20 @@ from .loss_weights import (
     build_loss_weight_schedule,
 )
 from .meta_arch import PanopticFPNExt
-from .postprocess import PanopticOutputs, combine_panoptic, fold_thing_classes
-from .postprocessors import (
+from .panoptic_postprocessor import (
     PANOPTIC_POSTPROCESSOR_REGISTRY,
     Detectron2PanopticPostprocessor,
     FastPanopticPostprocessor,
     build_panoptic_postprocessor,
+    combine_panoptic,
+    fold_thing_classes,
 )
+from .panoptic_roi_heads import PanopticROIHeads
 from .semantic_argmax import upsampled_argmax, upsampled_logits
 from .semantic_fpn_head import SemanticFPNHead
 
 __all__ = [
+    "CPU_SPEEDUPS",
     "LOSS_WEIGHT_SCHEDULE_REGISTRY",
     "PANOPTIC_POSTPROCESSOR_REGISTRY",
     "Detectron2PanopticPostprocessor",
@@ -28,12 +34,13 @@ __all__ = [
     "LossWeights",
     "LossWeightSchedule",
     "PanopticFPNExt",
-    "PanopticOutputs",
+    "PanopticROIHeads",
     "SemanticFPNHead",
     "build_loss_weight_schedule",
     "build_panoptic_postprocessor",
     "combine_panoptic",
     "fold_thing_classes",
+    "optimize_for_cpu_inference",
     "upsampled_argmax",
     "upsampled_logits",
 ]

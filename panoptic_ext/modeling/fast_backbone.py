@@ -1,6 +1,6 @@
 """
-Two memory-bound steps of detectron2's ResNet-FPN backbone made cheaper at inference, with the
-same values:
+Two memory-bound steps of detectron2's ResNet-FPN backbone made cheaper at CPU inference, with
+the same values (applied by :func:`~panoptic_ext.modeling.optimize_for_cpu_inference` only):
 
 * The ResNet stem's 3x3 / stride 2 max pooling (:class:`FastPoolStem`). On the CPU
   ``F.max_pool2d`` always computes the argmax indices too (an int64 tensor twice the size of
@@ -21,6 +21,8 @@ from detectron2.modeling.backbone.fpn import FPN
 from detectron2.modeling.backbone.resnet import BasicStem
 from torch import nn
 from torch.nn import functional as F
+
+from .cpu_inference import cpu_fast_path_applies
 
 __all__ = [
     "max_pool_3x3_s2",
@@ -66,6 +68,8 @@ class FastPoolStem(BasicStem):
     :func:`max_pool_3x3_s2` when autograd is not involved."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not cpu_fast_path_applies(x):
+            return super().forward(x)
         x = F.relu_(self.conv1(x))
         if x.requires_grad or x.shape[-1] < 2 or x.shape[-2] < 2:
             return F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
@@ -80,8 +84,10 @@ class InplaceTopDownFPN(FPN):
     """
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
-        if self._fuse_type != "sum" or (
-            torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
+        if (
+            self._fuse_type != "sum"
+            or not cpu_fast_path_applies(x)
+            or (torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()))
         ):
             return super().forward(x)
         bottom_up_features = self.bottom_up(x)

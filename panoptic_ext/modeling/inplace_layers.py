@@ -7,13 +7,16 @@ R50 at 800x1216 costs ~10x the in-place normalization). Inside detectron2's ``Co
 norm's input is the convolution's own fresh output, and the activation's input the norm's (or
 the convolution's) fresh output, which nothing else references; so they can be computed in
 place by the same ATen kernels (``native_batch_norm`` written to its input, ``relu_``): the
-same values, bit for bit. With autograd involved the layers run as detectron2's.
+same values, bit for bit. Applied by :func:`~panoptic_ext.modeling.optimize_for_cpu_inference`
+only; with autograd, autocast, tracing or a non-CPU tensor the layers run as detectron2's.
 """
 
 import torch
 from detectron2.layers import Conv2d, FrozenBatchNorm2d
 from torch import nn
 from torch.nn import functional as F
+
+from .cpu_inference import cpu_fast_path_applies
 
 __all__ = ["InplaceFrozenBatchNorm2d", "InplaceReLU", "use_inplace_conv_layers"]
 
@@ -26,7 +29,7 @@ class InplaceFrozenBatchNorm2d(FrozenBatchNorm2d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.requires_grad or not x.is_contiguous() or x.dim() != 4 or x.is_cuda:
+        if not cpu_fast_path_applies(x) or not x.is_contiguous() or x.dim() != 4:
             return super().forward(x)
         empty = x.new_empty(0)
         torch.ops.aten.native_batch_norm.out(
@@ -54,10 +57,10 @@ class InplaceFrozenBatchNorm2d(FrozenBatchNorm2d):
 
 
 class InplaceReLU(nn.Module):
-    """ReLU applied in place when autograd is not involved (``relu_``), else out of place."""
+    """ReLU applied in place on the CPU fast path (``relu_``), else out of place."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(x) if x.requires_grad else F.relu_(x)
+        return F.relu_(x) if cpu_fast_path_applies(x) else F.relu(x)
 
 
 def _is_relu(activation) -> bool:

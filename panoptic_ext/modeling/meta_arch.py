@@ -1,22 +1,18 @@
 """``PanopticFPNExt``: Panoptic FPN as a detectron2 ``GeneralizedRCNN`` with pluggable parts."""
 
-import functools
 import logging
-from typing import Dict, List, Mapping, Tuple, Union
+from typing import Dict, List, Tuple, Union
 
 import torch
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN, build_sem_seg_head
-from detectron2.structures import ImageList, Instances
+from detectron2.structures import Instances
 from detectron2.utils.events import get_event_storage
 from torch import nn
 
-from .deferred_masks import DeferredMasks, supports_deferred_masks
-from .fast_backbone import use_fast_backbone
-from .inplace_layers import use_inplace_conv_layers
+from ..compat import pad_to_backbone
 from .loss_weights import LossWeightSchedule, build_loss_weight_schedule
-from .parallel_pooler import parallelize_roi_poolers
-from .postprocessors import build_panoptic_postprocessor
+from .panoptic_postprocessor import build_panoptic_postprocessor
 
 __all__ = ["PanopticFPNExt"]
 
@@ -33,8 +29,9 @@ class PanopticFPNExt(GeneralizedRCNN):
 
     The semantic head (``SEM_SEG_HEADS_REGISTRY``), the loss-weight schedule
     (``LOSS_WEIGHT_SCHEDULE_REGISTRY``) and the panoptic post-processor
-    (``PANOPTIC_POSTPROCESSOR_REGISTRY``) are plugins. With the default settings the model has
-    detectron2's ``PanopticFPN`` parameters and returns its losses and outputs.
+    (``PANOPTIC_POSTPROCESSOR_REGISTRY``) are plugins; every module is the one the config names.
+    With detectron2's PanopticFPN settings the model has its parameters and returns its losses
+    and outputs.
     """
 
     @configurable
@@ -45,10 +42,6 @@ class PanopticFPNExt(GeneralizedRCNN):
         loss_weight_schedule: LossWeightSchedule,
         postprocessor,
         scale_rpn_losses: bool = False,
-        defer_masks: bool = True,
-        parallel_roi_align: bool = True,
-        inplace_conv_layers: bool = True,
-        fast_backbone: bool = True,
         **kwargs,
     ):
         """
@@ -59,17 +52,6 @@ class PanopticFPNExt(GeneralizedRCNN):
             loss_weight_schedule (LossWeightSchedule): gives lambda_i and lambda_s per iteration.
             postprocessor: a panoptic post-processor (see ``PANOPTIC_POSTPROCESSOR_REGISTRY``).
             scale_rpn_losses (bool): multiply the RPN losses by lambda_i too.
-            defer_masks (bool): at inference, predict first only the masks the panoptic output
-                needs (the post-processor's ``needed_instances``) and the others when
-                "instances" is read (:class:`DeferredMasks`); the outputs are the same.
-            parallel_roi_align (bool): at inference, pool the ROIs of each feature level in
-                parallel threads (:func:`parallelize_roi_poolers`); the outputs are the same.
-            inplace_conv_layers (bool): compute the frozen batch norms and ReLUs of the
-                convolutions in place when autograd is not involved
-                (:func:`use_inplace_conv_layers`); the outputs are the same.
-            fast_backbone (bool): the ResNet stem's max pooling without indices and the FPN
-                top-down sums in place when autograd is not involved
-                (:func:`use_fast_backbone`); the outputs are the same.
             kwargs: the arguments of :class:`GeneralizedRCNN`.
         """
         super().__init__(**kwargs)
@@ -83,13 +65,6 @@ class PanopticFPNExt(GeneralizedRCNN):
         self.loss_weight_schedule = loss_weight_schedule
         self.postprocessor = postprocessor
         self.scale_rpn_losses = scale_rpn_losses
-        self.defer_masks = defer_masks
-        if parallel_roi_align and self.roi_heads is not None:
-            parallelize_roi_poolers(self.roi_heads)
-        if inplace_conv_layers:
-            use_inplace_conv_layers(self)
-        if fast_backbone:
-            use_fast_backbone(self.backbone)
 
     @classmethod
     def from_config(cls, cfg) -> dict:
@@ -98,11 +73,6 @@ class PanopticFPNExt(GeneralizedRCNN):
         ret["loss_weight_schedule"] = build_loss_weight_schedule(cfg)
         ret["postprocessor"] = build_panoptic_postprocessor(cfg)
         ret["scale_rpn_losses"] = cfg.MODEL.PANOPTIC_EXT.LOSS_WEIGHTS.SCALE_RPN
-        speedups = cfg.MODEL.PANOPTIC_EXT.INFERENCE
-        ret["defer_masks"] = speedups.DEFER_MASKS
-        ret["parallel_roi_align"] = speedups.PARALLEL_ROI_ALIGN
-        ret["inplace_conv_layers"] = speedups.INPLACE_CONV_LAYERS
-        ret["fast_backbone"] = speedups.FAST_BACKBONE
         if cfg.MODEL.SEM_SEG_HEAD.LOSS_WEIGHT != 1.0:
             logger.warning(
                 "MODEL.SEM_SEG_HEAD.LOSS_WEIGHT=%s multiplies lambda_s "
@@ -116,16 +86,16 @@ class PanopticFPNExt(GeneralizedRCNN):
             )
         return ret
 
-    def forward(self, batched_inputs: List[Dict]) -> Union[Dict[str, torch.Tensor], List[Mapping]]:
+    def forward(self, batched_inputs: List[Dict]) -> Union[Dict[str, torch.Tensor], List[Dict]]:
         """
         Args:
             batched_inputs (list[dict]): detectron2's model inputs; training needs "image",
                 "instances" and "sem_seg" (H, W int64 labels, ``ignore_value`` = void).
 
         Returns:
-            In training, the weighted losses (``loss_*`` scalars). In inference, per image the
-            post-processor's outputs: "panoptic_seg" (panoptic_seg, segments_info), and
-            "sem_seg" (C, H, W logits), "instances" (Instances) unless disabled.
+            In training, the weighted losses (``loss_*`` scalars). In inference, a dict per image:
+            "panoptic_seg" (panoptic_seg, segments_info), and "sem_seg" (C, H, W logits) and
+            "instances" (Instances) when configured (``MODEL.PANOPTIC_EXT.POSTPROCESS``).
         """
         if not self.training:
             return self.inference(batched_inputs)
@@ -135,10 +105,8 @@ class PanopticFPNExt(GeneralizedRCNN):
         features = self.backbone(images.tensor)
 
         gt_sem_seg = [x["sem_seg"].to(self.device) for x in batched_inputs]
-        gt_sem_seg = ImageList.from_tensors(
-            gt_sem_seg, self.backbone.size_divisibility, self.sem_seg_head.ignore_value
-        ).tensor
-        _, sem_seg_losses = self.sem_seg_head(features, gt_sem_seg)
+        gt_sem_seg = pad_to_backbone(gt_sem_seg, self.backbone, self.sem_seg_head.ignore_value)
+        _, sem_seg_losses = self.sem_seg_head(features, gt_sem_seg.tensor)
 
         gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
         proposals, proposal_losses = self.proposal_generator(images, features, gt_instances)
@@ -167,7 +135,7 @@ class PanopticFPNExt(GeneralizedRCNN):
 
     def inference(
         self, batched_inputs: List[Dict], do_postprocess: bool = True
-    ) -> Union[List[Mapping], Tuple[List[Instances], List[torch.Tensor]]]:
+    ) -> Union[List[Dict], Tuple[List[Instances], List[torch.Tensor]]]:
         """
         Args:
             batched_inputs (list[dict]): as in :meth:`forward`; optional "height" / "width" give
@@ -180,57 +148,27 @@ class PanopticFPNExt(GeneralizedRCNN):
         """
         images = self.preprocess_image(batched_inputs)
         features = self.backbone(images.tensor)
-        if do_postprocess:
-            sem_seg_logits = self.sem_seg_head.layers(features)  # 1/common_stride scale
-        else:
-            sem_seg_logits, _ = self.sem_seg_head(features, None)
         proposals, _ = self.proposal_generator(images, features, None)
-        deferred = None
-        if do_postprocess and self._can_defer_masks():
-            # StandardROIHeads.forward's inference in its two halves (_forward_box, then the
-            # mask branch), both in detectron2 v0.6 and main; the masks the panoptic output
-            # does not read are predicted when "instances" is read
-            detector_results = self.roi_heads._forward_box(features, proposals)
-            needed = [self.postprocessor.needed_instances(x) for x in detector_results]
-            if all(n is not None for n in needed):
-                deferred = DeferredMasks(self.roi_heads, features, detector_results, needed)
-            else:
-                detector_results = self.roi_heads.forward_with_given_boxes(
-                    features, detector_results
-                )
-        else:
-            detector_results, _ = self.roi_heads(images, features, proposals, None)
+        detector_results, _ = self.roi_heads(images, features, proposals, None)
         if not do_postprocess:
-            return detector_results, sem_seg_logits
+            sem_seg_results, _ = self.sem_seg_head(features, None)
+            return detector_results, sem_seg_results
 
+        sem_seg_logits = self.sem_seg_head.layers(features)  # at 1/common_stride
         results = []
-        for i, (logits, instances, inputs, image_size) in enumerate(
-            zip(sem_seg_logits, detector_results, batched_inputs, images.image_sizes)
+        for logits, instances, inputs, image_size in zip(
+            sem_seg_logits, detector_results, batched_inputs, images.image_sizes
         ):
-            height = inputs.get("height", image_size[0])
-            width = inputs.get("width", image_size[1])
-            kwargs = {}
-            if deferred is not None:
-                instances = Instances(instances.image_size, **instances.get_fields())
-                instances.pred_masks = deferred.partial(i)
-                kwargs["complete_masks"] = functools.partial(deferred.complete, i)
             results.append(
                 self.postprocessor(
                     logits,
                     instances,
                     stride=self.sem_seg_head.common_stride,
                     image_size=image_size,
-                    output_size=(height, width),
-                    **kwargs,
+                    output_size=(
+                        inputs.get("height", image_size[0]),
+                        inputs.get("width", image_size[1]),
+                    ),
                 )
             )
         return results
-
-    def _can_defer_masks(self) -> bool:
-        """Deferred masks: enabled, supported by the ROI heads, and by the post-processor (it
-        says which masks it needs, ``needed_instances``)."""
-        return (
-            self.defer_masks
-            and supports_deferred_masks(self.roi_heads)
-            and callable(getattr(self.postprocessor, "needed_instances", None))
-        )

@@ -1,5 +1,7 @@
 """
-ROIAlign over chunks of the ROIs in parallel threads, for inference.
+ROIAlign over chunks of the ROIs in parallel threads, for CPU inference (applied by
+:func:`~panoptic_ext.modeling.optimize_for_cpu_inference` only; never while tracing, whose
+recorder does not see other threads).
 
 torchvision's CPU ``roi_align`` loops over the ROIs on one thread, so while the ROI heads pool
 their 1000 proposals the other cores idle. Each ROI's output depends only on that ROI, so
@@ -17,6 +19,8 @@ from typing import Optional
 import torch
 from detectron2.modeling.poolers import ROIPooler
 from torch import nn
+
+from .cpu_inference import cpu_fast_path_applies
 
 __all__ = ["ChunkedROIAlign", "parallelize_roi_poolers"]
 
@@ -62,7 +66,7 @@ class ChunkedROIAlign(nn.Module):
     def forward(self, input: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
         threads = self.num_threads or torch.get_num_threads()
         chunks = min(threads, len(rois) // _MIN_ROIS_PER_CHUNK)
-        if chunks < 2 or (torch.is_grad_enabled() and input.requires_grad) or input.is_cuda:
+        if chunks < 2 or not cpu_fast_path_applies(input):
             return self.pooler(input, rois)
         parts = torch.tensor_split(rois, chunks)
         inference = torch.is_inference_mode_enabled()

@@ -1,0 +1,77 @@
+"""
+``optimize_for_cpu_inference(model)``: the one explicit pass that applies the project's CPU-only
+inference speed-ups to a built model. ``build_model(cfg)`` never applies them; the project's
+predictor and evaluation do, only for a CPU model in eval mode.
+
+Each speed-up swaps a module for a subclass with the same parameters, buffers and state dict
+that computes the same values (bit for bit) faster on the CPU, and runs the original module's
+code whenever its fast path does not apply: with autograd involved, under autocast, while
+tracing or scripting, or on a non-CPU tensor (:func:`cpu_fast_path_applies`). What each one
+saves at 800x1216 (R50-FPN, 2 threads) is measured by ``benchmarks/bench_inference.py
+--speedups`` and listed in README.
+"""
+
+import logging
+from typing import Dict
+
+import torch
+from torch import nn
+
+from ..compat import autocast_enabled
+
+__all__ = ["CPU_SPEEDUPS", "cpu_fast_path_applies", "optimize_for_cpu_inference"]
+
+logger = logging.getLogger(__name__)
+
+# The speed-ups, in the order they are applied (see each function's docstring).
+CPU_SPEEDUPS = ("inplace_conv_layers", "fast_backbone", "parallel_roi_align")
+
+
+def cpu_fast_path_applies(x: torch.Tensor) -> bool:
+    """Whether a CPU speed-up may run on ``x``: a CPU tensor outside autograd (no grad needed),
+    autocast, tracing and scripting."""
+    return (
+        x.device.type == "cpu"
+        and not (torch.is_grad_enabled() and x.requires_grad)
+        and not torch.jit.is_tracing()
+        and not torch.jit.is_scripting()
+        and not autocast_enabled("cpu")
+    )
+
+
+def optimize_for_cpu_inference(model: nn.Module, speedups=CPU_SPEEDUPS) -> Dict[str, int]:
+    """
+    Apply the CPU inference speed-ups to ``model``, in place. The outputs do not change.
+
+    Args:
+        model (nn.Module): a model in eval mode whose parameters are on the CPU.
+        speedups (list[str]): which of :data:`CPU_SPEEDUPS` to apply.
+
+    Returns:
+        dict[str, int]: per speed-up, how many modules it changed (0 when already applied).
+
+    Raises:
+        ValueError: the model is in training mode, not on the CPU, or a speed-up is unknown.
+    """
+    from .fast_backbone import use_fast_backbone
+    from .inplace_layers import use_inplace_conv_layers
+    from .parallel_pooler import parallelize_roi_poolers
+
+    unknown = sorted(set(speedups) - set(CPU_SPEEDUPS))
+    if unknown:
+        raise ValueError(f"unknown CPU speed-ups {unknown}; known: {list(CPU_SPEEDUPS)}")
+    if model.training:
+        raise ValueError("optimize_for_cpu_inference needs a model in eval mode (model.eval())")
+    devices = {p.device.type for p in model.parameters()} | {b.device.type for b in model.buffers()}
+    if devices - {"cpu"}:
+        raise ValueError(
+            f"optimize_for_cpu_inference applies to CPU models only; this one is on {devices}"
+        )
+    apply = {
+        "inplace_conv_layers": use_inplace_conv_layers,
+        "fast_backbone": use_fast_backbone,
+        "parallel_roi_align": parallelize_roi_poolers,
+    }
+    changed = {name: apply[name](model) for name in CPU_SPEEDUPS if name in speedups}
+    logger.info("CPU inference speed-ups applied: %s", changed)
+    return changed
