@@ -45,8 +45,7 @@ class TestFastPoolStem(unittest.TestCase):
         torch.manual_seed(0)
         stem = BasicStem(3, 16, norm="FrozenBN")
         fast = copy.deepcopy(stem)
-        self.assertEqual(use_fast_backbone(fast), 1)
-        self.assertEqual(use_fast_backbone(fast), 0)
+        use_fast_backbone(fast)
         self.assertIsInstance(fast, FastPoolStem)
         self.assertEqual(list(fast.state_dict()), list(stem.state_dict()))
         x = torch.randn(2, 3, 67, 90)
@@ -66,7 +65,7 @@ class TestInplaceTopDownFPN(unittest.TestCase):
         for p in backbone.parameters():  # non-trivial top-down sums
             torch.nn.init.normal_(p, std=0.05)
         fast = copy.deepcopy(backbone)
-        self.assertEqual(use_fast_backbone(fast), 2)  # the stem and the FPN
+        use_fast_backbone(fast)
         self.assertIsInstance(fast, InplaceTopDownFPN)
         self.assertEqual(list(fast.state_dict()), list(backbone.state_dict()))
         for size in ((128, 160), (96, 224)):

@@ -10,14 +10,13 @@ from torch.nn import functional as F
 
 from panoptic_ext.modeling import (
     PANOPTIC_POSTPROCESSOR_REGISTRY,
-    PanopticOutputs,
     build_panoptic_postprocessor,
     combine_panoptic,
     fold_thing_classes,
     upsampled_argmax,
     upsampled_logits,
 )
-from panoptic_ext.modeling.postprocess import MaskPaster, postprocess_instances
+from panoptic_ext.modeling.mask_paster import MaskPaster
 from panoptic_ext.modeling.semantic_argmax import upsampled_argmax_reference
 from tests.common import get_model_zoo_cfg
 
@@ -305,31 +304,19 @@ class TestPostprocessors(unittest.TestCase):
         with self.assertRaises(ValueError):
             self.build("nonexistent")
 
-    def test_needed_instances_and_complete_masks(self):
+    def test_autocast_and_half_masks_equal_detectron2(self):
         logits, instances = synthetic_outputs()
-        for threshold in (0.5, 0.45, 0.0):
-            fast = self.build(
-                "fast", **{"MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH": threshold}
-            )
-            scores = instances.scores.clone()
-            scores[:3] = torch.tensor([threshold, float("nan"), 0.1])
-            subject = Instances(instances.image_size, scores=scores)
-            expected = [not (s < threshold) for s in scores.tolist()]  # combine_panoptic's test
-            self.assertEqual(fast.needed_instances(subject).tolist(), expected)
-        self.assertIsNone(self.build("detectron2").needed_instances(instances))
-        # only the needed masks given: the panoptic output is the same, "instances" complete
-        fast = self.build("fast")
-        partial = Instances(instances.image_size, **instances.get_fields())
-        needed = fast.needed_instances(instances)
-        partial.pred_masks = torch.where(
-            needed[:, None, None, None], instances.pred_masks, torch.zeros(())
-        )
         kwargs = {"stride": 4, "image_size": instances.image_size, "output_size": (200, 249)}
-        out = fast(logits, partial, complete_masks=lambda: instances.pred_masks, **kwargs)
-        ref = self.build("detectron2")(logits, instances, **kwargs)
-        self.assertTrue(torch.equal(out["panoptic_seg"][0], ref["panoptic_seg"][0]))
-        self.assertEqual(out["panoptic_seg"][1], ref["panoptic_seg"][1])
-        self.assertTrue(torch.equal(out["instances"].pred_masks, ref["instances"].pred_masks))
+        for dtype in (torch.bfloat16, torch.float16):
+            half = Instances(instances.image_size, **instances.get_fields())
+            half.pred_masks = instances.pred_masks.to(dtype)
+            with torch.autocast("cpu", dtype=dtype):
+                fast = self.build("fast")(logits.to(dtype), half, **kwargs)
+                ref = self.build("detectron2")(logits.to(dtype), half, **kwargs)
+            self.assertTrue(torch.equal(fast["panoptic_seg"][0], ref["panoptic_seg"][0]))
+            self.assertEqual(fast["panoptic_seg"][1], ref["panoptic_seg"][1])
+            self.assertTrue(torch.equal(fast["instances"].pred_masks, ref["instances"].pred_masks))
+            self.assertTrue(torch.equal(fast["sem_seg"], ref["sem_seg"]))
 
     def test_fast_equals_detectron2(self):
         logits, instances = synthetic_outputs()
@@ -362,25 +349,18 @@ class TestPostprocessors(unittest.TestCase):
         self.assertTrue(stuff and all(1 <= c <= 53 for c in stuff))
         self.assertEqual(fast["sem_seg"].shape[0], 133)
 
-    def test_outputs_are_lazy_and_optional(self):
+    def test_outputs_are_optional_plain_dicts(self):
         logits, instances = synthetic_outputs()
-        fast = self.build("fast")(
-            logits, instances, stride=4, image_size=(200, 249), output_size=(200, 249)
-        )
-        self.assertIsInstance(fast, PanopticOutputs)
-        self.assertIn("instances", fast)
-        self.assertEqual(fast._lazy.keys(), {"sem_seg", "instances"})
-        self.assertIs(fast["instances"], fast["instances"])  # computed once
-        self.assertEqual(fast._lazy.keys(), {"sem_seg"})
-        fast = self.build(
-            "fast",
-            **{
-                "MODEL.PANOPTIC_EXT.POSTPROCESS.RETURN_SEM_SEG": False,
-                "MODEL.PANOPTIC_EXT.POSTPROCESS.RETURN_INSTANCES": False,
-            },
-        )(logits, instances, stride=4, image_size=(200, 249), output_size=(200, 249))
-        self.assertEqual(list(fast), ["panoptic_seg"])
-        self.assertIsNone(fast.get("sem_seg"))
+        for sem_seg, inst in [(True, True), (False, False), (False, True)]:
+            changes = {
+                "MODEL.PANOPTIC_EXT.POSTPROCESS.RETURN_SEM_SEG": sem_seg,
+                "MODEL.PANOPTIC_EXT.POSTPROCESS.RETURN_INSTANCES": inst,
+            }
+            fast, ref = self.run_both(logits, instances, (200, 249), **changes)
+            self.assertIs(type(fast), dict)
+            self.assertEqual(list(fast), list(ref))
+            self.assertEqual(list(fast)[-1], "panoptic_seg")
+            self.assertEqual(len(fast), 1 + sem_seg + inst)
 
     def test_bad_inputs(self):
         logits, instances = synthetic_outputs(num_dets=3)
@@ -395,13 +375,6 @@ class TestPostprocessors(unittest.TestCase):
             self.build("fast", **{"MODEL.PANOPTIC_EXT.SEM_SEG_THINGS": "some"})
         with self.assertRaises(ValueError):  # "all" needs thing + stuff classes in the head
             self.build("fast", **{"MODEL.PANOPTIC_EXT.SEM_SEG_THINGS": "all"})
-
-    def test_postprocess_instances_leaves_input_unchanged(self):
-        _, instances = synthetic_outputs(num_dets=5)
-        before = instances.pred_boxes.tensor.clone()
-        out = postprocess_instances(instances, (100, 125))
-        self.assertEqual(out.pred_masks.shape[1:], (100, 125))
-        self.assertTrue(torch.equal(instances.pred_boxes.tensor, before))
 
 
 if __name__ == "__main__":

@@ -47,17 +47,30 @@ class PanopticClassLayout:
     ignore_label: int = 255
 
     @staticmethod
-    def check_sem_seg_things(mode: str, num_thing_classes: int = None) -> None:
-        """The one check of ``MODEL.PANOPTIC_EXT.SEM_SEG_THINGS`` (and of T for "all")."""
+    def check_sem_seg_things(
+        mode: str, num_thing_classes: int = None, num_sem_seg_classes: int = None
+    ) -> None:
+        """
+        The one check of ``MODEL.PANOPTIC_EXT.SEM_SEG_THINGS`` against the class counts that do
+        not depend on a dataset (T = ``ROI_HEADS.NUM_CLASSES``, ``SEM_SEG_HEAD.NUM_CLASSES``).
+        """
         if mode not in SEM_SEG_THINGS_MODES:
             raise ValueError(
                 f"MODEL.PANOPTIC_EXT.SEM_SEG_THINGS must be one of {SEM_SEG_THINGS_MODES}, "
                 f"got {mode!r}"
             )
-        if mode == "all" and num_thing_classes is not None and num_thing_classes <= 0:
+        if mode != "all" or num_thing_classes is None:
+            return
+        if num_thing_classes <= 0:
             raise ValueError(
                 "MODEL.PANOPTIC_EXT.SEM_SEG_THINGS 'all' needs thing classes "
                 f"(MODEL.ROI_HEADS.NUM_CLASSES > 0, got {num_thing_classes})"
+            )
+        if num_sem_seg_classes is not None and num_sem_seg_classes <= num_thing_classes:
+            raise ValueError(
+                "With MODEL.PANOPTIC_EXT.SEM_SEG_THINGS 'all', MODEL.SEM_SEG_HEAD.NUM_CLASSES "
+                f"({num_sem_seg_classes}) must count the {num_thing_classes} thing classes "
+                "(MODEL.ROI_HEADS.NUM_CLASSES) plus the stuff classes"
             )
 
     def __post_init__(self):

@@ -139,7 +139,8 @@ def record_to_panoptic(
         if seg.get("iscrowd", 0):
             continue
         isthing = layout.is_thing(seg["category_id"])
-        segments_info.append({"id": seg["id"], "isthing": isthing, "category_id": seg["category_id"]})
+        category_id = seg["category_id"]
+        segments_info.append({"id": seg["id"], "isthing": isthing, "category_id": category_id})
         keep |= ids == seg["id"]
     ids = np.where(keep, ids, 0)
     return torch.as_tensor(ids.astype(np.int32)), segments_info

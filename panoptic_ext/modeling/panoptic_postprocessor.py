@@ -235,6 +235,11 @@ class PanopticPostprocessorBase:
     def from_config(cls, cfg) -> dict:
         combine = cfg.MODEL.PANOPTIC_EXT.POSTPROCESS
         thresholds = cfg.MODEL.PANOPTIC_FPN.COMBINE
+        PanopticClassLayout.check_sem_seg_things(
+            cfg.MODEL.PANOPTIC_EXT.SEM_SEG_THINGS,
+            cfg.MODEL.ROI_HEADS.NUM_CLASSES,
+            cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
+        )
         layout = None
         if len(cfg.DATASETS.TEST) and cfg.DATASETS.TEST[0] in MetadataCatalog.list():
             metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0])

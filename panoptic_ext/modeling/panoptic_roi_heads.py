@@ -48,10 +48,9 @@ class PanopticROIHeads(StandardROIHeads):
     @classmethod
     def from_config(cls, cfg, input_shape) -> dict:
         ret = super().from_config(cfg, input_shape)
+        threshold = cfg.MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH
         returns_instances = cfg.MODEL.PANOPTIC_EXT.POSTPROCESS.RETURN_INSTANCES
-        ret["mask_score_threshold"] = (
-            None if returns_instances else cfg.MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH
-        )
+        ret["mask_score_threshold"] = None if returns_instances else threshold
         return ret
 
     def _masks_for_confident_only(self) -> bool:
