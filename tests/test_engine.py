@@ -220,19 +220,13 @@ def test_id2rgb_round_trip():
     np.testing.assert_array_equal(rgb_to_id(rgb), ids)
 
 
-def test_visualization_metadata_merged_stuff():
-    categories = [
-        {"id": 1, "name": "disc", "isthing": 1, "color": [1, 2, 3]},
-        {"id": 11, "name": "sky", "isthing": 0, "color": [4, 5, 6]},
-        {"id": 12, "name": "ground", "isthing": 0, "color": [7, 8, 9]},
-    ]
-    metadata = SimpleNamespace(**metadata_from_categories(categories))
-    layout = PanopticClassLayout.from_metadata(metadata)
-    vis = visualization_metadata(layout, metadata)
-    assert vis.thing_classes == ["disc"]
-    assert vis.stuff_classes == ["things", "sky", "ground"]  # indexed by merged label
-    assert vis.thing_colors == [(1, 2, 3)]
-    assert vis.stuff_colors[1:] == [(4, 5, 6), (7, 8, 9)]
+def test_visualization_metadata_without_a_registered_dataset():
+    cfg = get_panoptic_cfg(QUICK_CONFIG)
+    cfg.DATASETS.TEST = ("not_registered_anywhere",)
+    vis = visualization_metadata(cfg)
+    # detectron2's PanopticFPN convention: instance class, merged stuff label (0 = things)
+    assert vis.thing_classes == ["thing0", "thing1", "thing2"]
+    assert vis.stuff_classes == ["things", "stuff0", "stuff1", "stuff2"]
 
 
 @pytest.mark.parametrize(
@@ -273,8 +267,8 @@ def test_record_to_panoptic(tmp_path):
     seg, info = record_to_panoptic(record, layout)
     assert seg.dtype == torch.int32
     np.testing.assert_array_equal(seg.numpy(), np.where(ids == 7, 0, ids))  # crowd -> void
-    assert info == [
-        {"id": 5, "isthing": True, "category_id": 1},  # instance class of "square"
-        {"id": 9, "isthing": False, "category_id": 2},  # merged label of "ground"
-        {"id": 300, "isthing": False, "category_id": 1},  # merged label of "sky"
+    assert info == [  # record ids: the metadata's contiguous ids, as the model outputs
+        {"id": 5, "isthing": True, "category_id": 1},  # "square"
+        {"id": 9, "isthing": False, "category_id": 3},  # "ground"
+        {"id": 300, "isthing": False, "category_id": 2},  # "sky"
     ]

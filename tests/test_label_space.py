@@ -1,0 +1,91 @@
+"""
+The model's outputs speak the test dataset's label space: detectron2's own ``Visualizer`` and
+``COCOPanopticEvaluator`` read them with ``MetadataCatalog.get(cfg.DATASETS.TEST[0])``.
+"""
+
+import pytest
+import torch
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.modeling import build_model
+from detectron2.utils.visualizer import Visualizer
+
+import panoptic_ext  # noqa: F401  (registers the plugins)
+from panoptic_ext.data import PanopticClassLayout, PanopticFPNDatasetMapper
+from panoptic_ext.engine.predict import record_to_panoptic
+from panoptic_ext.evaluation import PanopticQualityEvaluator
+from tests.common import make_detections_confident
+from tests.reliability_common import register_tiny_synthetic, tiny_cfg, unregister
+
+PREFIX = "label_space_synthetic"
+
+
+@pytest.fixture(scope="module")
+def predictions(tmp_path_factory):
+    """The tiny synthetic validation split, its metadata, and a random model's outputs."""
+    register_tiny_synthetic(str(tmp_path_factory.mktemp("data")), PREFIX, num_val=3, size=96)
+    name = f"{PREFIX}_val"
+    metadata = MetadataCatalog.get(name)
+    num_things = len(metadata.thing_classes)
+    cfg = tiny_cfg(
+        test=[name], num_things=num_things, num_stuff=len(metadata.stuff_classes) - num_things
+    )
+    cfg.MODEL.PANOPTIC_FPN.COMBINE.STUFF_AREA_LIMIT = 16
+    cfg.INPUT.MIN_SIZE_TEST = cfg.INPUT.MAX_SIZE_TEST = 96
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    make_detections_confident(model)
+    mapper = PanopticFPNDatasetMapper(cfg, is_train=False)
+    inputs = [mapper(r) for r in DatasetCatalog.get(name)]
+    with torch.no_grad():
+        outputs = model(inputs)
+    yield name, metadata, inputs, outputs
+    unregister(f"{PREFIX}_train", name)
+
+
+def test_segments_name_the_dataset_classes(predictions):
+    name, metadata, inputs, outputs = predictions
+    by_dataset_id = {c["id"]: c["name"] for c in metadata.categories}
+    thing_ids = {v: k for k, v in metadata.thing_dataset_id_to_contiguous_id.items()}
+    stuff_ids = {v: k for k, v in metadata.stuff_dataset_id_to_contiguous_id.items()}
+    kinds = set()
+    for x, out in zip(inputs, outputs):
+        panoptic_seg, segments_info = out["panoptic_seg"]
+        for s in segments_info:
+            kinds.add(s["isthing"])
+            ids, names = (
+                (thing_ids, metadata.thing_classes)
+                if s["isthing"]
+                else (stuff_ids, metadata.stuff_classes)
+            )
+            # the name detectron2's Visualizer shows is the dataset category's own name
+            assert names[s["category_id"]] == by_dataset_id[ids[s["category_id"]]]
+        image = x["image"].permute(1, 2, 0).numpy()
+        drawn = Visualizer(image, metadata).draw_panoptic_seg(panoptic_seg, segments_info)
+        assert drawn.get_image().shape[:2] == tuple(panoptic_seg.shape)
+    assert kinds == {True, False}  # things and stuff were both checked
+    # instances' pred_classes are the metadata's contiguous thing ids too
+    assert set(outputs[0]["instances"].pred_classes.tolist()) <= set(thing_ids)
+
+
+def test_detectron2_panoptic_evaluator_reads_the_outputs(predictions, tmp_path):
+    pytest.importorskip("panopticapi")
+    from detectron2.evaluation import COCOPanopticEvaluator
+
+    name, metadata, inputs, outputs = predictions
+    layout = PanopticClassLayout.from_metadata(metadata)
+    # the ground truth written as model outputs: both evaluators must find it perfect
+    perfect = [{"panoptic_seg": record_to_panoptic(r, layout)} for r in DatasetCatalog.get(name)]
+    for outs, perfect_score in ((outputs, None), (perfect, 100.0)):
+        results = []
+        for evaluator in (
+            COCOPanopticEvaluator(name, output_dir=str(tmp_path)),
+            PanopticQualityEvaluator(name, distributed=False),
+        ):
+            evaluator.reset()
+            evaluator.process(inputs, outs)
+            results.append(evaluator.evaluate()["panoptic_seg"])
+        theirs, ours = results
+        for key in ("PQ", "SQ", "RQ", "PQ_th", "PQ_st"):
+            assert ours[key] == pytest.approx(theirs[key], abs=1e-9), key
+            if perfect_score is not None:
+                assert theirs[key] == pytest.approx(perfect_score), key
