@@ -5,11 +5,11 @@ its own process.
 
     python benchmarks/bench_inference.py [--quick] [--size 800x1216] [--repeats 3]
     python benchmarks/bench_inference.py --stages [--threads 1]   # time of each stage
+    python benchmarks/bench_inference.py --speedups    # what each CPU speed-up saves
 """
 
 import argparse
 import copy
-import functools
 import os
 import sys
 import tempfile
@@ -36,15 +36,18 @@ from common import (
     time_interleaved,
 )
 
+from panoptic_ext.modeling import CPU_SPEEDUPS, optimize_for_cpu_inference
+
 REFERENCE = "detectron2 PanopticFPN"
 TARGET = 0.8
-# Variants: name -> (model, outputs read). panoptic_ext's outputs are computed when read
-# (PanopticOutputs), so "ours" reads every output detectron2 returns (sem_seg logits, instances,
-# panoptic_seg) and "ours_panoptic" only panoptic_seg, which is all a panoptic user needs.
+# Variants: name -> (model, outputs read). "ours" returns every output detectron2 returns
+# (sem_seg logits, instances, panoptic_seg); "ours_panoptic" is configured to return only
+# panoptic_seg (POSTPROCESS.RETURN_SEM_SEG / RETURN_INSTANCES False), all a panoptic user needs.
+# Both are set up as README recommends for CPU inference: optimize_for_cpu_inference(model).
 VARIANTS: Dict[str, Tuple[str, Tuple[str, ...]]] = {
     "d2": ("d2", ("sem_seg", "instances", "panoptic_seg")),
     "ours": ("ours", ("sem_seg", "instances", "panoptic_seg")),
-    "ours_panoptic": ("ours", ("panoptic_seg",)),
+    "ours_panoptic": ("ours_panoptic", ("panoptic_seg",)),
 }
 LABELS = {"ours": "all outputs", "ours_panoptic": "panoptic only"}
 DEFAULT_SIZE = (800, 1216)
@@ -53,23 +56,31 @@ QUICK_SIZE = (128, 160)
 
 def build_models(
     state_dict,
-    names: Sequence[str] = ("d2", "ours"),
+    names: Sequence[str] = ("d2", "ours", "ours_panoptic"),
     detections_per_image: int = 100,
     tiny: bool = False,
+    speedups: Sequence[str] = CPU_SPEEDUPS,
 ) -> Dict[str, torch.nn.Module]:
     """
-    detectron2's PanopticFPN ("d2") and/or ours ("ours") with the shared weights, keeping at
-    most ``detections_per_image`` (``tiny``: the smoke-test model).
+    detectron2's PanopticFPN ("d2") and/or ours ("ours": all outputs, "ours_panoptic": panoptic
+    output only, with ``speedups`` of ``optimize_for_cpu_inference``) with the shared weights,
+    keeping at most ``detections_per_image`` (``tiny``: the smoke-test model).
     """
-    cfgs = {"d2": lambda: reference_cfg(tiny=tiny), "ours": lambda: ours_cfg(tiny=tiny)}
+    cfgs = {
+        "d2": lambda: reference_cfg(tiny=tiny),
+        "ours": lambda: ours_cfg(tiny=tiny),
+        "ours_panoptic": lambda: ours_cfg(tiny=tiny, RETURN_SEM_SEG=False, RETURN_INSTANCES=False),
+    }
     models = {name: build_with_weights(cfgs[name](), state_dict) for name in names}
-    for model in models.values():
+    for name, model in models.items():
         model.roi_heads.box_predictor.test_topk_per_image = detections_per_image
+        if name != "d2":
+            optimize_for_cpu_inference(model, speedups)
     return models
 
 
 def infer(model: torch.nn.Module, inputs: List[Dict[str, Any]], keys: Sequence[str]) -> List:
-    """Run inference and read the outputs ``keys`` (which computes lazy ones)."""
+    """Run inference and read the outputs ``keys``."""
     with torch.no_grad():
         outputs = model(inputs)
         for out in outputs:
@@ -88,13 +99,17 @@ def variant_callables(
     return {name: make(name) for name in names}
 
 
-def outputs_identical(ours: List, reference: List) -> Dict[str, Optional[str]]:
+def outputs_identical(
+    ours: List, reference: List, keys: Sequence[str] = ("panoptic_seg", "sem_seg", "instances")
+) -> Dict[str, Optional[str]]:
     """What differs between ours and detectron2's outputs, per output (None = identical)."""
     diffs: Dict[str, Optional[str]] = {"panoptic_seg": panoptic_outputs_equal(ours, reference)}
     sem, inst = None, None
     for i, (a, b) in enumerate(zip(ours, reference)):
-        if sem is None and not torch.equal(a["sem_seg"], b["sem_seg"]):
+        if "sem_seg" in keys and sem is None and not torch.equal(a["sem_seg"], b["sem_seg"]):
             sem = f"image {i}: sem_seg logits differ"
+        if "instances" not in keys:
+            continue
         ia, ib = a["instances"], b["instances"]
         if inst is None and not (
             len(ia) == len(ib)
@@ -168,7 +183,8 @@ def run(
     # The first run of each is the warm-up, and gives the outputs compared.
     reference = calls["d2"]()
     diffs = outputs_identical(calls["ours"](), reference)
-    calls["ours_panoptic"]()
+    diffs_panoptic = outputs_identical(calls["ours_panoptic"](), reference, ("panoptic_seg",))
+    diffs["panoptic_only"] = diffs_panoptic["panoptic_seg"]
     things = sum(s["isthing"] for r in reference for s in r["panoptic_seg"][1])
     detections = sum(len(r["instances"]) for r in reference)
     confident = sum(int((r["instances"].scores >= 0.5).sum()) for r in reference)
@@ -191,7 +207,8 @@ def run(
             "ratio_of_min": min_ratio(times, name, "d2"),
             "cpu_ratio": median(cpu[name]) / median(cpu["d2"]),
             # every output the variant reads equals detectron2's
-            "identical": all(diffs[k] is None for k in keys),
+            "identical": all(diffs[k] is None for k in keys)
+            and (name != "ours_panoptic" or diffs["panoptic_only"] is None),
             "identical_outputs": ",".join(k for k in keys if diffs[k] is None),
         }
         different = [diffs[k] for k in keys if diffs[k] is not None]
@@ -224,8 +241,8 @@ def stage_times(
 ) -> Dict[str, Dict[str, float]]:
     """
     Median wall time of each stage of detectron2's PanopticFPN.inference and of ours (panoptic
-    output only: masks of the confident detections), each model running its own modules on the
-    same intermediate results, stage by stage, interleaved.
+    output only), each model running its own modules (public calls only) on its own
+    intermediate results, stage by stage, interleaved.
 
     Returns:
         dict stage -> {"d2": seconds, "ours": seconds}.
@@ -233,39 +250,27 @@ def stage_times(
     from detectron2.modeling.meta_arch.panoptic_fpn import combine_semantic_and_instance_outputs
     from detectron2.modeling.postprocessing import detector_postprocess, sem_seg_postprocess
 
-    from panoptic_ext.modeling.deferred_masks import DeferredMasks
-
     height, width = inputs[0]["height"], inputs[0]["width"]
+    names = {"d2": "d2", "ours": "ours_panoptic"}
     state: Dict[str, Any] = {}
 
     def backbone(name):
-        model = models[name]
+        model = models[names[name]]
         state["images"] = model.preprocess_image(inputs)
         state["features"] = model.backbone(state["images"].tensor)
 
     def rpn(name):
-        proposals = models[name].proposal_generator(state["images"], state["features"], None)
+        proposals = models[names[name]].proposal_generator(state["images"], state["features"], None)
         state["proposals"] = proposals[0]
 
-    def box_head(name):  # StandardROIHeads.forward's inference path, in its two halves
-        state["boxes"] = models[name].roi_heads._forward_box(state["features"], state["proposals"])
-
-    def mask_head(name):
-        model = models[name]
-        if name == "d2":
-            state["detections"] = model.roi_heads.forward_with_given_boxes(
-                state["features"], [copy.copy(i) for i in state["boxes"]]
-            )
-            return
-        needed = [model.postprocessor.needed_instances(x) for x in state["boxes"]]
-        state["deferred"] = DeferredMasks(
-            model.roi_heads, state["features"], state["boxes"], needed
-        )
-        state["ours_detections"] = copy.copy(state["boxes"][0])
-        state["ours_detections"].pred_masks = state["deferred"].partial(0)
+    def roi_heads(name):
+        model = models[names[name]]
+        state[name + "_detections"] = model.roi_heads(
+            state["images"], state["features"], state["proposals"], None
+        )[0]
 
     def sem_seg_head(name):
-        model = models[name]
+        model = models[names[name]]
         if name == "d2":
             state["d2_sem"] = model.sem_seg_head(state["features"], None)[0]
         else:
@@ -275,31 +280,28 @@ def stage_times(
         if name == "d2":
             image_size = state["images"].image_sizes[0]
             sem = sem_seg_postprocess(state["d2_sem"][0], image_size, height, width)
-            dets = detector_postprocess(copy.copy(state["detections"][0]), height, width)
+            dets = detector_postprocess(copy.copy(state["d2_detections"][0]), height, width)
             combine_semantic_and_instance_outputs(dets, sem.argmax(dim=0), 0.5, 4096, 0.5)
             return
-        model = models[name]
+        model = models[names[name]]
         model.postprocessor(
             state["ours_sem"][0],
-            state["ours_detections"],
+            state["ours_detections"][0],
             stride=model.sem_seg_head.common_stride,
             image_size=state["images"].image_sizes[0],
             output_size=(height, width),
-            complete_masks=functools.partial(state["deferred"].complete, 0),
-        )["panoptic_seg"]
+        )
 
     stages = {
         "backbone": backbone,
         "RPN": rpn,
-        "ROI box head": box_head,
-        "ROI mask head": mask_head,
+        "ROI heads (box + mask)": roi_heads,
         "semantic head": sem_seg_head,
         "post-processing": postprocess,
     }
     times: Dict[str, Dict[str, List[float]]] = {s: {"d2": [], "ours": []} for s in stages}
     with torch.no_grad():
         for i in range(repeats + 1):  # the first round warms up
-            # each model's own modules on its own intermediate results, stage by stage;
             # the order of the models alternates between rounds
             for name in ("d2", "ours") if i % 2 == 0 else ("ours", "d2"):
                 for stage, fn in stages.items():
@@ -307,6 +309,40 @@ def stage_times(
                     fn(name)
                     times[stage][name].append(time.perf_counter() - start)
     return {s: {n: median(t[1:]) for n, t in per.items()} for s, per in times.items()}
+
+
+def speedup_times(
+    state_dict, size: Tuple[int, int], repeats: int = 3, tiny: bool = False
+) -> Dict[str, float]:
+    """
+    Median time of the panoptic-only model with every CPU speed-up, with none, and with each
+    one left out; and with detectron2's StandardROIHeads instead of PanopticROIHeads (masks of
+    every detection). Interleaved, one image.
+    """
+    variants: Dict[str, torch.nn.Module] = {}
+    for name, speedups in [("all", CPU_SPEEDUPS), ("none", ())] + [
+        (f"without {s}", [t for t in CPU_SPEEDUPS if t != s]) for s in CPU_SPEEDUPS
+    ]:
+        variants[name] = build_models(state_dict, ["ours_panoptic"], tiny=tiny, speedups=speedups)[
+            "ours_panoptic"
+        ]
+    cfg = ours_cfg(tiny=tiny, RETURN_SEM_SEG=False, RETURN_INSTANCES=False)
+    cfg.MODEL.ROI_HEADS.NAME = "StandardROIHeads"
+    standard = build_with_weights(cfg, state_dict)
+    standard.roi_heads.box_predictor.test_topk_per_image = 100
+    optimize_for_cpu_inference(standard)
+    variants["all, masks of every detection"] = standard
+    inputs = inference_inputs([size])
+    calls = {n: (lambda m=m: infer(m, inputs, ("panoptic_seg",))) for n, m in variants.items()}
+    times = time_interleaved(calls, repeats, warmup=1)
+    return {name: median(t) for name, t in times.items()}
+
+
+def print_speedup_times(times: Dict[str, float]) -> None:
+    base = times["all"]
+    print(f"{'variant':34s} {'time':>8s} {'vs all':>8s}")
+    for name, t in times.items():
+        print(f"{name:34s} {t:6.3f} s {t - base:+7.3f} s")
 
 
 def print_stage_times(stages: Dict[str, Dict[str, float]]) -> None:
@@ -332,6 +368,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument(
         "--stages", action="store_true", help="print the time of each stage instead"
     )
+    parser.add_argument(
+        "--speedups", action="store_true", help="print what each CPU speed-up saves instead"
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--variant", choices=list(VARIANTS), help=argparse.SUPPRESS)
     parser.add_argument("--weights", help=argparse.SUPPRESS)
@@ -345,6 +384,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if args.stages:
         models = build_models(calibrated_state_dict(tiny=args.quick), tiny=args.quick)
         print_stage_times(stage_times(models, inference_inputs([size]), args.repeats or 3))
+        return
+    if args.speedups:
+        state_dict = calibrated_state_dict(tiny=args.quick)
+        print_speedup_times(speedup_times(state_dict, size, args.repeats or 3, args.quick))
         return
     from run_all import print_table
 

@@ -90,6 +90,7 @@ def write_dataset(root, image_ids):
 def dataset(request, tmp_path):
     """A registered tiny dataset: (name, gt by image id, inputs)."""
     layout = request.param
+    OUTPUT_IDS.update(things=LAYOUTS[layout][0], stuff=LAYOUTS[layout][1])
     image_ids = [7, 8] if layout == "coco" else ["city_000000_000019", "city_000001_000019"]
     pan_json, pan_root, gt = write_dataset(str(tmp_path), image_ids)
     name = f"tiny_panoptic_{layout}_{uuid.uuid4().hex[:8]}"
@@ -128,6 +129,8 @@ def dataset(request, tmp_path):
 # Model labels of the tiny dataset: instance classes person 0, car 1; merged stuff road 1, sky 2.
 INSTANCE_CLASS = {PERSON: 0, CAR: 1}
 MERGED_LABEL = {ROAD: 1, SKY: 2}
+# The category ids of model outputs: the current dataset's contiguous ids (set by `dataset`).
+OUTPUT_IDS = {"things": LAYOUTS["coco"][0], "stuff": LAYOUTS["coco"][1]}
 
 
 def model_output(gt_ids, gt_segments, *, with_crowd_person=True, drop=(), relabel=None):
@@ -147,10 +150,11 @@ def model_output(gt_ids, gt_segments, *, with_crowd_person=True, drop=(), relabe
         pan[torch.from_numpy(mask)] = new_id
         cat = relabel.get(s["id"], s["category_id"])
         if cat in INSTANCE_CLASS:
-            info = {"id": new_id, "isthing": True, "category_id": INSTANCE_CLASS[cat]}
+            info = {"id": new_id, "isthing": True, "category_id": OUTPUT_IDS["things"][cat]}
             info.update(score=0.9, instance_id=new_id - 1)
         else:
-            info = {"id": new_id, "isthing": False, "category_id": MERGED_LABEL[cat], "area": 1}
+            info = {"id": new_id, "isthing": False, "category_id": OUTPUT_IDS["stuff"][cat]}
+            info["area"] = 1
         segments_info.append(info)
     # Semantic logits, "merged" layout: 0 things, 1 road, 2 sky (VOID pixels: road).
     labels = np.zeros((h, w), np.int64)
@@ -168,7 +172,7 @@ def model_output(gt_ids, gt_segments, *, with_crowd_person=True, drop=(), relabe
     instances.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32))
     instances.scores = torch.full((len(things),), 0.9)
     instances.pred_classes = torch.tensor(
-        [INSTANCE_CLASS[relabel.get(s["id"], s["category_id"])] for s in things]
+        [OUTPUT_IDS["things"][relabel.get(s["id"], s["category_id"])] for s in things]
     )
     return {"panoptic_seg": (pan, segments_info), "sem_seg": sem_seg, "instances": instances}
 
@@ -184,7 +188,7 @@ def run(evaluator, records, outputs):
 def reference_pq(tmp_dir, dataset_name, gt, records, outputs):
     """pq_compute (cross-checked with panopticapi's code in test_pq.py) on prediction files
     written by hand with dataset category ids."""
-    to_dataset = {v: k for k, v in INSTANCE_CLASS.items()}, {v: k for k, v in MERGED_LABEL.items()}
+    to_dataset = [{v: k for k, v in OUTPUT_IDS[kind].items()} for kind in ("things", "stuff")]
     pred_root = os.path.join(tmp_dir, "ref_pred")
     os.makedirs(pred_root, exist_ok=True)
     annotations = []
