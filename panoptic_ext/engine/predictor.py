@@ -9,6 +9,7 @@ import numpy as np
 from detectron2.config import CfgNode
 from detectron2.engine import DefaultPredictor
 
+from ..modeling import optimize_for_cpu_inference
 from .checkpoint import PanopticCheckpointer
 from .image_input import as_bgr_uint8
 
@@ -41,7 +42,9 @@ class PanopticPredictor(DefaultPredictor):
     - the input may be grayscale, have an alpha channel, be 16-bit, float or bool (see
       :func:`~panoptic_ext.engine.image_input.as_bgr_uint8`); 3/4-channel input is BGR(A);
     - ``MODEL.WEIGHTS`` is loaded with :class:`PanopticCheckpointer`: weights for other class
-      counts are an error (not a warning), ``.pth`` files are read with ``weights_only=True``.
+      counts are an error (not a warning), ``.pth`` files are read with ``weights_only=True``;
+    - a model on the CPU gets :func:`~panoptic_ext.modeling.optimize_for_cpu_inference` (same
+      outputs, faster).
     """
 
     def __init__(self, cfg: CfgNode):
@@ -57,6 +60,8 @@ class PanopticPredictor(DefaultPredictor):
         PanopticCheckpointer(
             self.model, allow_partial=cfg.MODEL.PANOPTIC_EXT.ALLOW_PARTIAL_WEIGHTS
         ).load(weights)
+        if next(self.model.parameters()).device.type == "cpu":
+            optimize_for_cpu_inference(self.model)
 
     def __call__(self, original_image: np.ndarray) -> Dict[str, Any]:
         """
