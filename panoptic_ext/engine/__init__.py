@@ -3,7 +3,7 @@
 from .distributed import launch
 from .hooks import ProgressHook
 from .plot import plot_training_curves, read_metrics
-from .predict import (
+from .panoptic_visualization import (
     class_layout_for_cfg,
     collect_images,
     predict_images,
@@ -11,7 +11,7 @@ from .predict import (
     save_panoptic_prediction,
     visualization_metadata,
 )
-from .setup import default_setup, get_panoptic_cfg, setup_cfg
+from .config_loading import default_setup, get_panoptic_cfg, setup_cfg
 from .solver import build_optimizer
 from .train import main, parse_args
 from .trainer import Trainer

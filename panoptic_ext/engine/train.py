@@ -10,7 +10,7 @@ from detectron2.utils import comm
 
 from ..modeling import optimize_for_cpu_inference
 from .checkpoint import PanopticCheckpointer
-from .setup import setup_cfg
+from .config_loading import setup_cfg
 from .trainer import Trainer
 
 __all__ = ["argument_parser", "main", "parse_args"]
