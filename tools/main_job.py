@@ -25,7 +25,6 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
-import glob
 import json
 import logging
 import time
@@ -49,20 +48,11 @@ from panoptic_ext.engine import (
     record_to_panoptic,
     visualization_metadata,
 )
+from panoptic_ext.engine.run_dir import prepare_output_dir
 
 DEFAULT_CONFIG = "configs/Synthetic-PanopticSegmentation/panoptic_fpn_R_18_scratch_cpu.yaml"
 logger = logging.getLogger("panoptic_ext.main_job")
-
-# Files of a previous run that a fresh run replaces (metrics.json would be appended to).
-_RUN_FILES = (
-    "metrics.json",
-    "last_checkpoint",
-    "model_*.pth",
-    "events.out.tfevents.*",
-    "final_metrics.json",
-    "training_curves.png",
-    "visualizations/*",
-)
+_EXISTING_OUTPUT_KEY = "MODEL.PANOPTIC_EXT.EXISTING_OUTPUT"
 
 
 def parse_args() -> argparse.Namespace:
@@ -74,13 +64,6 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     return parser.parse_args()
-
-
-def _clear_previous_run(output_dir: str) -> None:
-    for pattern in _RUN_FILES:
-        for path in glob.glob(os.path.join(output_dir, pattern)):
-            if os.path.isfile(path):
-                os.remove(path)
 
 
 def _prepare_datasets(cfg: CfgNode) -> float:
@@ -127,12 +110,24 @@ def main() -> None:
     wall_start = time.perf_counter()
     args = parse_args()
     cfg = get_panoptic_cfg(args.config_file, args.opts)
+    if _EXISTING_OUTPUT_KEY not in args.opts[::2]:
+        # Running `make train` again keeps the previous run, moved aside (with a log line).
+        cfg.MODEL.PANOPTIC_EXT.EXISTING_OUTPUT = "move"
     cfg.freeze()
+    lock, messages = prepare_output_dir(cfg, resume=args.resume)
+    try:
+        _run(cfg, args, wall_start, messages)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run(cfg: CfgNode, args: argparse.Namespace, wall_start: float, messages: List[str]) -> None:
     output_dir = cfg.OUTPUT_DIR
-    if not args.resume:
-        _clear_previous_run(output_dir)
     load_start = os.getloadavg()
     default_setup(cfg, args)
+    for message in messages:
+        logger.warning(message)
 
     dataset_seconds = _prepare_datasets(cfg)
     trainer = Trainer(cfg)
