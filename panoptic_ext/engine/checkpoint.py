@@ -302,7 +302,8 @@ class PanopticCheckpointer(DetectionCheckpointer):
         return incompatible
 
     def _check_loaded(self, incompatible: Any, checkpoint_keys: List[str]) -> None:
-        model_keys = list(self.model.state_dict())
+        # BatchNorm fills in a missing num_batches_tracked itself: it never counts as loaded.
+        model_keys = [k for k in self.model.state_dict() if not k.endswith("num_batches_tracked")]
         missing = set(incompatible.missing_keys)
         missing.update(k for k, _, _ in incompatible.incorrect_shapes)
         if model_keys and all(k in missing for k in model_keys):
