@@ -86,16 +86,12 @@ def test_resume_with_no_iteration_left_is_an_error(run_copy, max_iter, says):
     assert _snapshot(run_copy) == before
 
 
+_TO_SGD = ("SOLVER.MAX_ITER", "4", "MODEL.PANOPTIC_EXT.SOLVER.OPTIMIZER", "SGD")
+
+
 def test_resume_with_another_optimizer_is_refused(run_copy):
     with pytest.raises(ResumeConfigError) as e:
-        _run(
-            run_copy,
-            "SOLVER.MAX_ITER",
-            "4",
-            "MODEL.PANOPTIC_EXT.SOLVER.OPTIMIZER",
-            "SGD",
-            resume=True,
-        )
+        _run(run_copy, *_TO_SGD, resume=True)
     assert "MODEL.PANOPTIC_EXT.SOLVER.OPTIMIZER: 'AdamW' -> 'SGD'" in str(e.value), str(e.value)
 
 
@@ -106,14 +102,7 @@ def test_resume_of_a_checkpoint_without_saved_config_checks_the_optimizer_state(
     torch.save(data, path)
     os.remove(run_copy / "config.yaml")
     with pytest.raises(CheckpointError) as e:
-        _run(
-            run_copy,
-            "SOLVER.MAX_ITER",
-            "4",
-            "MODEL.PANOPTIC_EXT.SOLVER.OPTIMIZER",
-            "SGD",
-            resume=True,
-        )
+        _run(run_copy, *_TO_SGD, resume=True)
     msg = str(e.value)
     assert "--resume cannot continue" in msg and "another optimizer's" in msg, msg
     assert "momentum" in msg and "MODEL.PANOPTIC_EXT.SOLVER.OPTIMIZER" in msg
