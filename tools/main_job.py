@@ -14,6 +14,10 @@ dataset, then evaluated.
 
 ``--eval-only MODEL.WEIGHTS output/main_job/model_final.pth`` of ``train_net.py`` with the same
 config reproduces the final evaluation.
+
+OUTPUT_DIR is locked while the job runs (a second one stops at once, naming the first). Without
+``--resume``, a previous run found there is moved to ``OUTPUT_DIR.previous-<date>-<time>``
+(``MODEL.PANOPTIC_EXT.EXISTING_OUTPUT refuse|overwrite`` as an override changes that).
 """
 
 # ruff: noqa: E402  (imports after setting OMP_WAIT_POLICY)
