@@ -122,3 +122,38 @@ def test_previous_run_overwritten_only_when_asked(tmp_path):
     assert sorted(os.listdir(output_dir)) == [LOCK_NAME, "log.txt"]
     assert "deleted it" in messages[0]
     lock.release()
+
+
+def test_main_job_run_again_keeps_the_previous_run(tmp_path, monkeypatch):
+    """`make train` twice: the second run moves the first one's results aside, deleting none."""
+    import runpy
+
+    from tests.reliability_common import register_tiny_synthetic, unregister
+
+    names = register_tiny_synthetic(str(tmp_path), "reliability_main_job", num_train=2, num_val=1)
+    output_dir = tmp_path / "main_job"
+    argv = [
+        "main_job.py",
+        *(
+            "--config-file",
+            os.path.join(
+                ROOT, "configs/quick_schedules/" "panoptic_fpn_R_18_synthetic_instant_test.yaml"
+            ),
+        ),
+        *("--num-vis", "1"),
+        *("DATASETS.TRAIN", f"('{names['train']}',)", "DATASETS.TEST", f"('{names['val']}',)"),
+        *("SOLVER.MAX_ITER", "1", "TEST.EVAL_PERIOD", "0", "MODEL.BACKBONE.FREEZE_AT", "5"),
+        *("MODEL.PANOPTIC_EXT.EVAL.TASKS", "['panoptic_seg']", "OUTPUT_DIR", str(output_dir)),
+    ]
+    try:
+        for _ in range(2):
+            monkeypatch.setattr(sys, "argv", argv)
+            runpy.run_path(os.path.join(ROOT, "tools/main_job.py"), run_name="__main__")
+    finally:
+        unregister(*names.values())
+    moved = [d for d in os.listdir(tmp_path) if d.startswith("main_job.previous-")]
+    assert len(moved) == 1, os.listdir(tmp_path)
+    for run in (output_dir, tmp_path / moved[0]):
+        files = os.listdir(run)
+        assert "model_final.pth" in files and "final_metrics.json" in files, files
+    assert not (output_dir / LOCK_NAME).exists()
