@@ -95,7 +95,7 @@ class PanopticCheckpointer(DetectionCheckpointer):
         allow_partial: bool = False,
         require_complete: bool = False,
         max_to_keep: int = 0,
-        download_timeout: Optional[float] = None,
+        download_timeout: Optional[float] = 60.0,
         extra_state: Optional[Dict[str, Any]] = None,
         save_to_disk: Optional[bool] = None,
         **checkpointables: Any,
@@ -112,7 +112,8 @@ class PanopticCheckpointer(DetectionCheckpointer):
             max_to_keep (int): periodic checkpoints (``model_XXXXXXX.pth``) kept in ``save_dir``,
                 the newest; older ones are deleted after each save. <= 0 keeps all.
                 ``model_final.pth`` and other names are never deleted.
-            download_timeout (float): seconds a download of a URL may go without data.
+            download_timeout (float): seconds a download of a URL may go without data (None:
+                no limit).
             extra_state (dict): saved in every checkpoint (e.g. ``{"config": cfg.dump()}``).
             save_to_disk (bool): default: only in the main process.
             checkpointables: objects with ``state_dict`` / ``load_state_dict`` (optimizer, ...).
