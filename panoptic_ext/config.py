@@ -83,8 +83,9 @@ def add_panoptic_ext_config(cfg: CN) -> None:
     _C.MODEL.PANOPTIC_EXT.CHECKPOINT.DOWNLOAD_TIMEOUT = 60.0
 
     # What a training started without --resume does when OUTPUT_DIR holds a previous run
-    # (checkpoints, metrics.json): "refuse" (an error naming --resume and this key), "move" (the
-    # previous run's files go to OUTPUT_DIR.previous-<date>-<time>) or "overwrite" (delete them).
+    # (checkpoints, metrics.json): "refuse" (an error naming --resume and this key), "move" (all
+    # of OUTPUT_DIR's files go to OUTPUT_DIR.previous-<date>-<time>) or "overwrite" (delete the
+    # run's checkpoints, metrics, events and inference/ results).
     _C.MODEL.PANOPTIC_EXT.EXISTING_OUTPUT = "refuse"
 
     # Exact inference speed-ups of PanopticFPNExt (outputs identical to detectron2's; each can be
