@@ -76,6 +76,18 @@ def add_panoptic_ext_config(cfg: CN) -> None:
     # Load MODEL.WEIGHTS even if some weights do not fit the model (e.g. other class counts),
     # leaving those layers as initialised; by default such a checkpoint is an error.
     _C.MODEL.PANOPTIC_EXT.ALLOW_PARTIAL_WEIGHTS = False
+    _C.MODEL.PANOPTIC_EXT.CHECKPOINT = CN()
+    # Periodic checkpoints (model_XXXXXXX.pth) kept in OUTPUT_DIR, the newest; older ones are
+    # deleted after each save. 0 keeps all. model_final.pth is always kept.
+    _C.MODEL.PANOPTIC_EXT.CHECKPOINT.MAX_TO_KEEP = 3
+    # Seconds a download of MODEL.WEIGHTS from a URL may go without data before it fails.
+    _C.MODEL.PANOPTIC_EXT.CHECKPOINT.DOWNLOAD_TIMEOUT = 60.0
+
+    # What a training started without --resume does when OUTPUT_DIR holds a previous run
+    # (checkpoints, metrics.json): "refuse" (an error naming --resume and this key), "move" (all
+    # of OUTPUT_DIR's files go to OUTPUT_DIR.previous-<date>-<time>) or "overwrite" (delete the
+    # run's checkpoints, metrics, events and inference/ results).
+    _C.MODEL.PANOPTIC_EXT.EXISTING_OUTPUT = "refuse"
 
     # Evaluation (panoptic_ext.evaluation.build_panoptic_evaluators) of panoptic datasets.
     _C.MODEL.PANOPTIC_EXT.EVAL = CN()

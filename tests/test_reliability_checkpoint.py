@@ -201,7 +201,7 @@ def test_other_class_counts_is_an_error_listing_keys_and_shapes(tmp_path):
     with pytest.raises(CheckpointError) as e:
         PanopticCheckpointer(model).load(str(tmp_path / "c3.pth"))
     msg = str(e.value)
-    assert "2 weights of the checkpoint do not fit the model" in msg
+    assert f"2 weights of the checkpoint {tmp_path / 'c3.pth'} do not fit the model" in msg
     assert "2.weight: (3, 4, 1, 1) in the checkpoint, (5, 4, 1, 1) in the model" in msg
     assert "2.bias: (3,) in the checkpoint, (5,) in the model" in msg
     assert "MODEL.PANOPTIC_EXT.ALLOW_PARTIAL_WEIGHTS" in msg

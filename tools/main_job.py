@@ -14,6 +14,10 @@ dataset, then evaluated.
 
 ``--eval-only MODEL.WEIGHTS output/main_job/model_final.pth`` of ``train_net.py`` with the same
 config reproduces the final evaluation.
+
+OUTPUT_DIR is locked while the job runs (a second one stops at once, naming the first). Without
+``--resume``, a previous run found there is moved to ``OUTPUT_DIR.previous-<date>-<time>``
+(``MODEL.PANOPTIC_EXT.EXISTING_OUTPUT refuse|overwrite`` as an override changes that).
 """
 
 # ruff: noqa: E402  (imports after setting OMP_WAIT_POLICY)
@@ -25,7 +29,6 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
-import glob
 import json
 import logging
 import time
@@ -48,20 +51,11 @@ from panoptic_ext.engine import (
     predict_images,
     record_to_panoptic,
 )
+from panoptic_ext.engine.run_dir import prepare_output_dir
 
 DEFAULT_CONFIG = "configs/Synthetic-PanopticSegmentation/panoptic_fpn_R_18_scratch_cpu.yaml"
 logger = logging.getLogger("panoptic_ext.main_job")
-
-# Files of a previous run that a fresh run replaces (metrics.json would be appended to).
-_RUN_FILES = (
-    "metrics.json",
-    "last_checkpoint",
-    "model_*.pth",
-    "events.out.tfevents.*",
-    "final_metrics.json",
-    "training_curves.png",
-    "visualizations/*",
-)
+_EXISTING_OUTPUT_KEY = "MODEL.PANOPTIC_EXT.EXISTING_OUTPUT"
 
 
 def parse_args() -> argparse.Namespace:
@@ -73,13 +67,6 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     return parser.parse_args()
-
-
-def _clear_previous_run(output_dir: str) -> None:
-    for pattern in _RUN_FILES:
-        for path in glob.glob(os.path.join(output_dir, pattern)):
-            if os.path.isfile(path):
-                os.remove(path)
 
 
 def _prepare_datasets(cfg: CfgNode) -> float:
@@ -126,12 +113,24 @@ def main() -> None:
     wall_start = time.perf_counter()
     args = parse_args()
     cfg = get_panoptic_cfg(args.config_file, args.opts)
+    if _EXISTING_OUTPUT_KEY not in args.opts[::2]:
+        # Running `make train` again keeps the previous run, moved aside (with a log line).
+        cfg.MODEL.PANOPTIC_EXT.EXISTING_OUTPUT = "move"
     cfg.freeze()
+    lock, messages = prepare_output_dir(cfg, resume=args.resume)
+    try:
+        _run(cfg, args, wall_start, messages)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run(cfg: CfgNode, args: argparse.Namespace, wall_start: float, messages: List[str]) -> None:
     output_dir = cfg.OUTPUT_DIR
-    if not args.resume:
-        _clear_previous_run(output_dir)
     load_start = os.getloadavg()
     default_setup(cfg, args)
+    for message in messages:
+        logger.warning(message)
 
     dataset_seconds = _prepare_datasets(cfg)
     trainer = Trainer(cfg)

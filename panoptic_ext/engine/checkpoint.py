@@ -14,69 +14,49 @@ files with a full unpickler, and only *warns* about weights whose shape does not
   only, no code execution); detectron2 / Detectron model-zoo ``.pkl`` files still need pickle;
 - a file that is missing, truncated or not a checkpoint, and weights whose shapes do not fit the
   model, raise :class:`CheckpointError` listing the keys and both shapes (unless
-  ``allow_partial=True``, ``MODEL.PANOPTIC_EXT.ALLOW_PARTIAL_WEIGHTS``).
+  ``allow_partial=True``, ``MODEL.PANOPTIC_EXT.ALLOW_PARTIAL_WEIGHTS``), in every format: also
+  Caffe2 / pycls / converted ``.pkl`` files, whose name-matching heuristics detectron2 lets drop
+  mismatched layers with a warning; so does a file none of whose weights match the model, and,
+  with ``require_complete=True`` (evaluation), one that lacks some of the model's weights;
+- older periodic checkpoints beyond ``max_to_keep`` are deleted after each save;
+- a download of a URL fails after ``download_timeout`` seconds without data instead of hanging;
+- a full disk or Ctrl-C during a save is reported as such (:mod:`.checkpoint_files`).
 """
 
-import glob
+import contextlib
 import logging
 import os
 import pickle
-from typing import Any, Dict, List, Optional
+import urllib.error
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.utils import comm
 
-__all__ = ["CheckpointError", "PanopticCheckpointer", "atomic_torch_save", "atomic_write_text"]
+from .checkpoint_files import (
+    CheckpointSaveError,
+    atomic_torch_save,
+    atomic_write_text,
+    prune_periodic_checkpoints,
+    socket_timeout,
+    stale_temporary_files,
+)
+from .checkpoint_match import heuristic_shape_mismatches
+
+__all__ = [
+    "CheckpointError",
+    "CheckpointSaveError",
+    "PanopticCheckpointer",
+    "atomic_torch_save",
+    "atomic_write_text",
+]
 
 logger = logging.getLogger(__name__)
-
-# Temporary files of an interrupted save: hidden, and not ending in ".pth", so that neither
-# ``last_checkpoint`` nor ``get_all_checkpoint_files`` can pick them.
-_TMP_PATTERN = ".{name}.{pid}.tmp"
 
 
 class CheckpointError(ValueError):
     """A checkpoint cannot be read, or does not fit the model."""
-
-
-def _fsync_dir(directory: str) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # e.g. not permitted on this file system: the rename is still atomic
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: str, write) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, _TMP_PATTERN.format(name=os.path.basename(path), pid=os.getpid()))
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    _fsync_dir(directory)
-
-
-def atomic_torch_save(obj: Any, path: str) -> None:
-    """``torch.save(obj, path)``: ``path`` is then either the old file or the complete new one."""
-    _atomic_write(path, lambda f: torch.save(obj, f))
-
-
-def atomic_write_text(text: str, path: str) -> None:
-    """Write a small text file atomically (see :func:`atomic_torch_save`)."""
-    _atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def non_finite_entries(state_dict: Dict[str, Any], limit: int = 10) -> List[str]:
@@ -102,8 +82,9 @@ def _short(error: BaseException) -> str:
 class PanopticCheckpointer(DetectionCheckpointer):
     """
     ``DetectionCheckpointer`` (same constructor, same files) with atomic saves, a refusal to save
-    non-finite weights, ``weights_only`` loading of ``.pth`` files and errors instead of warnings
-    for unreadable files and mismatched shapes. See the module docstring.
+    non-finite weights, retention of periodic checkpoints, ``weights_only`` loading of ``.pth``
+    files, a download timeout, and errors instead of warnings for unreadable files, mismatched
+    shapes (in every format) and weights that match nothing. See the module docstring.
     """
 
     def __init__(
@@ -112,6 +93,10 @@ class PanopticCheckpointer(DetectionCheckpointer):
         save_dir: str = "",
         *,
         allow_partial: bool = False,
+        require_complete: bool = False,
+        max_to_keep: int = 0,
+        download_timeout: Optional[float] = 60.0,
+        extra_state: Optional[Dict[str, Any]] = None,
         save_to_disk: Optional[bool] = None,
         **checkpointables: Any,
     ):
@@ -122,44 +107,68 @@ class PanopticCheckpointer(DetectionCheckpointer):
             allow_partial (bool): load a checkpoint whose weights partly do not fit the model
                 (e.g. other class counts), leaving those layers as initialised, with a warning;
                 otherwise a :class:`CheckpointError`.
+            require_complete (bool): every weight of the model must be in the checkpoint (for
+                evaluation: a missing one would be evaluated untrained), unless ``allow_partial``.
+            max_to_keep (int): periodic checkpoints (``model_XXXXXXX.pth``) kept in ``save_dir``,
+                the newest; older ones are deleted after each save. <= 0 keeps all.
+                ``model_final.pth`` and other names are never deleted.
+            download_timeout (float): seconds a download of a URL may go without data (None:
+                no limit).
+            extra_state (dict): saved in every checkpoint (e.g. ``{"config": cfg.dump()}``).
             save_to_disk (bool): default: only in the main process.
             checkpointables: objects with ``state_dict`` / ``load_state_dict`` (optimizer, ...).
         """
         super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
         self.allow_partial = allow_partial
+        self.require_complete = require_complete
+        self.max_to_keep = max_to_keep
+        self.download_timeout = download_timeout
+        self.extra_state = dict(extra_state or {})
+        self._loading = ""
 
     # ---- saving -------------------------------------------------------------------------------
     def _is_local(self) -> bool:
         return "://" not in self.save_dir
 
+    def _last_good(self) -> str:
+        return self.get_checkpoint_file() if self.has_checkpoint() else "none"
+
     def save(self, name: str, **kwargs: Any) -> None:
         """
-        Write ``save_dir/name.pth`` atomically, then point ``last_checkpoint`` at it.
+        Write ``save_dir/name.pth`` atomically, then point ``last_checkpoint`` at it, then delete
+        periodic checkpoints beyond ``max_to_keep``.
 
         Raises:
             FloatingPointError: if a model weight is NaN or infinite (nothing is written).
+            CheckpointSaveError: the file could not be written (e.g. the disk is full).
         """
         if not self.save_dir or not self.save_to_disk:
             return
         bad = non_finite_entries(self.model.state_dict())
         if bad:
-            last = self.get_checkpoint_file() if self.has_checkpoint() else "none"
             raise FloatingPointError(
                 f"not saving checkpoint {name!r}: model weights {bad} are NaN or infinite; the "
-                f"last good checkpoint remains {last}"
+                f"last good checkpoint remains {self._last_good()}"
             )
         if not self._is_local():  # no atomic rename on remote storage
-            return super().save(name, **kwargs)
+            return super().save(name, **self.extra_state, **kwargs)
         data = {"model": self.model.state_dict()}
         for key, obj in self.checkpointables.items():
             data[key] = obj.state_dict()
+        data.update(self.extra_state)
         data.update(kwargs)
         basename = f"{name}.pth"
         path = os.path.join(self.save_dir, basename)
         os.makedirs(self.save_dir, exist_ok=True)
         self.logger.info("Saving checkpoint to %s", path)
-        atomic_torch_save(data, path)
+        try:
+            atomic_torch_save(data, path)
+        except CheckpointSaveError as e:
+            raise CheckpointSaveError(
+                e.errno, f"{e.strerror}; last_checkpoint still names {self._last_good()}"
+            ) from e
         self.tag_last_checkpoint(basename)
+        prune_periodic_checkpoints(self.save_dir, self.max_to_keep, keep=path)
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         if not self._is_local():
@@ -167,13 +176,15 @@ class PanopticCheckpointer(DetectionCheckpointer):
         atomic_write_text(last_filename_basename, os.path.join(self.save_dir, "last_checkpoint"))
 
     def remove_stale_temporary_files(self) -> List[str]:
-        """Delete the temporary files of saves that were interrupted (e.g. by SIGKILL)."""
+        """Delete the temporary files of saves that were interrupted (e.g. by SIGKILL); those of
+        a save still running in another process are kept."""
         if not self.save_dir or not self.save_to_disk or not self._is_local():
             return []
-        stale = glob.glob(os.path.join(glob.escape(self.save_dir), ".*.tmp"))
+        stale = stale_temporary_files(self.save_dir)
         for path in stale:
             logger.warning("Removing %s, left by an interrupted checkpoint save", path)
-            os.remove(path)
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
         return stale
 
     def resume_or_load(self, path: str, *, resume: bool = True) -> Dict[str, Any]:
@@ -186,7 +197,20 @@ class PanopticCheckpointer(DetectionCheckpointer):
         # In distributed jobs detectron2 checks on every worker that the main one has the file.
         if path and "://" not in path and comm.get_world_size() == 1 and not os.path.isfile(path):
             raise CheckpointError(f"checkpoint {path} does not exist")
-        return super().load(path, *args, **kwargs)
+        self._loading = path
+        if not path.startswith(("http://", "https://", "ftp://")):
+            return super().load(path, *args, **kwargs)
+        try:
+            with socket_timeout(self.download_timeout):
+                return super().load(path, *args, **kwargs)
+        except (TimeoutError, urllib.error.URLError) as e:
+            reason = getattr(e, "reason", e)
+            if isinstance(reason, TimeoutError):
+                reason = (
+                    f"no data for {self.download_timeout:g} s (the server stalls; "
+                    "MODEL.PANOPTIC_EXT.CHECKPOINT.DOWNLOAD_TIMEOUT sets this limit)"
+                )
+            raise CheckpointError(f"cannot download checkpoint {path}: {reason}") from e
 
     def _load_file(self, filename: str) -> Dict[str, Any]:
         if not os.path.isfile(filename):
@@ -244,19 +268,57 @@ class PanopticCheckpointer(DetectionCheckpointer):
             raise CheckpointError(f"{filename} is not a checkpoint: its 'model' entry has {what}")
         return loaded
 
+    def _shape_error(self, mismatched: List[Tuple[str, tuple, tuple]]) -> CheckpointError:
+        lines = [
+            f"  {key}: {tuple(shape_ckpt)} in the checkpoint, {tuple(shape_model)} in the model"
+            for key, shape_ckpt, shape_model in mismatched
+        ]
+        return CheckpointError(
+            f"{len(lines)} weights of the checkpoint {self._loading} do not fit the model (a "
+            "checkpoint for other class counts, e.g. MODEL.ROI_HEADS.NUM_CLASSES or "
+            "MODEL.SEM_SEG_HEAD.NUM_CLASSES, or another architecture):\n"
+            + "\n".join(lines)
+            + "\nSet MODEL.PANOPTIC_EXT.ALLOW_PARTIAL_WEIGHTS True to load the other weights "
+            "and train these layers from their initialisation."
+        )
+
     def _load_model(self, checkpoint: Any):
-        incompatible = super()._load_model(checkpoint)
-        if incompatible is not None and incompatible.incorrect_shapes and not self.allow_partial:
-            lines = [
-                f"  {key}: {tuple(shape_ckpt)} in the checkpoint, {tuple(shape_model)} in the model"
-                for key, shape_ckpt, shape_model in incompatible.incorrect_shapes
-            ]
-            raise CheckpointError(
-                f"{len(lines)} weights of the checkpoint do not fit the model (a checkpoint for "
-                "other class counts, e.g. MODEL.ROI_HEADS.NUM_CLASSES or "
-                "MODEL.SEM_SEG_HEAD.NUM_CLASSES, or another architecture):\n"
-                + "\n".join(lines)
-                + "\nSet MODEL.PANOPTIC_EXT.ALLOW_PARTIAL_WEIGHTS True to load the other weights "
-                "and train these layers from their initialisation."
+        if checkpoint.get("matching_heuristics", False) and not self.allow_partial:
+            # detectron2 matches Caffe2 / pycls / converted names by suffix and drops, with a
+            # warning only, the matched weights whose shapes differ.
+            mismatched = heuristic_shape_mismatches(
+                self.model.state_dict(),
+                checkpoint["model"],
+                c2_conversion=checkpoint.get("__author__", None) == "Caffe2",
             )
+            if mismatched:
+                raise self._shape_error(mismatched)
+        checkpoint_keys = list(checkpoint["model"])
+        incompatible = super()._load_model(checkpoint)
+        if incompatible is None:
+            return None
+        if incompatible.incorrect_shapes and not self.allow_partial:
+            raise self._shape_error(incompatible.incorrect_shapes)
+        self._check_loaded(incompatible, checkpoint_keys)
         return incompatible
+
+    def _check_loaded(self, incompatible: Any, checkpoint_keys: List[str]) -> None:
+        # BatchNorm fills in a missing num_batches_tracked itself: it never counts as loaded.
+        model_keys = [k for k in self.model.state_dict() if not k.endswith("num_batches_tracked")]
+        missing = set(incompatible.missing_keys)
+        missing.update(k for k, _, _ in incompatible.incorrect_shapes)
+        if model_keys and all(k in missing for k in model_keys):
+            raise CheckpointError(
+                f"none of the {len(checkpoint_keys)} weights of {self._loading} match the "
+                f"model's {len(model_keys)}: the checkpoint has names like "
+                f"{checkpoint_keys[:3]}, the model {model_keys[:3]} (a checkpoint of another "
+                "architecture?)"
+            )
+        if self.require_complete and missing and not self.allow_partial:
+            shown = sorted(missing)
+            raise CheckpointError(
+                f"{self._loading} lacks {len(missing)} of the model's {len(model_keys)} weights "
+                f"({', '.join(shown[:8])}{', ...' if len(shown) > 8 else ''}): those layers would "
+                "be evaluated untrained. Use a checkpoint of this model, or set "
+                "MODEL.PANOPTIC_EXT.ALLOW_PARTIAL_WEIGHTS True to evaluate anyway."
+            )

@@ -120,6 +120,7 @@ def _choices(cfg: CfgNode) -> Dict[str, Iterable[str]]:
     from detectron2.modeling import META_ARCH_REGISTRY, SEM_SEG_HEADS_REGISTRY
 
     from ..data.mapper import ON_BAD_RECORD_CHOICES
+    from .run_dir import EXISTING_OUTPUT_CHOICES
     from .solver import OPTIMIZERS
 
     ret: Dict[str, Iterable[str]] = {
@@ -128,6 +129,8 @@ def _choices(cfg: CfgNode) -> Dict[str, Iterable[str]]:
         "MODEL.PANOPTIC_EXT.SOLVER.OPTIMIZER": sorted(OPTIMIZERS),
         "MODEL.PANOPTIC_EXT.DATA.ON_BAD_RECORD": ON_BAD_RECORD_CHOICES,
     }
+    if "EXISTING_OUTPUT" in cfg.MODEL.PANOPTIC_EXT:
+        ret["MODEL.PANOPTIC_EXT.EXISTING_OUTPUT"] = EXISTING_OUTPUT_CHOICES
     if cfg.MODEL.META_ARCHITECTURE in ("PanopticFPN", "PanopticFPNExt", "SemanticSegmentor"):
         ret["MODEL.SEM_SEG_HEAD.NAME"] = _registered(SEM_SEG_HEADS_REGISTRY)
     if "EVAL" in cfg.MODEL.PANOPTIC_EXT:
@@ -157,7 +160,7 @@ def check_choices(cfg: CfgNode) -> None:
     """
     Raise :class:`ConfigError` if a key that picks a registered component or a mode (meta
     architecture, semantic head, SEM_SEG_THINGS, loss-weight schedule, post-processor, optimizer,
-    DATA.ON_BAD_RECORD, EVAL.TASKS) has a value that is not one of its choices.
+    DATA.ON_BAD_RECORD, EVAL.TASKS, EXISTING_OUTPUT) has a value that is not one of its choices.
     """
     problems = []
     for key, allowed in _choices(cfg).items():

@@ -8,7 +8,8 @@ that was never interrupted. Here:
 - :class:`ResumeState` reseeds Python's, NumPy's and torch's generators before each iteration
   from ``(seed, iteration, rank)``: the randomness of iteration ``i`` (augmentations, proposal
   sampling) no longer depends on the history of the process. The seed is stored in the
-  checkpoint, so even a run with ``SEED = -1`` resumes exactly;
+  checkpoint, so even a run with ``SEED = -1`` resumes exactly (a ``SEED >= 0`` given on
+  ``--resume`` is used as given);
 - :func:`make_resumable` wraps the train loader's sampler so that :class:`ResumeState` can skip
   the indices that the finished iterations consumed.
 
@@ -152,6 +153,7 @@ class ResumeState(HookBase):
                 (``SOLVER.IMS_PER_BATCH // world_size``).
             num_workers (int): ``DATALOADER.NUM_WORKERS``, for a warning only.
         """
+        self.configured = seed >= 0  # a changed SEED applies on --resume; a drawn one is kept
         self.seed = int(seed) if seed >= 0 else int(comm.shared_random_seed())
         self.images_per_iteration = images_per_iteration
         self.num_workers = num_workers
@@ -181,4 +183,5 @@ class ResumeState(HookBase):
         return {"seed": self.seed}
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
-        self.seed = int(state_dict["seed"])
+        if not self.configured:
+            self.seed = int(state_dict["seed"])

@@ -13,9 +13,10 @@ from detectron2.utils import comm
 
 from ..data.mapper import PanopticFPNDatasetMapper
 from ..evaluation import build_panoptic_evaluators
-from .checkpoint import PanopticCheckpointer
+from .checkpoint import CheckpointError, PanopticCheckpointer
 from .fault_hooks import NonFiniteLossGuard
 from .resume import ResumeState, prepare_train_loader
+from .resume_config import apply_current_hyperparameters, check_optimizer_state, nothing_to_train
 from .solver import build_optimizer
 
 __all__ = ["Trainer"]
@@ -32,9 +33,14 @@ class Trainer(DefaultTrainer):
     - evaluators picked by the dataset's ``evaluator_type``
       (:func:`panoptic_ext.evaluation.build_panoptic_evaluators`);
     - the optimizer named by ``MODEL.PANOPTIC_EXT.SOLVER.OPTIMIZER``;
-    - atomic checkpoints and strict loading (:class:`PanopticCheckpointer`), a stop at the first
-      non-finite loss (:class:`NonFiniteLossGuard`), and resuming that repeats an uninterrupted
-      run (:class:`ResumeState`, :func:`prepare_train_loader`, which also lets records be skipped).
+    - atomic checkpoints (with the config saved in each, and the newest
+      ``MODEL.PANOPTIC_EXT.CHECKPOINT.MAX_TO_KEEP`` periodic ones kept) and strict loading
+      (:class:`PanopticCheckpointer`), a stop at the first non-finite loss
+      (:class:`NonFiniteLossGuard`), and resuming that repeats an uninterrupted run
+      (:class:`ResumeState`, :func:`prepare_train_loader`, which also lets records be skipped);
+    - ``--resume`` applies the current config's solver hyper-parameters (detectron2 keeps the
+      checkpoint's learning rates), and refuses a checkpoint whose model or optimizer state does
+      not fit the current config, or that leaves no iteration to train.
     """
 
     @classmethod
@@ -72,10 +78,14 @@ class Trainer(DefaultTrainer):
 
     def build_hooks(self):
         # Replaces DefaultTrainer's checkpointer before its hooks take it.
+        ext = self.cfg.MODEL.PANOPTIC_EXT
         self.checkpointer = PanopticCheckpointer(
             self.model,
             self.cfg.OUTPUT_DIR,
-            allow_partial=self.cfg.MODEL.PANOPTIC_EXT.ALLOW_PARTIAL_WEIGHTS,
+            allow_partial=ext.ALLOW_PARTIAL_WEIGHTS,
+            max_to_keep=ext.CHECKPOINT.MAX_TO_KEEP,
+            download_timeout=ext.CHECKPOINT.DOWNLOAD_TIMEOUT,
+            extra_state={"config": self.cfg.dump()},  # what --resume compares its config with
             trainer=weakref.proxy(self),
         )
         resume_state = ResumeState(
@@ -94,9 +104,54 @@ class Trainer(DefaultTrainer):
         return ret
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        saved_optimizer = state_dict.get("_trainer", {}).get("optimizer")
+        if saved_optimizer is not None:
+            problem = check_optimizer_state(saved_optimizer, self.optimizer)
+            if problem:
+                raise CheckpointError(
+                    f"--resume cannot continue the run of {self.checkpointer.get_checkpoint_file()}"
+                    f": {problem}. Resume with the run's config (saved in the checkpoint and in "
+                    "OUTPUT_DIR/config.yaml), or start a new run (another OUTPUT_DIR, no --resume) "
+                    "from its weights with MODEL.WEIGHTS."
+                )
+        current = [
+            {k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups
+        ]
         super().load_state_dict(state_dict)  # detectron2 main also loads "_trainer": idempotent
         if "_trainer" in state_dict:
             self._trainer.load_state_dict(state_dict["_trainer"])
+        # The checkpoint's learning rates, weight decay, ... would silently override the config's.
+        apply_current_hyperparameters(self.optimizer, getattr(self, "scheduler", None), current)
+
+    def resume_or_load(self, resume: bool = True) -> None:
+        """
+        detectron2's ``resume_or_load``; with ``resume`` and a checkpoint in OUTPUT_DIR, every
+        weight must fit (ALLOW_PARTIAL_WEIGHTS applies to MODEL.WEIGHTS only) and an iteration
+        must be left to train.
+
+        Raises:
+            CheckpointError: the checkpoint does not fit the current config.
+            ResumeConfigError: SOLVER.MAX_ITER leaves no iteration to train.
+        """
+        if not (resume and self.checkpointer.has_checkpoint()):
+            return super().resume_or_load(resume=resume)
+        path = self.checkpointer.get_checkpoint_file()
+        allow_partial, self.checkpointer.allow_partial = self.checkpointer.allow_partial, False
+        try:
+            super().resume_or_load(resume=True)
+        except CheckpointError as e:
+            if "do not fit the model" not in str(e):
+                raise
+            raise CheckpointError(
+                f"--resume cannot continue the run of {path} with the model of this config "
+                "(other class counts or architecture). To train this model from that run's "
+                "weights, start a new run (another OUTPUT_DIR, no --resume) with MODEL.WEIGHTS "
+                f"{path} MODEL.PANOPTIC_EXT.ALLOW_PARTIAL_WEIGHTS True.\n{e}"
+            ) from e
+        finally:
+            self.checkpointer.allow_partial = allow_partial
+        if self.start_iter >= self.max_iter:
+            raise nothing_to_train(path, self.start_iter, self.max_iter)
 
     def train(self):
         """
