@@ -22,7 +22,11 @@ from panoptic_ext.engine import (
     plot_training_curves,
     read_metrics,
 )
-from panoptic_ext.engine.panoptic_visualization import id2rgb, record_to_panoptic, visualization_metadata
+from panoptic_ext.engine.panoptic_visualization import (
+    id2rgb,
+    record_to_panoptic,
+    visualization_metadata,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK_CONFIG = os.path.join(
