@@ -172,7 +172,7 @@ def model_output(gt_ids, gt_segments, *, with_crowd_person=True, drop=(), relabe
     instances.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32))
     instances.scores = torch.full((len(things),), 0.9)
     instances.pred_classes = torch.tensor(
-        [OUTPUT_IDS["things"][relabel.get(s["id"], s["category_id"])] for s in things]
+        [INSTANCE_CLASS[relabel.get(s["id"], s["category_id"])] for s in things]
     )
     return {"panoptic_seg": (pan, segments_info), "sem_seg": sem_seg, "instances": instances}
 

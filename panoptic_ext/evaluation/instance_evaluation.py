@@ -161,10 +161,9 @@ class PanopticInstanceEvaluator(COCOEvaluator):
         MetadataCatalog.get(eval_name).set(
             json_file=json_file,
             thing_classes=class_names,
-            # predictions' pred_classes are the metadata's contiguous ids (output ids)
-            thing_dataset_id_to_contiguous_id=dict(
-                zip(layout.thing_dataset_ids, layout.thing_output_ids)
-            ),
+            thing_dataset_id_to_contiguous_id={
+                d: k for k, d in enumerate(layout.thing_dataset_ids)
+            },
             evaluator_type="coco",
         )
         if use_fast_impl is None:
