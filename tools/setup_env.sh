@@ -68,7 +68,8 @@ fi
 # An official detectron2 with compiled ops in the base interpreter is used as it is: the venv
 # then sees the base site-packages and nothing is installed over torch or detectron2.
 USE_SYSTEM_D2=0
-if [ -z "$D2_SOURCE" ] && "$PYTHON" "$ROOT/tools/install_detectron2.py" --check-compiled >/dev/null 2>&1; then
+if [ -z "$D2_SOURCE" ] &&
+    "$PYTHON" "$ROOT/tools/install_detectron2.py" --check-compiled >/dev/null 2>&1; then
     USE_SYSTEM_D2=1
     log "base interpreter has a compiled detectron2: using it (no torch/detectron2 install)"
 fi
