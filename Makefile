@@ -4,17 +4,28 @@ PY := $(VENV)/bin/python
 # torch's OpenMP threads spin-wait by default, which is 5-10x slower on a busy 2-core machine.
 export OMP_WAIT_POLICY ?= PASSIVE
 LINT_PATHS := $(wildcard panoptic_ext tests tools benchmarks demo train_net.py setup.py)
+# Second venv: detectron2 main built with its compiled ops from a source tarball (make test-d2main).
+D2MAIN_VENV := .venv-d2main
+D2MAIN_TARBALL ?= ../shared/detectron2-main-02b5c4e.tar.gz
 
-.PHONY: setup train test test-slow lint format bench clean-venv
+.PHONY: setup setup-d2main train test test-d2main test-slow lint format bench clean-venv
 
 setup:
 	bash tools/setup_env.sh
+
+setup-d2main:
+	VENV=$(CURDIR)/$(D2MAIN_VENV) CONSTRAINTS=$(CURDIR)/constraints-d2main.txt \
+		D2_SOURCE=$(D2MAIN_TARBALL) bash tools/setup_env.sh
 
 train: setup
 	$(PY) tools/main_job.py
 
 test: setup lint
 	$(PY) -m pytest tests -q
+
+test-d2main: setup-d2main
+	$(D2MAIN_VENV)/bin/python -m panoptic_ext.collect_env
+	$(D2MAIN_VENV)/bin/python -m pytest tests -q
 
 test-slow: setup
 	$(PY) -m pytest tests -q --runslow
@@ -32,4 +43,4 @@ bench: setup
 	$(PY) benchmarks/run_all.py
 
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(D2MAIN_VENV)

@@ -1,10 +1,10 @@
 """Helpers shared by the tests: configs on the CPU with random weights, tiny inputs."""
 
 import torch
-from detectron2 import model_zoo
 from detectron2.config import CfgNode, get_cfg
 
 from panoptic_ext import add_panoptic_ext_config
+from panoptic_ext.compat import model_zoo_config_file
 
 MODEL_ZOO_PANOPTIC_FPN = "COCO-PanopticSegmentation/panoptic_fpn_R_50_1x.yaml"
 
@@ -13,7 +13,7 @@ def get_model_zoo_cfg(config_path: str = MODEL_ZOO_PANOPTIC_FPN) -> CfgNode:
     """detectron2's own model-zoo config on the CPU, no pretrained weights."""
     cfg = get_cfg()
     add_panoptic_ext_config(cfg)
-    cfg.merge_from_file(model_zoo.get_config_file(config_path))
+    cfg.merge_from_file(model_zoo_config_file(config_path))
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.WEIGHTS = ""
     return cfg
@@ -110,3 +110,23 @@ def assert_same_outputs(ours, theirs, keys=("panoptic_seg", "sem_seg", "instance
                 x, y = a["instances"].get(field), b["instances"].get(field)
                 x, y = getattr(x, "tensor", x), getattr(y, "tensor", y)
                 assert torch.equal(x, y), f"image {i}: instances.{field}"
+
+
+def write_cityscapes_instance_ids(polygons_json: str) -> str:
+    """
+    cityscapesscripts' ``json2instanceImg(polygons_json, ..., "ids")``, saved as the 16-bit PNG
+    that official Cityscapes downloads ship: json2instanceImg itself saves a mode-"I" PNG, which
+    Pillow >= 13 refuses. Returns the ``*_instanceIds.png`` path.
+    """
+    import numpy as np
+    from cityscapesscripts.helpers.annotation import Annotation
+    from cityscapesscripts.preparation.json2instanceImg import createInstanceImage
+    from PIL import Image
+
+    annotation = Annotation()
+    annotation.fromJsonFile(polygons_json)
+    ids = np.asarray(createInstanceImage(annotation, "ids"))
+    assert ids.min() >= 0 and ids.max() < 2**16, "Cityscapes instance ids fit in 16 bits"
+    out = polygons_json.replace("_polygons.json", "_instanceIds.png")
+    Image.fromarray(ids.astype(np.uint16)).save(out)
+    return out

@@ -15,12 +15,11 @@ from detectron2.utils.events import EventStorage
 from PIL import Image
 
 from panoptic_ext.data import PanopticFPNDatasetMapper
-from tests.common import get_model_zoo_cfg
+from tests.common import get_model_zoo_cfg, write_cityscapes_instance_ids
 
 cs_labels = pytest.importorskip("cityscapesscripts.helpers.labels")
 from cityscapesscripts.preparation import createTrainIdLabelImgs  # noqa: E402
 from cityscapesscripts.preparation.createPanopticImgs import convert2panoptic  # noqa: E402
-from cityscapesscripts.preparation.json2instanceImg import json2instanceImg  # noqa: E402
 
 CONFIG = Path(__file__).parents[1] / "configs/Cityscapes-PanopticSegmentation"
 NAMES = ("cityscapes_fine_panoptic_train", "cityscapes_fine_panoptic_val")
@@ -56,8 +55,7 @@ def _write_fake_cityscapes(root: Path) -> None:
             gt.parent.mkdir(parents=True, exist_ok=True)
             gt.write_text(json.dumps({"imgHeight": H, "imgWidth": W, "objects": _objects(10 * i)}))
             # official downloads ship *_instanceIds.png, made from the polygons by this script
-            json2instanceImg(str(gt), str(gt).replace("_polygons.json", "_instanceIds.png"), "ids")
-            ids = np.asarray(Image.open(str(gt).replace("_polygons.json", "_instanceIds.png")))
+            ids = np.asarray(Image.open(write_cityscapes_instance_ids(str(gt))))
             sem = np.where(ids >= 1000, ids // 1000, ids)
             image = np.zeros((H, W, 3), np.uint8)
             for label_id in np.unique(sem):

@@ -13,6 +13,7 @@ from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 from PIL import Image
 
+from panoptic_ext.compat import detectron2_sgd_foreach
 from panoptic_ext.data import PanopticClassLayout, metadata_from_categories, rgb_to_id
 from panoptic_ext.engine import (
     ProgressHook,
@@ -88,6 +89,9 @@ def test_sgd_is_detectron2s():
     for key in ours:
         assert ours[key] == theirs[key]
     assert ours[id(model.conv.bias)]["lr"] == 1.0  # BIAS_LR_FACTOR
+    # detectron2 main asks for torch's multi-tensor SGD, v0.6 leaves torch's default
+    assert opt.defaults["foreach"] is reference.defaults["foreach"] is detectron2_sgd_foreach()
+    assert detectron2_sgd_foreach() in (True, None)
 
 
 @pytest.mark.parametrize("optimizer", ["SGD", "AdamW"])

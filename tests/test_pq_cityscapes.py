@@ -22,12 +22,12 @@ from panoptic_ext.evaluation import (
     PanopticSemSegEvaluator,
     read_panoptic_png,
 )
+from tests.common import write_cityscapes_instance_ids
 
 cs_labels = pytest.importorskip("cityscapesscripts.helpers.labels")
 from cityscapesscripts.evaluation import evalPanopticSemanticLabeling as cs_panoptic  # noqa: E402
 from cityscapesscripts.evaluation import evalPixelLevelSemanticLabeling as cs_pixel  # noqa: E402
 from cityscapesscripts.preparation.createPanopticImgs import convert2panoptic  # noqa: E402
-from cityscapesscripts.preparation.json2instanceImg import json2instanceImg  # noqa: E402
 from cityscapesscripts.preparation.json2labelImg import json2labelImg  # noqa: E402
 
 NAMES = ("cityscapes_fine_panoptic_train", "cityscapes_fine_panoptic_val")
@@ -65,7 +65,7 @@ def cityscapes(tmp_path_factory):
         poly = gt_fine / "val" / "evalcity" / f"{stem}_gtFine_polygons.json"
         poly.parent.mkdir(parents=True, exist_ok=True)
         poly.write_text(json.dumps({"imgHeight": H, "imgWidth": W, "objects": _objects(i)}))
-        json2instanceImg(str(poly), str(poly).replace("_polygons.json", "_instanceIds.png"), "ids")
+        write_cityscapes_instance_ids(str(poly))
         json2labelImg(str(poly), str(poly).replace("_polygons.json", "_labelIds.png"), "ids")
     with contextlib.redirect_stdout(io.StringIO()):
         convert2panoptic(str(gt_fine), setNames=["val"])
