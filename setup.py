@@ -27,7 +27,7 @@ setup(
     extras_require={"cityscapes": ["cityscapesscripts"]},
     entry_points={
         "console_scripts": [
-            "panoptic-pq=panoptic_ext.evaluation.pq:main",
+            "panoptic-pq=panoptic_ext.evaluation.pq_cli:main",
         ]
     },
 )

@@ -19,7 +19,7 @@ from panoptic_ext.evaluation import (
     read_panoptic_png,
     rgb2id,
 )
-from panoptic_ext.evaluation.pq import main as pq_main
+from panoptic_ext.evaluation.pq_cli import main as pq_main
 from panoptic_ext.evaluation.testing import (
     DEFAULT_CATEGORIES,
     random_panoptic_pair,

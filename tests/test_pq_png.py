@@ -13,15 +13,15 @@ from PIL import Image
 
 from panoptic_ext.evaluation import (
     id2rgb,
+    panoptic_files,
     png_reader,
     pq_compute,
-    pq_core,
     pq_image,
-    pq_io,
     read_panoptic_png,
     rgb2id,
+    segment_matching,
 )
-from panoptic_ext.evaluation.pq_io import pq_image_of_files
+from panoptic_ext.evaluation.panoptic_files import pq_image_of_files
 from panoptic_ext.evaluation.testing import (
     DEFAULT_CATEGORIES,
     random_panoptic_pair,
@@ -237,9 +237,9 @@ def pair_counts_of_maps(gt, pred):
 
 def _numpy_only(monkeypatch):
     """As without numba / deflate installed."""
-    monkeypatch.setattr(pq_core, "fast_kernels", lambda: None)
+    monkeypatch.setattr(segment_matching, "fast_kernels", lambda: None)
     monkeypatch.setattr(png_reader, "fast_kernels", lambda: None)
-    monkeypatch.setattr(pq_io, "fast_kernels", lambda: None)
+    monkeypatch.setattr(panoptic_files, "fast_kernels", lambda: None)
 
 
 class TestJointCounts:

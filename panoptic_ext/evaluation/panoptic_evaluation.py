@@ -22,8 +22,8 @@ from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
 from ..data.class_layout import PanopticClassLayout
-from .pq_core import PQStat, categories_by_id, id2rgb
-from .pq_io import format_pq_table, pq_image_of_files
+from .panoptic_files import format_pq_table, pq_image_of_files
+from .segment_matching import PQStat, categories_by_id, id2rgb
 
 __all__ = ["PanopticQualityEvaluator", "load_panoptic_ground_truth"]
 

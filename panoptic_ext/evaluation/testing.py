@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from .pq_core import id2rgb
+from .segment_matching import id2rgb
 
 __all__ = ["DEFAULT_CATEGORIES", "random_panoptic_pair", "write_panoptic_files"]
 

@@ -1,12 +1,11 @@
 """Command line of ``pq_compute`` (console script ``panoptic-pq``):
 
-    python -m panoptic_ext.evaluation.pq --gt-json panoptic_val2017.json \
+    python -m panoptic_ext.evaluation.pq_cli --gt-json panoptic_val2017.json \
         --pred-json predictions.json [--gt-folder DIR] [--pred-folder DIR] [--workers N] \
         [--per-class] [--output results.json]
 
 prints panopticapi's table (PQ, SQ, RQ of All / Things / Stuff). ``pq_compute`` itself lives in
-:mod:`panoptic_ext.evaluation.pq_io` and is re-exported here, so
-``from panoptic_ext.evaluation.pq import pq_compute`` works too.
+:mod:`panoptic_ext.evaluation.panoptic_files` (``from panoptic_ext.evaluation import pq_compute``).
 """
 
 import argparse
@@ -15,9 +14,9 @@ import sys
 import time
 from typing import Optional, Sequence
 
-from .pq_io import _pq_compute_files, format_pq_table, pq_compute
+from .panoptic_files import _pq_compute_files, format_pq_table
 
-__all__ = ["main", "pq_compute"]
+__all__ = ["main"]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -1,4 +1,5 @@
-"""Panoptic quality (Kirillov et al., 2019) of one image, vectorised with numpy.
+"""Segment matching and counting for panoptic quality (Kirillov et al., 2019): the TP / FP / FN
+and IoU sums of one image (``pq_image``, ``PQStat``), vectorised with numpy.
 
 The semantics are panopticapi's ``pq_compute_single_core`` (and of its port in cityscapesscripts):
 
@@ -13,9 +14,9 @@ The semantics are panopticapi's ``pq_compute_single_core`` (and of its port in c
 Instead of panopticapi's ``np.unique`` over ``gt * OFFSET + pred`` (a sort of every pixel)
 and Python loops over segment pairs, the pixel counts of the distinct (gt id, pred id) pairs come
 from one compiled pass over the runs of the two maps (:mod:`.png_kernels`, or straight from the
-PNG scanlines in :func:`.pq_io.pq_image_of_files`); without numba, ids are mapped to compact
-indices with a lookup table and counted with one ``np.bincount``. Matching then works on small
-(gt x pred) matrices.
+PNG scanlines in :func:`.panoptic_files.pq_image_of_files`); without numba, ids are mapped to
+compact indices with a lookup table and counted with one ``np.bincount``. Matching then works on
+small (gt x pred) matrices.
 """
 
 import threading

@@ -1,10 +1,11 @@
-"""``pq_compute``: panopticapi's entry point without panopticapi (files in, results out).
+"""COCO panoptic files in, PQ out: reading and checking the JSON and PNG files, and
+``pq_compute``, panopticapi's entry point without panopticapi.
 
     from panoptic_ext.evaluation import pq_compute   # was: from panopticapi.evaluation import ...
     results = pq_compute("panoptic_val2017.json", "predictions.json",
                          gt_folder="panoptic_val2017", pred_folder="predictions")
 
-The command line is :mod:`panoptic_ext.evaluation.pq`.
+The command line is :mod:`panoptic_ext.evaluation.pq_cli`.
 """
 
 import json
@@ -21,7 +22,7 @@ import torch
 from torchvision.io import decode_png
 
 from .png_reader import decode_panoptic_png, fast_kernels, filter_error, inflate_png
-from .pq_core import (
+from .segment_matching import (
     PanopticFormatError,
     PQStat,
     as_int32_ids,
