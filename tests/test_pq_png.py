@@ -357,11 +357,11 @@ def test_pq_compute_without_the_fast_kernels(tmp_path, monkeypatch):
     rng = np.random.default_rng(7)
     cases = [random_panoptic_pair(rng, 30, 41) for _ in range(4)]
     gt_json, gt_folder, pred_json, pred_folder = write_panoptic_files(str(tmp_path), cases)
-    fast = pq_compute(gt_json, pred_json, gt_folder, pred_folder, num_workers=2)
+    fast = pq_compute(gt_json, pred_json, gt_folder, pred_folder, num_workers=2, engine="pure")
     _numpy_only(monkeypatch)
     png = open(os.path.join(gt_folder, "000000.png"), "rb").read()
     assert png_reader.decode_panoptic_png(png, "x") is None
-    slow = pq_compute(gt_json, pred_json, gt_folder, pred_folder, num_workers=1)
+    slow = pq_compute(gt_json, pred_json, gt_folder, pred_folder, num_workers=1, engine="pure")
     for group in ("All", "Things", "Stuff"):
         assert fast[group] == pytest.approx(slow[group], abs=1e-12)
     for c, values in slow["per_class"].items():
