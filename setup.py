@@ -23,6 +23,8 @@ setup(
         # fast PQ evaluation (PNG inflate, compiled loops); without them a slower path is used
         "deflate",
         "numba",
+        # default PQ engine (Rust); without it the pure path above is used
+        "hotcoco",
     ],
     extras_require={"cityscapes": ["cityscapesscripts"]},
     entry_points={
