@@ -68,6 +68,14 @@ def _write_fake_cityscapes(root: Path) -> None:
     assert name2label["car"].trainId == 13
 
 
+def _register_under(datasets_root):
+    for name in NAMES:
+        for catalog in (DatasetCatalog, MetadataCatalog):
+            if name in catalog.list():
+                catalog.remove(name)
+    register_all_cityscapes_panoptic(str(datasets_root))
+
+
 @pytest.fixture(scope="module")
 def cityscapes_root(tmp_path_factory):
     datasets = tmp_path_factory.mktemp("datasets")
@@ -79,16 +87,9 @@ def cityscapes_root(tmp_path_factory):
     convert2panoptic(str(root / "gtFine"), setNames=["train", "val"])
     mp.undo()
 
-    def register(datasets_root):
-        for name in NAMES:
-            for catalog in (DatasetCatalog, MetadataCatalog):
-                if name in catalog.list():
-                    catalog.remove(name)
-        register_all_cityscapes_panoptic(str(datasets_root))
-
-    register(datasets)  # detectron2's own builtin registration, under our root
+    _register_under(datasets)  # detectron2's own builtin registration, under our root
     yield root
-    register(os.getenv("DETECTRON2_DATASETS", "datasets"))
+    _register_under(os.getenv("DETECTRON2_DATASETS", "datasets"))
 
 
 def _cfg():
@@ -174,14 +175,6 @@ def test_few_training_iterations(cityscapes_root):
             optimizer.zero_grad()
             total.backward()
             optimizer.step()
-
-
-def _register_under(datasets_root):
-    for name in NAMES:
-        for catalog in (DatasetCatalog, MetadataCatalog):
-            if name in catalog.list():
-                catalog.remove(name)
-    register_all_cityscapes_panoptic(str(datasets_root))
 
 
 def test_dataset_root_with_dots_loads(cityscapes_root, tmp_path):
