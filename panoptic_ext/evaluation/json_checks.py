@@ -27,9 +27,25 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _all_valid(segments: List[Any]) -> bool:
+    """Fast path of :func:`_segment_problems` (``type(v) is int`` also refuses bools)."""
+    try:
+        ids = [seg["id"] for seg in segments]
+        cats = [seg["category_id"] for seg in segments]
+    except (KeyError, TypeError):
+        return False
+    return (
+        all(type(v) is int and 0 < v < OFFSET for v in ids)
+        and all(type(v) is int for v in cats)
+        and len(set(ids)) == len(ids)
+    )
+
+
 def _segment_problems(segments: Any, where: str) -> List[str]:
     if not isinstance(segments, list):
         return [f"{where}: 'segments_info' is {type(segments).__name__}; expected a list"]
+    if _all_valid(segments):
+        return []
     problems, seen = [], set()
     for j, seg in enumerate(segments):
         at = f"{where}: segments_info[{j}]"
@@ -127,12 +143,15 @@ def pair_annotations(
     gt_annotations: Sequence[Mapping[str, Any]],
     pred_annotations: Sequence[Mapping[str, Any]],
     source: str = "prediction",
+    check: bool = True,
 ) -> List[Tuple[Mapping[str, Any], Mapping[str, Any]]]:
     """(gt, prediction) annotation pairs in the gt order, matched by ``image_id``; raises
-    PanopticFormatError for an image annotated or predicted twice, or without a prediction."""
-    problems = annotation_problems(list(gt_annotations), "ground truth")
-    problems += annotation_problems(list(pred_annotations), source)
-    _raise(problems, "panoptic annotations")
+    PanopticFormatError for an image annotated or predicted twice (and, with ``check``, the other
+    problems of :func:`annotation_problems`), or without a prediction."""
+    if check:
+        problems = annotation_problems(list(gt_annotations), "ground truth")
+        problems += annotation_problems(list(pred_annotations), source)
+        _raise(problems, "panoptic annotations")
     by_id = {ann["image_id"]: ann for ann in pred_annotations}
     missing = [a["image_id"] for a in gt_annotations if a["image_id"] not in by_id]
     if missing:

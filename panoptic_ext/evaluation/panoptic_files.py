@@ -198,6 +198,7 @@ def pq_compute_annotations(
     pred_folder: str,
     num_workers: Optional[int] = None,
     engine: str = "auto",
+    _checked: bool = False,
 ) -> PQStat:
     """
     PQ statistics of COCO panoptic annotation lists whose PNG files are in two folders.
@@ -219,7 +220,7 @@ def pq_compute_annotations(
     """
     if engine not in PQ_ENGINES:
         raise ValueError(f"engine must be one of {PQ_ENGINES}, got {engine!r}")
-    pairs = pair_annotations(gt_annotations, pred_annotations)
+    pairs = pair_annotations(gt_annotations, pred_annotations, check=not _checked)
     if engine == "hotcoco" or (engine == "auto" and hotcoco_available()):
         try:
             return pq_stat_with_hotcoco(pairs, categories, gt_folder, pred_folder)
@@ -303,6 +304,7 @@ def _pq_compute_files(
         pred_folder,
         num_workers=num_workers,
         engine=engine,
+        _checked=True,  # by load_panoptic_json_file
     )
     results = stat.results(categories)
     logger.info(
