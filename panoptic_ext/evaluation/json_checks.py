@@ -7,9 +7,16 @@ expected, instead of a bare KeyError / TypeError deep inside the evaluation.
 import json
 from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
+import numpy as np
+
 from .segment_matching import OFFSET, PanopticFormatError
 
-__all__ = ["load_panoptic_json_file", "annotation_problems", "pair_annotations"]
+__all__ = [
+    "load_panoptic_json_file",
+    "annotation_problems",
+    "pair_annotations",
+    "categories_by_id",
+]
 
 _MAX_LISTED = 20
 
@@ -160,3 +167,42 @@ def pair_annotations(
             f"{source}: no prediction for the image with id {missing[0]!r}{more}"
         )
     return [(a, by_id[a["image_id"]]) for a in gt_annotations]
+
+
+def categories_by_id(
+    categories: List[Mapping[str, Any]], source: str = "categories"
+) -> Dict[int, Mapping[str, Any]]:
+    """
+    The ``categories`` list of a COCO panoptic JSON as {id: category} (its order kept).
+
+    Raises:
+        PanopticFormatError: naming ``source`` and listing every category whose ``id`` is not a
+            distinct integer or whose ``isthing`` is not 0 / 1 (a missing or "1" flag would
+            otherwise count a thing category as stuff).
+    """
+    if not isinstance(categories, list) or not categories:
+        raise PanopticFormatError(f"{source}: 'categories' must be a non-empty list")
+    problems, by_id = [], {}
+    for i, cat in enumerate(categories):
+        where = f"categories[{i}]"
+        if not isinstance(cat, Mapping):
+            problems.append(f"{where} is {cat!r}; expected an object with 'id' and 'isthing'")
+            continue
+        where += f" ({cat.get('name', '?')!r})"
+        cid = cat.get("id")
+        if isinstance(cid, bool) or not isinstance(cid, (int, np.integer)):
+            problems.append(f"{where}: 'id' is {cid!r}; expected an integer")
+        elif int(cid) in by_id:
+            problems.append(f"{where}: id {cid} is used twice")
+        else:
+            by_id[int(cid)] = cat
+        if "isthing" not in cat or cat["isthing"] not in (0, 1) or isinstance(cat["isthing"], str):
+            problems.append(
+                f"{where}: 'isthing' is {repr(cat['isthing']) if 'isthing' in cat else 'missing'}"
+                "; expected 1 (thing) or 0 (stuff)"
+            )
+    if problems:
+        raise PanopticFormatError(
+            f"{source}: {len(problems)} bad categories:\n  - " + "\n  - ".join(problems[:20])
+        )
+    return by_id

@@ -22,9 +22,9 @@ from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
 from ..data.class_layout import PanopticClassLayout
-from .json_checks import load_panoptic_json_file
+from .json_checks import categories_by_id, load_panoptic_json_file
 from .panoptic_files import format_pq_table, pq_image_of_files
-from .segment_matching import PQStat, categories_by_id, id2rgb
+from .segment_matching import PQStat, id2rgb
 
 __all__ = ["PanopticQualityEvaluator", "load_panoptic_ground_truth"]
 

@@ -21,13 +21,12 @@ import torch
 from torchvision.io import decode_png
 
 from .hotcoco_engine import hotcoco_available, pq_stat_with_hotcoco
-from .json_checks import load_panoptic_json_file, pair_annotations
+from .json_checks import categories_by_id, load_panoptic_json_file, pair_annotations
 from .png_reader import decode_panoptic_png, fast_kernels, filter_error, inflate_png
 from .segment_matching import (
     PanopticFormatError,
     PQStat,
     as_int32_ids,
-    categories_by_id,
     pq_image,
     pq_image_from_pairs,
 )

@@ -20,7 +20,7 @@ small (gt x pred) matrices.
 """
 
 import threading
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -36,7 +36,6 @@ __all__ = [
     "pq_image",
     "pq_image_from_pairs",
     "segment_index_map",
-    "categories_by_id",
     "int_field",
 ]
 
@@ -436,42 +435,3 @@ def _pq_of_intersections(
     fp = ~pred_matched & ~(ignored / np.maximum(pred_area, 1) > 0.5)
     stat.fp += np.bincount(pred_row[fp], minlength=n_cat)
     return stat
-
-
-def categories_by_id(
-    categories: List[Mapping[str, Any]], source: str = "categories"
-) -> Dict[int, Mapping[str, Any]]:
-    """
-    The ``categories`` list of a COCO panoptic JSON as {id: category} (its order kept).
-
-    Raises:
-        PanopticFormatError: naming ``source`` and listing every category whose ``id`` is not a
-            distinct integer or whose ``isthing`` is not 0 / 1 (a missing or "1" flag would
-            otherwise count a thing category as stuff).
-    """
-    if not isinstance(categories, list) or not categories:
-        raise PanopticFormatError(f"{source}: 'categories' must be a non-empty list")
-    problems, by_id = [], {}
-    for i, cat in enumerate(categories):
-        where = f"categories[{i}]"
-        if not isinstance(cat, Mapping):
-            problems.append(f"{where} is {cat!r}; expected an object with 'id' and 'isthing'")
-            continue
-        where += f" ({cat.get('name', '?')!r})"
-        cid = cat.get("id")
-        if isinstance(cid, bool) or not isinstance(cid, (int, np.integer)):
-            problems.append(f"{where}: 'id' is {cid!r}; expected an integer")
-        elif int(cid) in by_id:
-            problems.append(f"{where}: id {cid} is used twice")
-        else:
-            by_id[int(cid)] = cat
-        if "isthing" not in cat or cat["isthing"] not in (0, 1) or isinstance(cat["isthing"], str):
-            problems.append(
-                f"{where}: 'isthing' is {repr(cat['isthing']) if 'isthing' in cat else 'missing'}"
-                "; expected 1 (thing) or 0 (stuff)"
-            )
-    if problems:
-        raise PanopticFormatError(
-            f"{source}: {len(problems)} bad categories:\n  - " + "\n  - ".join(problems[:20])
-        )
-    return by_id
