@@ -6,6 +6,7 @@ import runpy
 import sys
 
 import numpy as np
+import pytest
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 from PIL import Image
@@ -74,8 +75,6 @@ def test_demo_on_generated_images(tmp_path):
 def test_demo_skips_a_corrupt_image_and_its_own_outputs(tmp_path):
     """One corrupt image does not stop the batch (exit status 1, the others predicted); with
     --output the input folder, a second run does not predict on the first run's outputs."""
-    import pytest
-
     cfg = get_panoptic_cfg(QUICK_CONFIG)
     DetectionCheckpointer(build_model(cfg), save_dir=str(tmp_path)).save("model")
     images = tmp_path / "images"
