@@ -189,6 +189,12 @@ class _IndexPool(Sequence):
         if i < len(self._items):  # move the last item into the hole
             self._items[i] = last
             self._pos[last] = i
+        if not self._items:  # MapDataset would call random.sample on an empty pool next
+            raise RuntimeError(
+                "every record of the training set was skipped as bad "
+                "(MODEL.PANOPTIC_EXT.DATA.ON_BAD_RECORD skip): the warnings above name each file "
+                "and its problem; fix the dataset (or its registration paths)"
+            )
 
 
 @functools.lru_cache(maxsize=None)

@@ -280,3 +280,18 @@ def test_record_to_panoptic(tmp_path):
         {"id": 9, "isthing": False, "category_id": 3},  # "ground"
         {"id": 300, "isthing": False, "category_id": 2},  # "sky"
     ]
+
+
+def test_collect_images_filters_globs_and_leaves_out_earlier_outputs(tmp_path):
+    for name in ("b.jpg", "a.png", "notes.txt", "b_panoptic.png", "b_panoptic_ids.png"):
+        (tmp_path / name).write_bytes(b"x")
+    a, b, notes = (str(tmp_path / n) for n in ("a.png", "b.jpg", "notes.txt"))
+    assert collect_images([str(tmp_path / "*")]) == [a, b] + [
+        str(tmp_path / n) for n in ("b_panoptic.png", "b_panoptic_ids.png")
+    ]
+    # with --output the same folder, a second run does not take its outputs as inputs
+    assert collect_images([str(tmp_path)], output_dir=str(tmp_path)) == [a, b]
+    assert collect_images([str(tmp_path / "*")], output_dir=str(tmp_path)) == [a, b]
+    with pytest.raises(FileNotFoundError, match=r"\*.txt'?: matches no image file"):
+        collect_images([str(tmp_path / "*.txt")])
+    assert collect_images([notes]) == [notes]  # a file named explicitly is taken as given

@@ -13,15 +13,15 @@ from PIL import Image
 
 from panoptic_ext.evaluation import (
     id2rgb,
+    panoptic_files,
     png_reader,
     pq_compute,
-    pq_core,
     pq_image,
-    pq_io,
     read_panoptic_png,
     rgb2id,
+    segment_matching,
 )
-from panoptic_ext.evaluation.pq_io import pq_image_of_files
+from panoptic_ext.evaluation.panoptic_files import pq_image_of_files
 from panoptic_ext.evaluation.testing import (
     DEFAULT_CATEGORIES,
     random_panoptic_pair,
@@ -237,9 +237,9 @@ def pair_counts_of_maps(gt, pred):
 
 def _numpy_only(monkeypatch):
     """As without numba / deflate installed."""
-    monkeypatch.setattr(pq_core, "fast_kernels", lambda: None)
+    monkeypatch.setattr(segment_matching, "fast_kernels", lambda: None)
     monkeypatch.setattr(png_reader, "fast_kernels", lambda: None)
-    monkeypatch.setattr(pq_io, "fast_kernels", lambda: None)
+    monkeypatch.setattr(panoptic_files, "fast_kernels", lambda: None)
 
 
 class TestJointCounts:
@@ -357,11 +357,11 @@ def test_pq_compute_without_the_fast_kernels(tmp_path, monkeypatch):
     rng = np.random.default_rng(7)
     cases = [random_panoptic_pair(rng, 30, 41) for _ in range(4)]
     gt_json, gt_folder, pred_json, pred_folder = write_panoptic_files(str(tmp_path), cases)
-    fast = pq_compute(gt_json, pred_json, gt_folder, pred_folder, num_workers=2)
+    fast = pq_compute(gt_json, pred_json, gt_folder, pred_folder, num_workers=2, engine="pure")
     _numpy_only(monkeypatch)
     png = open(os.path.join(gt_folder, "000000.png"), "rb").read()
     assert png_reader.decode_panoptic_png(png, "x") is None
-    slow = pq_compute(gt_json, pred_json, gt_folder, pred_folder, num_workers=1)
+    slow = pq_compute(gt_json, pred_json, gt_folder, pred_folder, num_workers=1, engine="pure")
     for group in ("All", "Things", "Stuff"):
         assert fast[group] == pytest.approx(slow[group], abs=1e-12)
     for c, values in slow["per_class"].items():

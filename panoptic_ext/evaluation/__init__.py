@@ -4,8 +4,8 @@ panoptic datasets (PQ, semantic mIoU and instance AP)."""
 from .build import EVAL_TASKS, build_panoptic_evaluators
 from .instance_evaluation import PanopticInstanceEvaluator, panoptic_to_coco_instances
 from .panoptic_evaluation import PanopticQualityEvaluator
-from .pq_core import PanopticFormatError, PQStat, id2rgb, pq_image, rgb2id
-from .pq_io import format_pq_table, pq_compute, read_panoptic_png
+from .panoptic_files import format_pq_table, pq_compute, read_panoptic_png
+from .segment_matching import PanopticFormatError, PQStat, id2rgb, pq_image, rgb2id
 from .sem_seg_evaluation import PanopticSemSegEvaluator, panoptic_to_semantic
 
 __all__ = [

@@ -26,8 +26,8 @@ from detectron2.utils.file_io import PathManager
 
 from ..data.class_layout import PanopticClassLayout
 from .panoptic_evaluation import load_panoptic_ground_truth
-from .pq_core import segment_index_map
-from .pq_io import read_panoptic_png
+from .panoptic_files import read_panoptic_png
+from .segment_matching import segment_index_map
 
 __all__ = ["PanopticSemSegEvaluator", "panoptic_to_semantic", "semantic_label_map"]
 
