@@ -24,7 +24,7 @@ from panoptic_ext.engine import (
     read_metrics,
 )
 from panoptic_ext.engine.panoptic_visualization import (
-    id2rgb,
+    id_to_rgb,
     record_to_panoptic,
     visualization_metadata,
 )
@@ -223,7 +223,7 @@ def test_collect_images(tmp_path):
 
 def test_id2rgb_round_trip():
     ids = np.array([[0, 1, 255], [256, 70000, 16777215]])
-    rgb = id2rgb(ids)
+    rgb = id_to_rgb(ids)
     assert rgb.dtype == np.uint8 and rgb.shape == (2, 3, 3)
     np.testing.assert_array_equal(rgb_to_id(rgb), ids)
 
@@ -262,7 +262,7 @@ def test_record_to_panoptic(tmp_path):
     metadata = SimpleNamespace(**metadata_from_categories(categories))  # contiguous 0..3
     layout = PanopticClassLayout.from_metadata(metadata, "all")  # drawn "merged" anyway
     ids = np.array([[5, 5, 7, 0], [9, 9, 7, 300], [9, 9, 300, 300]])
-    Image.fromarray(id2rgb(ids)).save(tmp_path / "pan.png")
+    Image.fromarray(id_to_rgb(ids)).save(tmp_path / "pan.png")
     record = {
         "pan_seg_file_name": str(tmp_path / "pan.png"),
         "segments_info": [

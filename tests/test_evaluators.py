@@ -23,7 +23,7 @@ from panoptic_ext.evaluation import (
     PanopticQualityEvaluator,
     PanopticSemSegEvaluator,
     build_panoptic_evaluators,
-    id2rgb,
+    id_to_rgb,
     pq_compute,
 )
 
@@ -75,7 +75,7 @@ def write_dataset(root, image_ids):
     images, annotations, gt = [], [], {}
     for (name, h, w, shift), image_id in zip(IMAGES, image_ids):
         ids, segments = _gt_image(h, w, shift)
-        Image.fromarray(id2rgb(ids)).save(os.path.join(pan_root, name + ".png"))
+        Image.fromarray(id_to_rgb(ids)).save(os.path.join(pan_root, name + ".png"))
         images.append({"id": image_id, "file_name": name + ".jpg", "height": h, "width": w})
         annotations.append(
             {"image_id": image_id, "file_name": name + ".png", "segments_info": segments}
@@ -196,7 +196,7 @@ def reference_pq(tmp_dir, dataset_name, gt, records, outputs):
     for record, output in zip(records, outputs):
         pan, segments_info = output["panoptic_seg"]
         name = f"{record['image_id']}.png"
-        Image.fromarray(id2rgb(pan.numpy())).save(os.path.join(pred_root, name))
+        Image.fromarray(id_to_rgb(pan.numpy())).save(os.path.join(pred_root, name))
         segments = [
             {"id": s["id"], "category_id": to_dataset[0 if s["isthing"] else 1][s["category_id"]]}
             for s in segments_info

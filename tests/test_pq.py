@@ -13,11 +13,11 @@ from PIL import Image
 from panoptic_ext.evaluation import (
     PanopticFormatError,
     PQStat,
-    id2rgb,
+    id_to_rgb,
     pq_compute,
     pq_image,
     read_panoptic_png,
-    rgb2id,
+    rgb_to_id,
 )
 from panoptic_ext.evaluation.pq_cli import main as pq_main
 from panoptic_ext.evaluation.testing import (
@@ -199,9 +199,9 @@ class TestErrors:
 
 def test_rgb_encoding_round_trip(tmp_path):
     ids = np.array([[0, 1, 255], [256, 65536, (1 << 24) - 1]])
-    rgb = id2rgb(ids)
+    rgb = id_to_rgb(ids)
     assert rgb.dtype == np.uint8 and rgb[1, 1].tolist() == [0, 0, 1]
-    assert (rgb2id(rgb) == ids).all()
+    assert (rgb_to_id(rgb) == ids).all()
     path = str(tmp_path / "a.png")
     Image.fromarray(rgb).save(path)
     assert (read_panoptic_png(path) == ids).all()

@@ -15,7 +15,8 @@ from detectron2.utils.file_io import PathManager
 
 from .class_layout import PanopticClassLayout
 from .exif import exif_note, image_size_as_read
-from .panoptic_targets import compact_panoptic_ids, rgb_to_id, targets_from_index_map
+from .panoptic_ids import rgb_to_id
+from .panoptic_targets import compact_panoptic_ids, targets_from_index_map
 from .validation import check_dataset_paths, preparation_hint
 
 __all__ = ["PanopticFPNDatasetMapper", "ON_BAD_RECORD_CHOICES"]

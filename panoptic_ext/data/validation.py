@@ -16,7 +16,7 @@ from detectron2.utils.file_io import PathManager
 from PIL import Image
 
 from .exif import exif_note, image_size_as_read
-from .panoptic_targets import rgb_to_id
+from .panoptic_ids import rgb_to_id
 
 __all__ = [
     "PanopticDatasetError",

@@ -15,7 +15,7 @@ from detectron2.utils.visualizer import Visualizer
 from PIL import Image
 
 from ..data.class_layout import PanopticClassLayout
-from ..data.panoptic_targets import rgb_to_id
+from ..data.panoptic_ids import id_to_rgb, rgb_to_id
 from .image_input import read_image_bgr
 from .predictor import PanopticPredictor
 
@@ -23,7 +23,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "class_layout_for_cfg",
     "collect_images",
-    "id2rgb",
+    "id_to_rgb",
     "save_panoptic_prediction",
     "visualization_metadata",
     "predict_images",
@@ -90,16 +90,6 @@ def collect_images(inputs: Sequence[str], output_dir: Optional[str] = None) -> L
             )
         paths.extend(kept)
     return paths
-
-
-def id2rgb(id_map: np.ndarray) -> np.ndarray:
-    """Encode segment ids as RGB (``id = R + 256 G + 256^2 B``, the COCO panoptic format)."""
-    id_map = id_map.astype(np.int64)
-    rgb = np.zeros(id_map.shape + (3,), dtype=np.uint8)
-    for channel in range(3):
-        rgb[..., channel] = id_map % 256
-        id_map = id_map // 256
-    return rgb
 
 
 def class_layout_for_cfg(cfg: CfgNode) -> PanopticClassLayout:
@@ -221,7 +211,7 @@ def save_panoptic_prediction(
     }
     os.makedirs(os.path.dirname(os.path.abspath(output_prefix)), exist_ok=True)
     Image.fromarray(vis).save(paths["visualization"])
-    Image.fromarray(id2rgb(ids)).save(paths["ids"])
+    Image.fromarray(id_to_rgb(ids)).save(paths["ids"])
     with open(paths["segments"], "w") as f:
         json.dump(
             {"height": ids.shape[0], "width": ids.shape[1], "segments_info": segments}, f, indent=1

@@ -22,9 +22,10 @@ from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
 from ..data.class_layout import PanopticClassLayout
+from ..data.panoptic_ids import id_to_rgb
 from .json_checks import categories_by_id, load_panoptic_json_file
 from .panoptic_files import format_pq_table, pq_image_of_files
-from .segment_matching import PQStat, id2rgb
+from .segment_matching import PQStat
 
 __all__ = ["PanopticQualityEvaluator", "load_panoptic_ground_truth"]
 
@@ -188,7 +189,7 @@ class PanopticQualityEvaluator(DatasetEvaluator):
                 }
                 if self._save_pngs:
                     # Encoded now (a few KB each) so that only small strings are gathered.
-                    ok, png = cv2.imencode(".png", np.ascontiguousarray(id2rgb(pan)[..., ::-1]))
+                    ok, png = cv2.imencode(".png", np.ascontiguousarray(id_to_rgb(pan)[..., ::-1]))
                     if not ok:
                         raise RuntimeError(f"could not encode the panoptic PNG of {file_name}")
                     prediction["png_string"] = png.tobytes()

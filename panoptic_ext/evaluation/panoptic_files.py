@@ -10,7 +10,6 @@ The command line is :mod:`panoptic_ext.evaluation.pq_cli`.
 
 import logging
 import os
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 from torchvision.io import decode_png
 
+from ..data.panoptic_ids import ids_from_planes
 from .hotcoco_engine import hotcoco_available, pq_stat_with_hotcoco
 from .json_checks import categories_by_id, load_panoptic_json_file, pair_annotations
 from .png_reader import decode_panoptic_png, fast_kernels, filter_error, inflate_png
@@ -36,7 +36,6 @@ __all__ = [
     "pq_compute_annotations",
     "read_panoptic_png",
     "pq_image_of_files",
-    "planes_to_ids",
     "format_pq_table",
     "PQ_ENGINES",
 ]
@@ -74,7 +73,7 @@ def _decode_general(data: bytes, path: str) -> np.ndarray:
                 + ("an unreadable file" if image is None else f"{image.dtype} {image.shape}")
             )
         planes = image[..., 2::-1].transpose(2, 0, 1)  # BGR(A) -> RGB planes
-    return planes_to_ids(planes[0], planes[1], planes[2])
+    return ids_from_planes(planes[0], planes[1], planes[2])
 
 
 def read_panoptic_png(path: str) -> np.ndarray:
@@ -150,16 +149,6 @@ def pq_image_of_files(
             read_panoptic_png(gt_file), gt_segments, pred_ids, pred_segments, category_ids, image
         )
     return pq_image_from_pairs(keys, counts, gt_segments, pred_segments, category_ids, image)
-
-
-def planes_to_ids(r: np.ndarray, g: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Three (H, W) uint8 planes -> (H, W) int32 ids R + 256 G + 256^2 B."""
-    if sys.byteorder == "little" and r.dtype == g.dtype == b.dtype == np.uint8:
-        # Interleaving RGB0 bytes with OpenCV and reading them as int32 is ~2x faster than
-        # shifting and or-ing three int32 planes.
-        rgb0 = cv2.merge([r, g, b, np.zeros_like(r)])
-        return rgb0.view(np.int32).reshape(r.shape)
-    return r.astype(np.int32) | (g.astype(np.int32) << 8) | (b.astype(np.int32) << 16)
 
 
 def _default_folder(json_file: str) -> str:
@@ -361,7 +350,7 @@ def compile_fast_kernels() -> bool:
 
     from PIL import Image
 
-    from .segment_matching import id2rgb
+    from ..data.panoptic_ids import id_to_rgb
 
     if fast_kernels() is None:
         return False
@@ -369,7 +358,7 @@ def compile_fast_kernels() -> bool:
     segments = [{"id": 1, "category_id": 1}, {"id": 2, "category_id": 1}]
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "ids.png")
-        Image.fromarray(id2rgb(ids)).save(path)
+        Image.fromarray(id_to_rgb(ids)).save(path)
         read_panoptic_png(path)
         pq_image_of_files(path, segments, path, segments, [1])
         pq_image_of_files(path, segments, ids, segments, [1])

@@ -31,8 +31,6 @@ __all__ = [
     "VOID",
     "PQStat",
     "PanopticFormatError",
-    "rgb2id",
-    "id2rgb",
     "pq_image",
     "pq_image_from_pairs",
     "segment_index_map",
@@ -45,24 +43,6 @@ VOID = 0
 
 class PanopticFormatError(ValueError):
     """A panoptic annotation or prediction is inconsistent (names the image)."""
-
-
-def rgb2id(color: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 RGB -> (H, W) int32 segment ids (COCO panoptic encoding)."""
-    color = np.asarray(color)
-    if color.ndim != 3 or color.shape[2] < 3:
-        raise ValueError(f"expected an (H, W, 3) RGB array, got shape {color.shape}")
-    c = color.astype(np.int32, copy=False)
-    return c[..., 0] + (c[..., 1] << 8) + (c[..., 2] << 16)
-
-
-def id2rgb(id_map: np.ndarray) -> np.ndarray:
-    """(H, W) integer segment ids in [0, 2**24) -> (H, W, 3) uint8 RGB."""
-    id_map = np.asarray(id_map)
-    if id_map.size and (id_map.min() < 0 or id_map.max() >= OFFSET):
-        raise ValueError("segment ids must be in [0, 2**24) to be stored as RGB")
-    ids = id_map.astype(np.uint32, copy=False)
-    return np.stack([ids & 255, (ids >> 8) & 255, (ids >> 16) & 255], axis=-1).astype(np.uint8)
 
 
 class PQStat:
@@ -308,7 +288,7 @@ def pq_image(
     PQ statistics of one image.
 
     Args:
-        gt_ids (ndarray): (H, W) integer gt segment ids (``rgb2id`` of the gt PNG).
+        gt_ids (ndarray): (H, W) integer gt segment ids (``rgb_to_id`` of the gt PNG).
         gt_segments (list[dict]): the gt ``segments_info`` (``id``, ``category_id``,
             ``iscrowd``, ``area``; the pixel count is used when ``area`` is absent).
         pred_ids (ndarray): (H, W) integer predicted segment ids.

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from .segment_matching import id2rgb
+from ..data.panoptic_ids import id_to_rgb
 
 __all__ = ["DEFAULT_CATEGORIES", "random_panoptic_pair", "write_panoptic_files"]
 
@@ -197,8 +197,8 @@ def write_panoptic_files(
     for k, (gt, gt_segments, pred, pred_segments) in enumerate(cases):
         image_id = image_ids[k] if image_ids is not None else k
         name = f"{k:06d}.png"
-        Image.fromarray(id2rgb(gt)).save(os.path.join(gt_folder, name))
-        Image.fromarray(id2rgb(pred)).save(os.path.join(pred_folder, name))
+        Image.fromarray(id_to_rgb(gt)).save(os.path.join(gt_folder, name))
+        Image.fromarray(id_to_rgb(pred)).save(os.path.join(pred_folder, name))
         h, w = gt.shape
         images.append({"id": image_id, "file_name": f"{k:06d}.jpg", "height": h, "width": w})
         gt_anns.append({"image_id": image_id, "file_name": name, "segments_info": gt_segments})
