@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export OMP_WAIT_POLICY ?= PASSIVE
 LINT_PATHS := $(wildcard panoptic_ext tests tools benchmarks demo train_net.py setup.py)
 
-.PHONY: setup train test test-slow lint format bench clean-venv
+.PHONY: setup train test test-slow lint format bench clean-venv gpu-bundle gpu-check
 
 setup:
 	bash tools/setup_env.sh
@@ -30,6 +30,14 @@ format: setup
 
 bench: setup
 	$(PY) benchmarks/run_all.py
+
+# GPU check (README): gather detectron2's source and the wheels that tools/gpu_check.sh installs on
+# a GPU machine without network into gpu_bundle/; then carry gpu_bundle there and run the script.
+gpu-bundle:
+	bash tools/gpu_bundle.sh
+
+gpu-check:
+	bash tools/gpu_check.sh
 
 clean-venv:
 	rm -rf $(VENV)
