@@ -18,7 +18,8 @@
 #   GPU_CHECK_BUILD_OPS=1      0: skip compiling detectron2's ops (use its sources as they are)
 #   GPU_CHECK_TRAIN_ITERS=20, GPU_CHECK_INFER_SIZE=800x1216, GPU_CHECK_INFER_ARGS (more options
 #   of benchmarks/gpu_inference.py), GPU_CHECK_WORK=/tmp/panoptic_ext_gpu
-#   OUT                        if set (the device tool sets it), the log is also written there
+#   OUT                        if set (the device tool sets it), the log is also written there,
+#                              with the logs of the detectron2 build and of the training run
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -74,6 +75,7 @@ step() {
 }
 
 summary() {
+    [ -n "${OUT:-}" ] && [ -d "$OUT" ] && cp "$WORK"/*.log "$OUT"/ 2>/dev/null
     echo
     echo "=== GPU check summary ($((SECONDS - START))s)"
     echo "${ENV_LINE:-environment unknown}"
@@ -102,16 +104,24 @@ EOF
     }
 }
 
+env_line() {
+    "$PYTHON" -c 'import sys, torch
+gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+print(f"python {sys.version.split()[0]}, torch {torch.__version__}, CUDA {torch.version.cuda}, {gpu}")'
+}
+
 make_venv() {
     rm -rf "$WORK" && mkdir -p "$WORK" || return 1
     "$PYTHON" -m venv --system-site-packages --without-pip "$VENV" || return 1
     # --system-site-packages shows the base interpreter's packages; when python3 is itself a venv
-    # (torch installed in it), a .pth file adds that venv's site-packages after the new venv's.
+    # (torch installed in it), a .pth file adds that venv's site-packages (and runs its .pth
+    # files) after the new venv's own.
     local site
     site=$("$VPY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') || return 1
     "$PYTHON" -c 'import site, sys
 if sys.prefix != sys.base_prefix:
-    print("\n".join(site.getsitepackages()))' >"$site/_gpu_check_parent_env.pth" || return 1
+    print("\n".join(f"import site; site.addsitedir({p!r})" for p in site.getsitepackages()))' \
+        >"$site/_gpu_check_parent_env.pth" || return 1
     "$VPY" -c 'import pip, torch; print("venv python sees torch", torch.__version__, "at", torch.__file__)'
 }
 
@@ -161,7 +171,7 @@ build_detectron2() {
     echo "building detectron2 with ${arch:+CUDA ops for sm ${arch}, }MAX_JOBS=$(nproc)"
     (cd "$D2_SRC" && TORCH_CUDA_ARCH_LIST="$arch" MAX_JOBS="$(nproc)" \
         FORCE_CUDA=$([ "$DEVICE" = cuda ] && echo 1 || echo 0) \
-        "$VPY" -m pip install -q --no-index --no-deps --no-build-isolation --ignore-installed .) \
+        "$VPY" -m pip install -v --no-index --no-deps --no-build-isolation --ignore-installed .) \
         >"$WORK/detectron2_build.log" 2>&1
     local rc=$?
     tail -n 15 "$WORK/detectron2_build.log"
@@ -226,13 +236,12 @@ amp_training() {
     "$VPY" - "$WORK/train/metrics.json" "$TRAIN_ITERS" <<'EOF'
 import json, math, sys
 rows = [json.loads(line) for line in open(sys.argv[1])]
-losses = [r["total_loss"] for r in rows if "total_loss" in r]
-last = max(r.get("iteration", -1) for r in rows)
+logged = [r for r in rows if "total_loss" in r]
+losses = [r["total_loss"] for r in logged]
 pq = [r[k] for r in rows for k in r if k.endswith("/PQ")]
-print(f"{len(losses)} logged losses, first {losses[0]:.3f}, last {losses[-1]:.3f}; "
-      f"last iteration {last}; PQ {pq}")
-ok = losses and all(math.isfinite(v) for v in losses) and last == int(sys.argv[2]) - 1 and pq
-sys.exit(0 if ok else 1)
+print(f"losses logged at iterations {[r['iteration'] for r in logged]}: {losses}; PQ {pq}")
+ok = losses and all(map(math.isfinite, losses)) and logged[-1]["iteration"] == int(sys.argv[2]) - 1
+sys.exit(0 if ok and pq else 1)
 EOF
 }
 
@@ -240,28 +249,31 @@ timed_inference() {
     (cd "$ROOT" && "$VPY" benchmarks/gpu_inference.py --device "$DEVICE" --size "$INFER_SIZE" $INFER_ARGS)
 }
 
-export ROOT BUNDLE REQS PYTHON DEVICE WORK VENV VPY TRAIN_ITERS INFER_SIZE INFER_ARGS
-export -f environment make_venv requirements pip_bundle install_dependencies build_detectron2 \
-    use_detectron2_sources install_project cuda_tests amp_training timed_inference
+# Inside a function, so that bash has read all of it before running any (safe to edit meanwhile).
+main() {
+    export ROOT BUNDLE REQS PYTHON DEVICE WORK VENV VPY TRAIN_ITERS INFER_SIZE INFER_ARGS
+    export -f environment make_venv requirements pip_bundle install_dependencies build_detectron2 \
+        use_detectron2_sources install_project cuda_tests amp_training timed_inference
 
-step "environment" 60 environment
-ENV_LINE=$("$PYTHON" -c 'import sys, torch
-gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-print(f"python {sys.version.split()[0]}, torch {torch.__version__}, CUDA {torch.version.cuda}, {gpu}")' 2>&1)
-[ "$FAILED" -eq 0 ] || summary
-step "venv over the machine's torch" 60 make_venv || summary
-step "install detectron2's dependencies from the bundle" 120 install_dependencies || summary
-unpack_detectron2 || { RESULTS+=("FAIL  unpack detectron2 source"); FAILED=1; summary; }
-export D2_SRC
-if [ "$BUILD_OPS" = 1 ]; then
-    if ! step "build detectron2 with its compiled ops" 300 build_detectron2; then
-        step "detectron2 without compiled ops (fallback)" 30 use_detectron2_sources || summary
+    step "environment" 60 environment
+    ENV_LINE=$(env_line 2>&1)
+    [ "$FAILED" -eq 0 ] || summary
+    step "venv over the machine's torch" 60 make_venv || summary
+    step "install detectron2's dependencies from the bundle" 120 install_dependencies || summary
+    unpack_detectron2 || { RESULTS+=("FAIL  unpack detectron2 source"); FAILED=1; summary; }
+    export D2_SRC
+    if [ "$BUILD_OPS" = 1 ]; then
+        if ! step "build detectron2 with its compiled ops" 300 build_detectron2; then
+            step "detectron2 without compiled ops (fallback)" 30 use_detectron2_sources || summary
+        fi
+    else
+        step "detectron2 without compiled ops" 30 use_detectron2_sources || summary
     fi
-else
-    step "detectron2 without compiled ops" 30 use_detectron2_sources || summary
-fi
-step "install panoptic_ext (editable)" 90 install_project || summary
-step "CUDA tests (pytest -m cuda)" 240 cuda_tests
-step "AMP training run, quick config, $TRAIN_ITERS iterations" 180 amp_training
-step "timed inference, R50 at $INFER_SIZE" 180 timed_inference
-summary
+    step "install panoptic_ext (editable)" 90 install_project || summary
+    step "CUDA tests (pytest -m cuda)" 240 cuda_tests
+    step "AMP training run, quick config, $TRAIN_ITERS iterations" 180 amp_training
+    step "timed inference, R50 at $INFER_SIZE" 180 timed_inference
+    summary
+}
+
+main
