@@ -8,7 +8,8 @@ LINT_PATHS := $(wildcard panoptic_ext tests tools benchmarks demo train_net.py s
 D2MAIN_VENV := .venv-d2main
 D2MAIN_TARBALL ?= ../shared/detectron2-main-02b5c4e.tar.gz
 
-.PHONY: setup setup-d2main train test test-d2main test-slow lint format bench clean-venv
+.PHONY: setup setup-d2main train test test-d2main test-slow lint format bench clean-venv gpu-bundle \
+	gpu-check
 
 setup:
 	bash tools/setup_env.sh
@@ -41,6 +42,14 @@ format: setup
 
 bench: setup
 	$(PY) benchmarks/run_all.py
+
+# GPU check (README): gather detectron2's source and the wheels that tools/gpu_check.sh installs on
+# a GPU machine without network into gpu_bundle/; then carry gpu_bundle there and run the script.
+gpu-bundle:
+	bash tools/gpu_bundle.sh
+
+gpu-check:
+	bash tools/gpu_check.sh
 
 clean-venv:
 	rm -rf $(VENV) $(D2MAIN_VENV)
