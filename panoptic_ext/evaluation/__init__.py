@@ -1,7 +1,7 @@
 """panoptic_ext.evaluation: panoptic quality without panopticapi, and the evaluators of
 panoptic datasets (PQ, semantic mIoU and instance AP)."""
 
-from .build import EVAL_TASKS, build_panoptic_evaluators
+from .build import EVAL_TASKS, build_panoptic_evaluators, panoptic_evaluators
 from .instance_evaluation import PanopticInstanceEvaluator, panoptic_to_coco_instances
 from .panoptic_evaluation import PanopticQualityEvaluator
 from .pq_core import PanopticFormatError, PQStat, id2rgb, pq_image, rgb2id
@@ -16,6 +16,7 @@ __all__ = [
     "PanopticQualityEvaluator",
     "PanopticSemSegEvaluator",
     "build_panoptic_evaluators",
+    "panoptic_evaluators",
     "format_pq_table",
     "id2rgb",
     "panoptic_to_coco_instances",
