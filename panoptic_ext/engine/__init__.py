@@ -1,8 +1,10 @@
 """panoptic_ext.engine: training, evaluation and prediction entry points."""
 
+from .config_loading import default_setup, get_panoptic_cfg, setup_cfg
 from .distributed import launch
 from .hooks import ProgressHook
-from .plot import plot_training_curves, read_metrics
+from .lazy_config import load_lazy_config
+from .lazy_trainer import LazyTrainer
 from .panoptic_visualization import (
     class_layout_for_cfg,
     collect_images,
@@ -11,12 +13,13 @@ from .panoptic_visualization import (
     save_panoptic_prediction,
     visualization_metadata,
 )
-from .config_loading import default_setup, get_panoptic_cfg, setup_cfg
+from .plot import plot_training_curves, read_metrics
 from .solver import build_optimizer
 from .train import main, parse_args
 from .trainer import Trainer
 
 __all__ = [
+    "LazyTrainer",
     "ProgressHook",
     "Trainer",
     "build_optimizer",
@@ -25,6 +28,7 @@ __all__ = [
     "default_setup",
     "get_panoptic_cfg",
     "launch",
+    "load_lazy_config",
     "main",
     "parse_args",
     "plot_training_curves",
