@@ -144,6 +144,13 @@ def test_run_checks(dataset, trained, tmp_path):
         main(parse_args(["--config-file", QUICK + ".py", "--resume"] + other))
 
 
+def test_class_counts_checked_against_the_dataset(dataset, tmp_path):
+    opts = _opts(dataset, tmp_path) + ["model.sem_seg_head.num_classes=7"]
+    with pytest.raises(ValueError, match=r"needs: model.sem_seg_head.num_classes=4"):
+        main(parse_args(["--config-file", QUICK + ".py"] + opts))
+    assert not os.listdir(tmp_path)  # nothing written
+
+
 def test_amp_uses_detectron2_amp_trainer(dataset, tmp_path):
     cfg = load_lazy_config(QUICK + ".py", _opts(dataset, tmp_path) + ["train.amp.enabled=True"])
     assert isinstance(LazyTrainer(cfg)._trainer, AMPTrainer)

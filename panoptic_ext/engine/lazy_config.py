@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Sequence
 
 import yaml
 from detectron2.config import LazyConfig
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils.registry import locate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -22,6 +23,7 @@ __all__ = [
     "DEFAULT_TRAIN",
     "LAZY_CONFIG_KEYS",
     "check_lazy_arguments",
+    "check_lazy_class_counts",
     "lazy_config_text",
     "lazy_run_settings",
     "load_lazy_config",
@@ -200,6 +202,44 @@ def load_lazy_config(path: str, overrides: Sequence[str] = ()) -> DictConfig:
     _apply_overrides(cfg, list(overrides))
     check_lazy_arguments(cfg)
     return cfg
+
+
+def check_lazy_class_counts(cfg: DictConfig) -> None:
+    """
+    ``model.roi_heads.num_classes`` and ``model.sem_seg_head.num_classes`` against the classes of
+    the registered datasets in ``dataloader.{train,test}.dataset.names`` (the YAML path's
+    :func:`~panoptic_ext.engine.config_check.check_config_against_datasets`).
+
+    Raises:
+        ConfigError: naming the keys, the dataset and the values it needs.
+    """
+    from ..data.label_space import dataset_class_layout
+
+    model = cfg.model
+    things = OmegaConf.select(model, "postprocessor.sem_seg_things", default="merged")
+    for split in ("train", "test"):
+        names = OmegaConf.select(cfg.dataloader, f"{split}.dataset.names", default=None)
+        for name in [names] if isinstance(names, str) else list(names or []):
+            if name not in DatasetCatalog.list() or not hasattr(
+                MetadataCatalog.get(name), "thing_dataset_id_to_contiguous_id"
+            ):
+                continue
+            layout = dataset_class_layout(name, things)
+            expected = {
+                "model.roi_heads.num_classes": layout.num_thing_classes,
+                "model.sem_seg_head.num_classes": layout.num_sem_seg_classes,
+            }
+            wrong = {k: v for k, v in expected.items() if OmegaConf.select(cfg, k) != v}
+            if wrong:
+                raise ConfigError(
+                    f"dataset {name!r} (dataloader.{split}) has {layout.num_thing_classes} thing "
+                    f"and {layout.num_stuff_classes} stuff classes, which with sem_seg_things="
+                    f"{things!r} needs: "
+                    + " ".join(f"{k}={v}" for k, v in wrong.items())
+                    + " (config has "
+                    + ", ".join(f"{k}={OmegaConf.select(cfg, k)}" for k in wrong)
+                    + ")"
+                )
 
 
 def _plain(value: Any) -> Any:

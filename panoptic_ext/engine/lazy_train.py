@@ -3,7 +3,7 @@
 
 import argparse
 
-from .lazy_config import lazy_run_settings, load_lazy_config
+from .lazy_config import check_lazy_class_counts, lazy_run_settings, load_lazy_config
 from .lazy_trainer import LazyTrainer, build_lazy_model, lazy_test
 from .train import check_eval_weights, evaluate_weights, run_in_output_dir
 
@@ -20,6 +20,7 @@ def lazy_main(args: argparse.Namespace):
         the evaluation results (dict), or None if training ran no evaluation.
     """
     cfg = load_lazy_config(args.config_file, args.opts)
+    check_lazy_class_counts(cfg)  # before any model is built
     run = lazy_run_settings(cfg)
     train = cfg.train
     if args.eval_only:
