@@ -4,7 +4,6 @@ checkpointer, the safety hooks, and checkpoint state that ``--resume`` can trust
 import weakref
 from typing import Any, Dict, List
 
-import torch
 from detectron2.engine import HookBase
 from detectron2.utils import comm
 
@@ -130,8 +129,3 @@ class ResumableTrainerMixin:
             raise nothing_to_train(
                 path, self.start_iter, self.max_iter, self._max_iter_key, self._weights_format
             )
-
-
-def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The model inside a ``DistributedDataParallel`` wrapper."""
-    return model.module if hasattr(model, "module") else model
