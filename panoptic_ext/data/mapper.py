@@ -7,7 +7,6 @@ from typing import Any, Dict, List, Optional, Set, Union
 import numpy as np
 import torch
 from detectron2.config import configurable
-from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import BitMasks, Boxes, Instances
@@ -15,6 +14,7 @@ from detectron2.utils.file_io import PathManager
 
 from .class_layout import PanopticClassLayout
 from .exif import exif_note, image_size_as_read
+from .label_space import dataset_class_layout
 from .panoptic_ids import rgb_to_id
 from .panoptic_targets import compact_panoptic_ids, targets_from_index_map
 from .validation import check_dataset_paths, preparation_hint
@@ -130,12 +130,8 @@ class PanopticFPNDatasetMapper:
 
     @staticmethod
     def _layout(cfg, name: str) -> PanopticClassLayout:
-        if name not in DatasetCatalog.list():
-            raise KeyError(f"dataset {name!r} is not registered (see register_panoptic_dataset)")
-        return PanopticClassLayout.from_metadata(
-            MetadataCatalog.get(name),
-            cfg.MODEL.PANOPTIC_EXT.SEM_SEG_THINGS,
-            cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+        return dataset_class_layout(
+            name, cfg.MODEL.PANOPTIC_EXT.SEM_SEG_THINGS, cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE
         )
 
     # ---------------------------------------------------------------------------------------

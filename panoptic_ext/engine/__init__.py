@@ -3,6 +3,8 @@
 from .config_loading import default_setup, get_panoptic_cfg, setup_cfg
 from .distributed import launch
 from .hooks import ProgressHook
+from .lazy_config import load_lazy_config
+from .lazy_trainer import LazyTrainer
 from .panoptic_visualization import (
     class_layout_for_cfg,
     collect_images,
@@ -17,6 +19,7 @@ from .train import main, parse_args
 from .trainer import Trainer
 
 __all__ = [
+    "LazyTrainer",
     "ProgressHook",
     "Trainer",
     "build_optimizer",
@@ -25,6 +28,7 @@ __all__ = [
     "default_setup",
     "get_panoptic_cfg",
     "launch",
+    "load_lazy_config",
     "main",
     "parse_args",
     "plot_training_curves",

@@ -29,11 +29,15 @@ def _panoptic_ext_env_info() -> Iterator[None]:
         d2_defaults.collect_env_info = original
 
 
-def default_setup(cfg: CfgNode, args: Any) -> None:
+def default_setup(cfg: Any, args: Any) -> None:
     """
     detectron2's ``default_setup`` (loggers, environment report, ``config.yaml`` backup in
     OUTPUT_DIR, seeding), also when detectron2 was installed without its compiled ops, and a
     logger for panoptic_ext's own messages.
+
+    Args:
+        cfg (CfgNode or DictConfig): a yacs config or a Python config (LazyConfig).
+        args: the parsed command line.
     """
     if detectron2_has_compiled_ops():
         d2_defaults.default_setup(cfg, args)
@@ -41,7 +45,8 @@ def default_setup(cfg: CfgNode, args: Any) -> None:
         with _panoptic_ext_env_info():
             d2_defaults.default_setup(cfg, args)
     # detectron2 sets up its own loggers (and fvcore's) only.
-    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="panoptic_ext")
+    output_dir = cfg.OUTPUT_DIR if isinstance(cfg, CfgNode) else cfg.train.output_dir
+    setup_logger(output_dir, distributed_rank=comm.get_rank(), name="panoptic_ext")
 
 
 def get_panoptic_cfg(

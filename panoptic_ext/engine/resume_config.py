@@ -12,13 +12,16 @@ checkpoint; ``config.yaml`` for older ones) and refuses the changes a resumed ru
 import logging
 import os
 import warnings
-from typing import Any, Dict, List, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 from detectron2.config import CfgNode
 
 __all__ = [
     "ResumeConfigError",
+    "RunSettings",
+    "as_run_settings",
     "apply_current_hyperparameters",
     "check_optimizer_state",
     "check_resume",
@@ -58,15 +61,59 @@ def _normalised(cfg: CfgNode) -> Dict[str, Any]:
     return _flatten(CfgNode.load_cfg(cfg.dump()))
 
 
-def config_differences(saved: CfgNode, current: CfgNode) -> List[Tuple[str, Any, Any]]:
-    """``(key, saved value, current value)`` of every key that differs, sorted by key; a key
-    missing on one side has the value ``"<missing>"``."""
-    a, b = _normalised(saved), _normalised(current)
+def _load_flat(text: str) -> Dict[str, Any]:
+    return _flatten(CfgNode.load_cfg(text))
+
+
+@dataclass
+class RunSettings:
+    """
+    What the checks of a run's OUTPUT_DIR and ``--resume`` read from its config, in either config
+    system (a yacs ``CfgNode``: :meth:`from_cfg`; a Python LazyConfig:
+    :func:`panoptic_ext.engine.lazy_config.lazy_run_settings`). ``*_key`` name the keys in
+    messages.
+    """
+
+    output_dir: str
+    max_iter: int
+    existing_output: str
+    flat_config: Dict[str, Any]  # key -> value, as the saved config is read back
+    load_saved: Callable[[str], Dict[str, Any]]  # a saved config's text -> flat_config
+    refused: Dict[str, str] = field(default_factory=lambda: dict(_REFUSED))
+    not_used: Dict[str, str] = field(default_factory=lambda: dict(_NOT_USED))
+    max_iter_key: str = "SOLVER.MAX_ITER"
+    existing_output_key: str = "MODEL.PANOPTIC_EXT.EXISTING_OUTPUT"
+    output_dir_key: str = "OUTPUT_DIR"
+    weights_format: str = "MODEL.WEIGHTS {}"  # the override that loads a checkpoint's weights
+
+    @classmethod
+    def from_cfg(cls, cfg: CfgNode) -> "RunSettings":
+        return cls(
+            output_dir=cfg.OUTPUT_DIR,
+            max_iter=cfg.SOLVER.MAX_ITER,
+            existing_output=cfg.MODEL.PANOPTIC_EXT.EXISTING_OUTPUT,
+            flat_config=_normalised(cfg),
+            load_saved=_load_flat,
+        )
+
+
+def as_run_settings(cfg: Union[CfgNode, RunSettings]) -> RunSettings:
+    """``cfg`` itself if it is :class:`RunSettings`, else those of a yacs config."""
+    return cfg if isinstance(cfg, RunSettings) else RunSettings.from_cfg(cfg)
+
+
+def _differences(a: Dict[str, Any], b: Dict[str, Any]) -> List[Tuple[str, Any, Any]]:
     return [
         (k, a.get(k, _MISSING), b.get(k, _MISSING))
         for k in sorted(set(a) | set(b))
         if a.get(k, _MISSING) != b.get(k, _MISSING)
     ]
+
+
+def config_differences(saved: CfgNode, current: CfgNode) -> List[Tuple[str, Any, Any]]:
+    """``(key, saved value, current value)`` of every key that differs, sorted by key; a key
+    missing on one side has the value ``"<missing>"``."""
+    return _differences(_normalised(saved), _normalised(current))
 
 
 def read_saved_run(output_dir: str) -> Tuple[str, Optional[int], Optional[str], str]:
@@ -98,21 +145,30 @@ def read_saved_run(output_dir: str) -> Tuple[str, Optional[int], Optional[str], 
     return path, iteration, text, source
 
 
-def nothing_to_train(path: str, done: int, max_iter: int) -> ResumeConfigError:
-    """The error for a ``--resume`` whose SOLVER.MAX_ITER leaves no iteration to train."""
+def nothing_to_train(
+    path: str,
+    done: int,
+    max_iter: int,
+    key: str = "SOLVER.MAX_ITER",
+    weights_format: str = "MODEL.WEIGHTS {}",
+) -> ResumeConfigError:
+    """The error for a ``--resume`` whose ``key`` (max_iter) leaves no iteration to train."""
     state = "the run is complete"
     if max_iter < done:
-        state = f"SOLVER.MAX_ITER = {max_iter} is below it"
+        state = f"{key} = {max_iter} is below it"
     return ResumeConfigError(
         f"--resume: {path} has finished {done} iterations and {state}: nothing to train. To "
-        f"train longer, set SOLVER.MAX_ITER above {done}; to evaluate that checkpoint, use "
-        "--eval-only --resume (or --eval-only MODEL.WEIGHTS <checkpoint>)."
+        f"train longer, set {key} above {done}; to evaluate that checkpoint, use "
+        f"--eval-only --resume (or --eval-only {weights_format.format('<checkpoint>')})."
     )
 
 
-def check_resume(cfg: CfgNode) -> List[str]:
+def check_resume(cfg: Union[CfgNode, RunSettings]) -> List[str]:
     """
-    Check that ``--resume`` can continue the run in ``cfg.OUTPUT_DIR`` with ``cfg``.
+    Check that ``--resume`` can continue the run in the config's output directory.
+
+    Args:
+        cfg (CfgNode or RunSettings): the current config.
 
     Returns:
         list[str]: lines to log: every config difference from the run's saved config and what
@@ -120,23 +176,28 @@ def check_resume(cfg: CfgNode) -> List[str]:
 
     Raises:
         ResumeConfigError: a change that cannot be applied (another optimizer), or a
-            SOLVER.MAX_ITER that leaves no iteration to train.
+            max_iter that leaves no iteration to train.
     """
-    path, iteration, text, source = read_saved_run(cfg.OUTPUT_DIR)
+    run = as_run_settings(cfg)
+    path, iteration, text, source = read_saved_run(run.output_dir)
     messages: List[str] = []
-    if iteration is not None and cfg.SOLVER.MAX_ITER <= iteration + 1:
-        raise nothing_to_train(path, iteration + 1, cfg.SOLVER.MAX_ITER)
+    if iteration is not None and run.max_iter <= iteration + 1:
+        raise nothing_to_train(
+            path, iteration + 1, run.max_iter, run.max_iter_key, run.weights_format
+        )
     if text is None:
         return [f"--resume from {path}: no saved config found, config changes cannot be listed"]
-    diffs = config_differences(CfgNode.load_cfg(text), cfg)
-    refused = [(k, old, new) for k, old, new in diffs if k in _REFUSED]
+    diffs = _differences(run.load_saved(text), run.flat_config)
+    refused = [(k, old, new) for k, old, new in diffs if k in run.refused]
     if refused:
-        lines = [f"  {k}: {old!r} -> {new!r}: {_REFUSED[k]}" for k, old, new in refused]
+        lines = [f"  {k}: {old!r} -> {new!r}: {run.refused[k]}" for k, old, new in refused]
         raise ResumeConfigError(
             f"--resume cannot continue the run of {path} with this config:\n"
             + "\n".join(lines)
-            + f"\nResume with the run's value ({source}), or start a new run (another OUTPUT_DIR,"
-            f" no --resume) from its weights: MODEL.WEIGHTS {path}."
+            + f"\nResume with the run's value ({source}), or start a new run (another "
+            f"{run.output_dir_key}, no --resume) from its weights: "
+            + run.weights_format.format(path)
+            + "."
         )
     if not diffs:
         return []
@@ -144,7 +205,7 @@ def check_resume(cfg: CfgNode) -> List[str]:
         f"--resume from {path}: {len(diffs)} config change(s) from the run's config ({source}):"
     )
     for k, old, new in diffs:
-        messages.append(f"  {k}: {old!r} -> {new!r} ({_NOT_USED.get(k, 'applied')})")
+        messages.append(f"  {k}: {old!r} -> {new!r} ({run.not_used.get(k, 'applied')})")
     return messages
 
 

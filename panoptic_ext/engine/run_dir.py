@@ -15,13 +15,13 @@ import logging
 import os
 import shutil
 import time
-from typing import List, Optional, Tuple
+from typing import List, Optional, Tuple, Union
 
 from detectron2.config import CfgNode
 from detectron2.utils import comm
 
 from .output_lock import LOCK_NAME, OutputDirLock
-from .resume_config import check_resume
+from .resume_config import RunSettings, as_run_settings, check_resume
 
 __all__ = [
     "EXISTING_OUTPUT_CHOICES",
@@ -95,61 +95,56 @@ def _delete_run(output_dir: str) -> None:
                 os.remove(path)
 
 
-def _handle_previous_run(cfg: CfgNode) -> List[str]:
-    output_dir = cfg.OUTPUT_DIR
+def _handle_previous_run(run: RunSettings) -> List[str]:
+    output_dir = run.output_dir
     files = previous_run_files(output_dir)
     if not files:
         return []
-    policy = cfg.MODEL.PANOPTIC_EXT.EXISTING_OUTPUT
+    policy, key = run.existing_output, run.existing_output_key
     what = _describe(output_dir, files)
+    out = run.output_dir_key
     if policy == "move":
         target = _move_aside(output_dir)
         return [
-            f"OUTPUT_DIR {output_dir} held a previous run ({what}): moved it to {target} "
-            "(MODEL.PANOPTIC_EXT.EXISTING_OUTPUT move; --resume continues a run instead)"
+            f"{out} {output_dir} held a previous run ({what}): moved it to {target} "
+            f"({key} move; --resume continues a run instead)"
         ]
     if policy == "overwrite":
         _delete_run(output_dir)
-        return [
-            f"OUTPUT_DIR {output_dir} held a previous run ({what}): deleted it "
-            "(MODEL.PANOPTIC_EXT.EXISTING_OUTPUT overwrite)"
-        ]
+        return [f"{out} {output_dir} held a previous run ({what}): deleted it ({key} overwrite)"]
     if policy != "refuse":
-        raise OutputDirError(
-            f"MODEL.PANOPTIC_EXT.EXISTING_OUTPUT = {policy!r} is not one of "
-            f"{list(EXISTING_OUTPUT_CHOICES)}"
-        )
+        raise OutputDirError(f"{key} = {policy!r} is not one of {list(EXISTING_OUTPUT_CHOICES)}")
     raise OutputDirError(
-        f"OUTPUT_DIR {output_dir} holds a previous run ({what}); a new training would overwrite "
-        "it. To continue that run, add --resume. To start a new one, set another OUTPUT_DIR, or "
-        "MODEL.PANOPTIC_EXT.EXISTING_OUTPUT move (the previous run goes to "
+        f"{out} {output_dir} holds a previous run ({what}); a new training would overwrite "
+        f"it. To continue that run, add --resume. To start a new one, set another {out}, or "
+        f"{key} move (the previous run goes to "
         f"{os.path.normpath(output_dir)}.previous-<date>-<time>) or overwrite (it is deleted)."
     )
 
 
-def _prepare(cfg: CfgNode, resume: bool, eval_only: bool) -> Tuple[OutputDirLock, List[str]]:
-    lock = OutputDirLock(cfg.OUTPUT_DIR).acquire()
+def _prepare(run: RunSettings, resume: bool, eval_only: bool) -> Tuple[OutputDirLock, List[str]]:
+    lock = OutputDirLock(run.output_dir).acquire()
     try:
         if eval_only:
             return lock, []
-        has_checkpoint = os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))
+        has_checkpoint = os.path.isfile(os.path.join(run.output_dir, "last_checkpoint"))
         if resume and has_checkpoint:
-            return lock, check_resume(cfg)
-        return lock, _handle_previous_run(cfg)  # a new run (also --resume with no checkpoint)
+            return lock, check_resume(run)
+        return lock, _handle_previous_run(run)  # a new run (also --resume with no checkpoint)
     except BaseException:
         lock.release()
         raise
 
 
 def prepare_output_dir(
-    cfg: CfgNode, *, resume: bool = False, eval_only: bool = False
+    cfg: Union[CfgNode, RunSettings], *, resume: bool = False, eval_only: bool = False
 ) -> Tuple[Optional[OutputDirLock], List[str]]:
     """
     Lock ``cfg.OUTPUT_DIR`` for this run and make sure the run loses no earlier work (see the
     module docstring). Call it before anything writes to OUTPUT_DIR; release the lock at the end.
 
     Args:
-        cfg (CfgNode): the run's config.
+        cfg (CfgNode or RunSettings): the run's config.
         resume (bool): ``--resume``.
         eval_only (bool): ``--eval-only`` (locks only).
 
@@ -160,10 +155,11 @@ def prepare_output_dir(
     Raises:
         OutputDirBusyError, OutputDirError, ResumeConfigError: in every process of the job.
     """
+    run = as_run_settings(cfg)
     lock, messages, error = None, [], None
-    if cfg.OUTPUT_DIR and comm.is_main_process():
+    if run.output_dir and comm.is_main_process():
         try:
-            lock, messages = _prepare(cfg, resume, eval_only)
+            lock, messages = _prepare(run, resume, eval_only)
         except Exception as e:  # re-raised below, after the other processes heard of it
             error = e
     if comm.get_world_size() > 1:

@@ -2,7 +2,7 @@
 panoptic datasets (PQ, semantic mIoU and instance AP)."""
 
 from ..data.panoptic_ids import id_to_rgb, rgb_to_id
-from .build import EVAL_TASKS, build_panoptic_evaluators
+from .build import EVAL_TASKS, build_panoptic_evaluators, panoptic_evaluators
 from .instance_evaluation import PanopticInstanceEvaluator, panoptic_to_coco_instances
 from .panoptic_evaluation import PanopticQualityEvaluator
 from .panoptic_files import format_pq_table, pq_compute, read_panoptic_png
@@ -17,6 +17,7 @@ __all__ = [
     "PanopticQualityEvaluator",
     "PanopticSemSegEvaluator",
     "build_panoptic_evaluators",
+    "panoptic_evaluators",
     "format_pq_table",
     "id_to_rgb",
     "panoptic_to_coco_instances",

@@ -13,7 +13,7 @@ from .instance_evaluation import PanopticInstanceEvaluator
 from .panoptic_evaluation import PanopticQualityEvaluator
 from .sem_seg_evaluation import PanopticSemSegEvaluator
 
-__all__ = ["build_panoptic_evaluators", "EVAL_TASKS"]
+__all__ = ["build_panoptic_evaluators", "panoptic_evaluators", "EVAL_TASKS"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +56,40 @@ def build_panoptic_evaluators(
         tasks (list[str]): subset of ("panoptic_seg", "sem_seg", "instances"); default
             MODEL.PANOPTIC_EXT.EVAL.TASKS.
     """
+    return panoptic_evaluators(
+        dataset_name,
+        output_dir,
+        tasks=tasks if tasks is not None else _ext_option(cfg, "EVAL.TASKS", EVAL_TASKS),
+        sem_seg_things=_ext_option(cfg, "SEM_SEG_THINGS", "merged"),
+        returns_sem_seg=_ext_option(cfg, "POSTPROCESS.RETURN_SEM_SEG", True),
+        returns_instances=_ext_option(cfg, "POSTPROCESS.RETURN_INSTANCES", True),
+        save_pngs=bool(_ext_option(cfg, "EVAL.SAVE_PANOPTIC_PNGS", False)),
+    )
+
+
+def panoptic_evaluators(
+    dataset_name: str,
+    output_dir: Optional[str] = None,
+    *,
+    tasks: Sequence[str] = EVAL_TASKS,
+    sem_seg_things: str = "merged",
+    returns_sem_seg: bool = True,
+    returns_instances: bool = True,
+    save_pngs: bool = False,
+) -> DatasetEvaluators:
+    """
+    :func:`build_panoptic_evaluators` from keyword arguments (Python configs:
+    ``L(panoptic_evaluators)(dataset_name=..., ...)``).
+
+    Args:
+        dataset_name (str): a registered dataset.
+        output_dir (str): where evaluators save predictions and results.
+        tasks (list[str]): subset of ("panoptic_seg", "sem_seg", "instances").
+        sem_seg_things (str): the model's semantic layout, "merged" or "all".
+        returns_sem_seg, returns_instances (bool): whether the model outputs "sem_seg" /
+            "instances" (its post-processor's ``return_sem_seg`` / ``return_instances``).
+        save_pngs (bool): see :class:`PanopticQualityEvaluator`.
+    """
     metadata = MetadataCatalog.get(dataset_name)
     evaluator_type = metadata.get("evaluator_type")
     if evaluator_type == "sem_seg":
@@ -75,19 +109,14 @@ def build_panoptic_evaluators(
             f"no evaluator for dataset {dataset_name!r} with evaluator_type {evaluator_type!r}; "
             f"supported: {PANOPTIC_EVALUATOR_TYPES + ('sem_seg', 'coco')}"
         )
-
-    tasks = tuple(tasks if tasks is not None else _ext_option(cfg, "EVAL.TASKS", EVAL_TASKS))
+    tasks = tuple(tasks)
     unknown = set(tasks) - set(EVAL_TASKS)
     if unknown:
         raise ValueError(f"unknown evaluation tasks {sorted(unknown)}; choose from {EVAL_TASKS}")
-    sem_seg_things = _ext_option(cfg, "SEM_SEG_THINGS", "merged")
-    returns_sem_seg = _ext_option(cfg, "POSTPROCESS.RETURN_SEM_SEG", True)
-    returns_instances = _ext_option(cfg, "POSTPROCESS.RETURN_INSTANCES", True)
     layout = PanopticClassLayout.from_metadata(metadata)
 
     evaluators = []
     if "panoptic_seg" in tasks:
-        save_pngs = bool(_ext_option(cfg, "EVAL.SAVE_PANOPTIC_PNGS", False))
         evaluators.append(PanopticQualityEvaluator(dataset_name, output_dir, save_pngs=save_pngs))
     if "sem_seg" in tasks:
         # Cityscapes reports mIoU over its 19 classes: the semantic branch gives them directly
@@ -102,9 +131,7 @@ def build_panoptic_evaluators(
         )
     if "instances" in tasks:
         if not returns_instances:
-            logger.info(
-                "Instance AP skipped: MODEL.PANOPTIC_EXT.POSTPROCESS.RETURN_INSTANCES is off"
-            )
+            logger.info("Instance AP skipped: the model does not return instances")
         elif layout.num_thing_classes == 0:
             logger.info(f"Instance AP skipped: {dataset_name!r} has no thing classes")
         else:

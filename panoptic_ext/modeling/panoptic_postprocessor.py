@@ -12,7 +12,6 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 from detectron2.config import configurable
-from detectron2.data import MetadataCatalog
 from detectron2.modeling.meta_arch.panoptic_fpn import combine_semantic_and_instance_outputs
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, Instances
@@ -20,6 +19,7 @@ from detectron2.utils.registry import Registry
 
 from ..compat import autocast_enabled
 from ..data.class_layout import PanopticClassLayout
+from ..data.label_space import output_stuff_ids, output_thing_ids
 from .mask_paster import MaskPaster
 from .semantic_argmax import upsampled_labels, upsampled_logits
 
@@ -242,13 +242,8 @@ class PanopticPostprocessorBase:
             cfg.MODEL.ROI_HEADS.NUM_CLASSES,
             cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
         )
-        layout = None
-        if len(cfg.DATASETS.TEST) and cfg.DATASETS.TEST[0] in MetadataCatalog.list():
-            metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0])
-            if hasattr(metadata, "thing_dataset_id_to_contiguous_id"):
-                layout = PanopticClassLayout.from_metadata(
-                    metadata, cfg.MODEL.PANOPTIC_EXT.SEM_SEG_THINGS
-                )
+        test_name = cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else None
+        sem_seg_things = cfg.MODEL.PANOPTIC_EXT.SEM_SEG_THINGS
         return {
             "overlap_threshold": thresholds.OVERLAP_THRESH,
             "stuff_area_threshold": thresholds.STUFF_AREA_LIMIT,
@@ -257,8 +252,8 @@ class PanopticPostprocessorBase:
             "num_thing_classes": cfg.MODEL.ROI_HEADS.NUM_CLASSES,
             "return_sem_seg": combine.RETURN_SEM_SEG,
             "return_instances": combine.RETURN_INSTANCES,
-            "thing_ids": layout and layout.thing_output_ids,
-            "stuff_ids": layout and (0,) + layout.stuff_output_ids,
+            "thing_ids": output_thing_ids(test_name, sem_seg_things),
+            "stuff_ids": output_stuff_ids(test_name, sem_seg_things),
         }
 
     def merged_labels(self, semantic: torch.Tensor) -> torch.Tensor:
