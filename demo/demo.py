@@ -9,6 +9,10 @@ Panoptic predictions of a trained model on images, with detectron2's ``DefaultPr
 For each image ``<name>`` it writes to ``--output``: ``<name>_panoptic.png`` (the visualization),
 ``<name>_panoptic_ids.png`` (segment ids, RGB-encoded as COCO panoptic PNGs: id = R + 256 G +
 256^2 B, 0 = void) and ``<name>_segments.json`` (the segments: id, class, score, area).
+
+With ``--onnx DIR`` (a directory written by ``tools/export_model.py``) it runs the exported model
+on ONNX Runtime (or TorchScript) with ``PanopticONNXPredictor`` and the config saved beside it;
+``--config-file`` is then not needed.
 """
 
 import argparse
@@ -22,7 +26,8 @@ from panoptic_ext.engine import get_panoptic_cfg, predict_images
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="panoptic_ext demo: panoptic predictions")
-    parser.add_argument("--config-file", required=True, metavar="FILE", help="model config")
+    parser.add_argument("--config-file", metavar="FILE", help="model config")
+    parser.add_argument("--onnx", metavar="DIR", help="run this exported model instead")
     parser.add_argument(
         "--input", nargs="+", required=True, help="image files, directories or glob patterns"
     )
@@ -40,11 +45,21 @@ def main(argv: Optional[List[str]] = None) -> List[dict]:
     args = parse_args(argv)
     setup_logger(name="panoptic_ext")
     logger = setup_logger()
-    cfg = get_panoptic_cfg(args.config_file, args.opts)
+    predictor = None
+    if args.onnx:
+        from panoptic_ext.export import PanopticONNXPredictor
+        from panoptic_ext.export.commands import exported_cfg
+
+        cfg = exported_cfg(args.onnx, args.opts)
+        predictor = PanopticONNXPredictor(args.onnx)
+    elif args.config_file:
+        cfg = get_panoptic_cfg(args.config_file, args.opts)
+        if not cfg.MODEL.WEIGHTS:
+            logger.warning("MODEL.WEIGHTS is empty: predicting with a randomly initialized model")
+    else:
+        raise SystemExit("demo.py needs --config-file (eager model) or --onnx DIR (an export)")
     cfg.freeze()
-    if not cfg.MODEL.WEIGHTS:
-        logger.warning("MODEL.WEIGHTS is empty: predicting with a randomly initialized model")
-    written = predict_images(cfg, args.input, args.output)
+    written = predict_images(cfg, args.input, args.output, predictor=predictor)
     logger.info("Wrote the predictions of %d images to %s", len(written), args.output)
     return written
 
