@@ -24,7 +24,11 @@ setup(
         "deflate",
         "numba",
     ],
-    extras_require={"cityscapes": ["cityscapesscripts"]},
+    extras_require={
+        "cityscapes": ["cityscapesscripts"],
+        # panoptic_ext.export (tools/export_model.py, PanopticONNXPredictor); pins: constraints.txt
+        "export": ["onnx", "onnxruntime"],
+    },
     entry_points={
         "console_scripts": [
             "panoptic-pq=panoptic_ext.evaluation.pq:main",

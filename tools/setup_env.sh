@@ -29,7 +29,8 @@ venv_python_ok() {
 venv_complete() {
     [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$(pins_hash)" ] && venv_python_ok &&
         "$VENV/bin/python" -c 'import torch, torchvision, detectron2, panoptic_ext, pytest' \
-            >/dev/null 2>&1
+            >/dev/null 2>&1 &&
+        "$VENV/bin/python" -c 'import onnx, onnxruntime' >/dev/null 2>&1
 }
 
 if venv_complete; then
@@ -73,6 +74,11 @@ install_all() {
     # for the tests that check the outputs against it; its metadata asks for a Pillow that
     # detectron2 v0.6 cannot import, hence --no-deps (it needs only numpy and Pillow).
     "${pip[@]}" --no-deps "panopticapi-lite==0.2.0" || return 1
+    # ONNX export and ONNX Runtime (panoptic_ext.export), at the pins of constraints.txt, whose
+    # versions work with detectron2 v0.6's numpy<1.24 (ml_dtypes 0.6 needs numpy 2); --no-deps
+    # as verified: their other dependencies (protobuf, packaging, typing_extensions) come with
+    # the requirements above, bounded in constraints.txt.
+    "${pip[@]}" --no-deps onnx onnxruntime ml_dtypes flatbuffers || return 1
     if [ "$USE_SYSTEM_D2" = 0 ]; then
         "$VENV/bin/python" "$ROOT/tools/install_detectron2.py" \
             --constraints "$ROOT/constraints.txt" || return 1
@@ -80,6 +86,7 @@ install_all() {
     log "installing panoptic_ext (editable)"
     "${pip[@]}" --no-build-isolation --no-deps -e "$ROOT" || return 1
     "$VENV/bin/python" -c 'import torch, torchvision, detectron2, panoptic_ext, pytest' || return 1
+    "$VENV/bin/python" -c 'import onnx, onnxruntime' || return 1
 }
 
 if [ -d "$VENV" ] && ! venv_python_ok; then

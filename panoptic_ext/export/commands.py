@@ -4,7 +4,7 @@ an export on a dataset with the project's evaluators)."""
 import argparse
 import logging
 import os
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 from detectron2.utils.logger import setup_logger
 
@@ -39,9 +39,7 @@ def export_main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         cfg.MODEL.WEIGHTS = args.weights
     cfg.freeze()
     check_config(cfg, datasets=False)
-    return export_model(
-        cfg, args.output, args.format, args.sample_image, args.opset, args.max_size
-    )
+    return export_model(cfg, args.output, args.format, args.sample_image, args.opset, args.max_size)
 
 
 def exported_cfg(model_dir: str, opts: Sequence[str] = ()):

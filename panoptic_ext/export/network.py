@@ -112,9 +112,7 @@ class ExportableNetwork(nn.Module):
         else:  # the detections the panoptic fusion visits (as PanopticROIHeads in eager)
             rows = torch.nonzero(scores.to(torch.float64) >= self.mask_score_threshold)[:, 0]
         heads = model.roi_heads
-        pooled = heads.mask_pooler(
-            [features[f] for f in heads.mask_in_features], [boxes[rows]]
-        )
+        pooled = heads.mask_pooler([features[f] for f in heads.mask_in_features], [boxes[rows]])
         logits = heads.mask_head.layers(pooled)
         if logits.shape[1] == 1:  # class-agnostic masks
             masks = logits.sigmoid()
