@@ -30,6 +30,8 @@ from common import (
     time_interleaved,
 )
 
+from panoptic_ext.export.faithfulness import panoptic_agreement
+
 REFERENCE = "detectron2 PanopticFPN (eager)"
 TARGET = 0.5
 THREADS = 2
@@ -37,27 +39,37 @@ DEFAULT_SIZE = (800, 1216)
 QUICK_SIZE = (128, 160)
 
 
-def export_calibrated(workdir: str, size: Tuple[int, int], tiny: bool) -> str:
-    """Export ours (PanopticFPNExt, all outputs as detectron2 returns them) with the shared
-    calibrated weights; returns the export directory."""
+# Exports of ours with the shared weights: name -> (POSTPROCESS.RETURN_* values, row label).
+# "onnx" returns every output detectron2 returns (sem_seg logits, instances with all masks,
+# panoptic_seg); "onnx_panoptic" only panoptic_seg (its graph predicts masks only for the
+# detections the fusion visits, as PanopticROIHeads in eager).
+VARIANTS = {
+    "onnx": ({"RETURN_SEM_SEG": True, "RETURN_INSTANCES": True}, "all outputs"),
+    "onnx_panoptic": ({"RETURN_SEM_SEG": False, "RETURN_INSTANCES": False}, "panoptic output"),
+}
+
+
+def export_calibrated(workdir: str, size: Tuple[int, int], tiny: bool) -> None:
+    """Export each variant of ours with the shared calibrated weights to ``workdir/<name>``."""
     from panoptic_ext.export import export_model
 
     weights = os.path.join(workdir, "weights.pth")
     torch.save({"model": calibrated_state_dict(tiny=tiny)}, weights)
-    cfg = ours_cfg(tiny=tiny)
-    cfg.MODEL.WEIGHTS = weights
-    cfg.INPUT.MAX_SIZE_TEST = max(cfg.INPUT.MAX_SIZE_TEST, max(size))
-    out = os.path.join(workdir, "onnx")
-    export_model(cfg, out, "onnx")
-    return out
+    for name, (postprocess, _) in VARIANTS.items():
+        cfg = ours_cfg(tiny=tiny, **postprocess)
+        cfg.MODEL.WEIGHTS = weights
+        cfg.INPUT.MAX_SIZE_TEST = max(cfg.INPUT.MAX_SIZE_TEST, max(size))
+        export_model(cfg, os.path.join(workdir, name), "onnx")
 
 
-def load(name: str, export_dir: str, tiny: bool):
-    if name == "onnx":
+def load(name: str, workdir: str, tiny: bool):
+    if name in VARIANTS:
         from panoptic_ext.export import ExportedPanopticModel
 
-        return ExportedPanopticModel(export_dir, ["CPUExecutionProvider"], num_threads=THREADS)
-    weights = torch.load(os.path.join(os.path.dirname(export_dir), "weights.pth"))["model"]
+        return ExportedPanopticModel(
+            os.path.join(workdir, name), ["CPUExecutionProvider"], num_threads=THREADS
+        )
+    weights = torch.load(os.path.join(workdir, "weights.pth"))["model"]
     return build_with_weights(reference_cfg(tiny=tiny), weights)
 
 
@@ -66,25 +78,9 @@ def infer(model, inputs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
         return model(inputs)
 
 
-def pixel_agreement(ours: Sequence[Dict], reference: Sequence[Dict]) -> float:
-    """Fraction of pixels whose panoptic segment has the same (isthing, category) on both sides
-    (segment ids may be numbered differently)."""
-    same = total = 0
-    for a, b in zip(ours, reference):
-        labels = []
-        for seg, info in (a["panoptic_seg"], b["panoptic_seg"]):
-            table = torch.full((int(seg.max()) + 1,), -1, dtype=torch.int64)
-            for s in info:
-                table[s["id"]] = s["category_id"] * 2 + int(s["isthing"])
-            labels.append(table[seg.long()])
-        same += int((labels[0] == labels[1]).sum())
-        total += labels[0].numel()
-    return same / total
-
-
-def _worker(name: str, export_dir: str, height: int, width: int, tiny: bool) -> None:
+def _worker(name: str, workdir: str, height: int, width: int, tiny: bool) -> None:
     torch.set_num_threads(THREADS)
-    model = load(name, export_dir, tiny)
+    model = load(name, workdir, tiny)
     inputs = inference_inputs([(height, width)])
     reset_peak_rss()
     infer(model, inputs)
@@ -95,38 +91,38 @@ def run(quick: bool = False, repeats: int = 2, size: Optional[Tuple[int, int]] =
     size = size or (QUICK_SIZE if quick else DEFAULT_SIZE)
     repeats = 1 if quick else repeats
     torch.set_num_threads(THREADS)
+    names = list(VARIANTS) + ["d2"]
     with tempfile.TemporaryDirectory() as workdir:
-        export_dir = export_calibrated(workdir, size, quick)
-        models = {n: load(n, export_dir, quick) for n in ("onnx", "d2")}
+        export_calibrated(workdir, size, quick)
+        models = {n: load(n, workdir, quick) for n in names}
         inputs = inference_inputs([size])
-        outputs = {n: infer(m, inputs) for n, m in models.items()}
-        agreement = pixel_agreement(outputs["onnx"], outputs["d2"])
+        outputs = {n: infer(m, inputs)[0] for n, m in models.items()}
         calls = {n: (lambda m=m: infer(m, inputs)) for n, m in models.items()}
         times = time_interleaved(calls, repeats, warmup=0)
         del models
-        args = [export_dir, str(size[0]), str(size[1])] + (["--tiny"] if quick else [])
+        args = [workdir, str(size[0]), str(size[1])] + (["--tiny"] if quick else [])
         peaks = {
-            n: run_worker("bench_export.py", ["--variant", n, *args])["peak_mb"]
-            for n in ("onnx", "d2")
+            n: run_worker("bench_export.py", ["--variant", n, *args])["peak_mb"] for n in names
         }
     model_name = "tiny R18" if quick else "R50"
     return [
         make_row(
             "export",
             f"{model_name} ONNX Runtime ({THREADS} threads) + host fusion, "
-            f"{size[0]}x{size[1]}, all outputs",
+            f"{size[0]}x{size[1]}, {label}",
             repeats,
             REFERENCE,
-            ours_s=median(times["onnx"]),
+            ours_s=median(times[name]),
             reference_s=median(times["d2"]),
             target=TARGET,
-            min_ratio=min_ratio(times, "onnx", "d2"),
-            pixel_agreement=agreement,
-            segments=len(outputs["onnx"][0]["panoptic_seg"][1]),
-            reference_segments=len(outputs["d2"][0]["panoptic_seg"][1]),
-            peak_mb=peaks["onnx"],
+            min_ratio=min_ratio(times, name, "d2"),
+            pixel_agreement=panoptic_agreement(outputs[name], outputs["d2"]),
+            segments=len(outputs[name]["panoptic_seg"][1]),
+            reference_segments=len(outputs["d2"]["panoptic_seg"][1]),
+            peak_mb=peaks[name],
             reference_peak_mb=peaks["d2"],
         )
+        for name, (_, label) in VARIANTS.items()
     ]
 
 
@@ -141,8 +137,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        export_dir, height, width = args.rest
-        _worker(args.variant, export_dir, int(height), int(width), args.tiny)
+        workdir, height, width = args.rest
+        _worker(args.variant, workdir, int(height), int(width), args.tiny)
         return
     size = tuple(int(v) for v in args.size.split("x")) if args.size else None
     for row in run(args.quick, args.repeats, size):

@@ -138,13 +138,13 @@ def test_cli_demo_and_evaluation_of_an_export(setup, tmp_path):
     out = tmp_path / "ts"
     export_main(["--config-file", str(config), "--format", "torchscript", "--output", str(out)])
     assert sorted(os.listdir(out)) == ["config.yaml", "export.json", "model.ts"]
-    results = evaluate_main(["--model-dir", str(out), "--output", str(tmp_path / "ev")])
-    from panoptic_ext.engine import Trainer
-
-    cfg = cfg.clone()
-    cfg.OUTPUT_DIR = str(tmp_path / "eager")
-    expected = Trainer.test(cfg, eager)
-    assert results["panoptic_seg"]["PQ"] == pytest.approx(expected["panoptic_seg"]["PQ"], abs=0.1)
+    argv = ["--model-dir", str(out), "--output", str(tmp_path / "ev"), "--compare-eager"]
+    results = evaluate_main(argv)[f"{PREFIX}_val"]
+    assert results["agreement"]["images"] == 2 and results["agreement"]["min"] >= 0.999
+    pq = results["export"]["panoptic_seg"]["PQ"]
+    assert pq == pytest.approx(results["eager"]["panoptic_seg"]["PQ"], abs=0.1)
+    plain = evaluate_main(["--model-dir", str(out), "--output", str(tmp_path / "ev2")])
+    assert plain["panoptic_seg"]["PQ"] == pq
 
     from PIL import Image
 
@@ -202,3 +202,13 @@ def test_clear_errors(setup, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(ImportError, match="pip install onnxruntime"):
         ExportedPanopticModel(str(root / "onnx"))
+
+
+def test_panoptic_agreement_by_hand():
+    from panoptic_ext.export.faithfulness import panoptic_agreement
+
+    thing, stuff = {"isthing": True, "category_id": 0}, {"isthing": False, "category_id": 1}
+    a = {"panoptic_seg": (torch.tensor([[1, 1], [2, 0]]), [{"id": 1, **thing}, {"id": 2, **stuff}])}
+    b = {"panoptic_seg": (torch.tensor([[5, 5], [5, 0]]), [{"id": 5, **thing}])}
+    assert panoptic_agreement(a, b) == 0.75  # segment 2 merged into 5: its pixel disagrees
+    assert panoptic_agreement(a, a) == 1.0

@@ -59,10 +59,22 @@ def evaluate_main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     parser.add_argument("--output", default=None, help="evaluator files (default DIR/inference)")
     parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads")
     parser.add_argument("--providers", nargs="+", default=None, help="ONNX Runtime providers")
+    parser.add_argument(
+        "--compare-eager",
+        action="store_true",
+        help="also run the eager model (config.yaml's MODEL.WEIGHTS): both metrics and the "
+        "panoptic pixel agreement of every image",
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args(argv)
     setup_logger(name="panoptic_ext")
     setup_logger()
+    if args.compare_eager:
+        from .faithfulness import compare_with_eager
+
+        return compare_with_eager(
+            args.model_dir, args.dataset, args.output, args.threads, args.providers
+        )
     cfg = exported_cfg(args.model_dir, args.opts)
     cfg.OUTPUT_DIR = args.output or os.path.join(args.model_dir, "inference")
     if args.dataset:

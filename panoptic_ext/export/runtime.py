@@ -48,6 +48,9 @@ def _onnx_session(path: str, providers: Optional[Sequence[str]], num_threads: Op
     if num_threads:
         options.intra_op_num_threads = int(num_threads)
         options.inter_op_num_threads = 1
+    if os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":
+        # as torch's OpenMP threads: no spin-waiting, which is slow on a busy machine
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(path, options, providers=list(providers))
     except Exception as e:  # ORT raises its own exception types for unreadable models
