@@ -119,8 +119,8 @@ def run(quick: bool = False, repeats: int = 2, size: Optional[Tuple[int, int]] =
             pixel_agreement=panoptic_agreement(outputs[name], outputs["d2"]),
             segments=len(outputs[name]["panoptic_seg"][1]),
             reference_segments=len(outputs["d2"]["panoptic_seg"][1]),
-            peak_mb=peaks[name],
-            reference_peak_mb=peaks["d2"],
+            ours_peak_rss_mb=peaks[name],
+            reference_peak_rss_mb=peaks["d2"],
         )
         for name, (_, label) in VARIANTS.items()
     ]
