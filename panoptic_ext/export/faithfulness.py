@@ -57,7 +57,8 @@ def compare_with_eager(
 
     Returns:
         dict per dataset: "export" and "eager" (evaluator results), "agreement"
-        (min / mean over images, number of images, the worst image's file name).
+        (min / mean over images, number of images, the worst image's file name) and
+        "pq_difference" (export - eager, when both have a PQ).
     """
     from detectron2.evaluation import inference_context
     from detectron2.modeling import build_model
@@ -105,5 +106,14 @@ def compare_with_eager(
             "images": len(agreements),
             "worst_image": worst[1],
         }
-        logger.info("%s: export vs eager pixel agreement %s", name, results[name]["agreement"])
+        pq = {k: results[name][k].get("panoptic_seg", {}).get("PQ") for k in ("export", "eager")}
+        if None not in pq.values():
+            results[name]["pq_difference"] = pq["export"] - pq["eager"]
+        logger.info(
+            "%s: PQ export %s vs eager %s; pixel agreement %s",
+            name,
+            pq["export"],
+            pq["eager"],
+            results[name]["agreement"],
+        )
     return results
