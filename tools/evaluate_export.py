@@ -12,4 +12,7 @@ import sys
 from panoptic_ext.export.commands import evaluate_main
 
 if __name__ == "__main__":
-    evaluate_main(sys.argv[1:])
+    try:
+        evaluate_main(sys.argv[1:])
+    except (ValueError, ImportError, FileNotFoundError) as e:  # bad input: the message, no trace
+        sys.exit(f"{sys.argv[0]}: error: {e}")

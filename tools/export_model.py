@@ -16,4 +16,7 @@ import sys
 from panoptic_ext.export.commands import export_main
 
 if __name__ == "__main__":
-    export_main(sys.argv[1:])
+    try:
+        export_main(sys.argv[1:])
+    except (ValueError, ImportError, FileNotFoundError) as e:  # bad input: the message, no trace
+        sys.exit(f"{sys.argv[0]}: error: {e}")
