@@ -23,6 +23,8 @@ setup(
         # fast PQ evaluation (PNG inflate, compiled loops); without them a slower path is used
         "deflate",
         "numba",
+        # default PQ engine (Rust); without it the pure path above is used
+        "hotcoco",
     ],
     extras_require={
         "cityscapes": ["cityscapesscripts"],
@@ -31,7 +33,7 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "panoptic-pq=panoptic_ext.evaluation.pq:main",
+            "panoptic-pq=panoptic_ext.evaluation.pq_cli:main",
         ]
     },
 )

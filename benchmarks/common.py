@@ -250,14 +250,14 @@ def reference_cfg(config_file: str = PANOPTIC_ZOO_CONFIG, tiny: bool = False):
     detectron2's model-zoo config (a path relative to the zoo) on the CPU, no weights; ``tiny``
     shrinks the model (TINY_MODEL) for smoke tests.
     """
-    from detectron2 import model_zoo
     from detectron2.config import get_cfg
 
     from panoptic_ext import add_panoptic_ext_config
+    from panoptic_ext.compat import model_zoo_config_file
 
     cfg = get_cfg()
     add_panoptic_ext_config(cfg)
-    cfg.merge_from_file(model_zoo.get_config_file(config_file))
+    cfg.merge_from_file(model_zoo_config_file(config_file))
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.WEIGHTS = ""
     if tiny:

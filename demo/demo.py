@@ -9,6 +9,9 @@ Panoptic predictions of a trained model on images, with detectron2's ``DefaultPr
 For each image ``<name>`` it writes to ``--output``: ``<name>_panoptic.png`` (the visualization),
 ``<name>_panoptic_ids.png`` (segment ids, RGB-encoded as COCO panoptic PNGs: id = R + 256 G +
 256^2 B, 0 = void) and ``<name>_segments.json`` (the segments: id, class, score, area).
+Directories and glob patterns give their image files (by extension); earlier outputs of the demo
+in ``--output`` are not taken as inputs. An unreadable image is reported and skipped; the exit
+status is then 1.
 
 With ``--onnx DIR`` (a directory written by ``tools/export_model.py``) it runs the exported model
 on ONNX Runtime (or TorchScript) with ``PanopticONNXPredictor`` and the config saved beside it;
@@ -59,8 +62,11 @@ def main(argv: Optional[List[str]] = None) -> List[dict]:
     else:
         raise SystemExit("demo.py needs --config-file (eager model) or --onnx DIR (an export)")
     cfg.freeze()
-    written = predict_images(cfg, args.input, args.output, predictor=predictor)
+    failed: List[tuple] = []
+    written = predict_images(cfg, args.input, args.output, predictor=predictor, failed=failed)
     logger.info("Wrote the predictions of %d images to %s", len(written), args.output)
+    if failed:  # the others were predicted; the exit status still says something went wrong
+        raise SystemExit(f"demo: {len(failed)} image(s) could not be read (see the log above)")
     return written
 
 

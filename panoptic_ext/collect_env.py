@@ -33,10 +33,19 @@ def _detectron2_rows() -> List[Tuple[str, str]]:
         import detectron2
     except ImportError as e:
         return [("detectron2", f"not importable ({e})")]
-    compiled = detectron2_has_compiled_ops()
-    ops = "compiled" if compiled else "stand-in (installed without compiled ops)"
+    if detectron2_has_compiled_ops():
+        from detectron2 import _C
+
+        ops = f"compiled ({_C.get_compiler_version()})"
+    else:
+        ops = "stand-in (installed without compiled ops)"
+    # v0.6 and main both say __version__ "0.6": the distribution tells PyPI's v0.6 sdist
+    # (pb1-detectron2) from a build of detectron2's own source.
+    dists = importlib.metadata.packages_distributions().get("detectron2", [])
+    dist = ", ".join(f"{d} {importlib.metadata.version(d)}" for d in sorted(set(dists)))
     return [
         ("detectron2", detectron2.__version__),
+        ("detectron2 distribution", dist or "unknown (not installed by pip)"),
         ("detectron2 path", os.path.dirname(detectron2.__file__)),
         ("detectron2 ops (_C)", ops),
     ]

@@ -4,15 +4,20 @@ Code elsewhere asks these functions instead of checking versions itself.
 """
 
 import functools
+import os
 from collections.abc import Sequence
+from typing import Optional
 
 __all__ = [
     "autocast_enabled",
     "import_detectron2_export",
     "pad_to_backbone",
     "detectron2_has_compiled_ops",
+    "detectron2_sgd_foreach",
+    "model_zoo_config_file",
     "create_ddp_model",
     "enable_cpu_ddp",
+    "map_dataset_can_skip",
     "fix_map_dataset_retry",
 ]
 
@@ -86,6 +91,41 @@ def import_detectron2_export(submodule: str):
     return importlib.import_module(f"detectron2.export.{submodule}")
 
 
+@functools.lru_cache(maxsize=None)
+def detectron2_sgd_foreach() -> Optional[bool]:
+    """
+    The ``foreach`` argument detectron2's own ``build_optimizer`` gives ``torch.optim.SGD``:
+    True on detectron2 main, None (torch's default) on v0.6. Read from an optimizer it builds.
+    """
+    import torch
+    from detectron2.config import get_cfg
+    from detectron2.solver import build_optimizer
+
+    return build_optimizer(get_cfg(), torch.nn.Linear(1, 1)).defaults.get("foreach")
+
+
+def model_zoo_config_file(config_path: str) -> str:
+    """
+    Path of a config in detectron2's model zoo, as ``detectron2.model_zoo.get_config_file``
+    returns it, without importing ``detectron2.model_zoo``: on detectron2 main that imports
+    ``pkg_resources``, which setuptools >= 81 no longer has.
+
+    Args:
+        config_path (str): relative to the zoo's configs, e.g.
+            "COCO-PanopticSegmentation/panoptic_fpn_R_50_1x.yaml".
+    """
+    import detectron2
+
+    configs = os.path.join(os.path.dirname(detectron2.__file__), "model_zoo", "configs")
+    path = os.path.join(configs, config_path)
+    if not os.path.isfile(path):
+        raise RuntimeError(
+            f"{config_path} not available in detectron2's model zoo: {path} does not exist "
+            f"(detectron2 installed without its model-zoo configs?)"
+        )
+    return path
+
+
 def create_ddp_model(model, **kwargs):
     """
     detectron2's ``create_ddp_model`` that also wraps a CPU model: detectron2 (v0.6 and main)
@@ -149,21 +189,44 @@ class _IndexPool(Sequence):
         if i < len(self._items):  # move the last item into the hole
             self._items[i] = last
             self._pos[last] = i
+        if not self._items:  # MapDataset would call random.sample on an empty pool next
+            raise RuntimeError(
+                "every record of the training set was skipped as bad "
+                "(MODEL.PANOPTIC_EXT.DATA.ON_BAD_RECORD skip): the warnings above name each file "
+                "and its problem; fix the dataset (or its registration paths)"
+            )
+
+
+@functools.lru_cache(maxsize=None)
+def map_dataset_can_skip() -> bool:
+    """
+    Whether detectron2's ``MapDataset`` can skip a record whose mapper returned None (it retries
+    another record). detectron2 main can; v0.6 retries with ``random.sample(a_set, k=1)``, which
+    raises TypeError on Python >= 3.11. Found out by trying it on a two-record dataset.
+    """
+    from detectron2.data.common import MapDataset
+
+    try:
+        return MapDataset([0, 1], lambda x: x or None)[0] == 1
+    except TypeError:
+        return False
 
 
 def fix_map_dataset_retry(dataset) -> bool:
     """
-    detectron2's ``MapDataset`` (v0.6 and main) retries a record whose mapper returned None with
-    ``random.sample(a_set, k=1)``, which raises TypeError on Python >= 3.11; so skipping a bad
-    record crashes the loader. Replace the set by an equivalent sequence, in place.
+    Let a detectron2 ``MapDataset`` whose retry is broken (v0.6, see :func:`map_dataset_can_skip`)
+    skip records: replace its set of retry candidates by an equivalent sequence, in place.
 
     Returns:
-        bool: whether ``dataset`` was such a ``MapDataset`` and is now fixed.
+        bool: whether ``dataset`` was such a ``MapDataset`` and is now fixed (False where
+        detectron2's own retry works).
     """
     from detectron2.data.common import MapDataset
 
     pool = getattr(dataset, "_fallback_candidates", None)
     if not isinstance(dataset, MapDataset) or not isinstance(pool, (set, frozenset)):
+        return False
+    if map_dataset_can_skip():
         return False
     dataset._fallback_candidates = _IndexPool(sorted(pool))
     return True

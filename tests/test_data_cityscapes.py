@@ -15,12 +15,11 @@ from detectron2.utils.events import EventStorage
 from PIL import Image
 
 from panoptic_ext.data import PanopticFPNDatasetMapper
-from tests.common import get_model_zoo_cfg
+from tests.common import get_model_zoo_cfg, write_cityscapes_instance_ids
 
 cs_labels = pytest.importorskip("cityscapesscripts.helpers.labels")
 from cityscapesscripts.preparation import createTrainIdLabelImgs  # noqa: E402
 from cityscapesscripts.preparation.createPanopticImgs import convert2panoptic  # noqa: E402
-from cityscapesscripts.preparation.json2instanceImg import json2instanceImg  # noqa: E402
 
 CONFIG = Path(__file__).parents[1] / "configs/Cityscapes-PanopticSegmentation"
 NAMES = ("cityscapes_fine_panoptic_train", "cityscapes_fine_panoptic_val")
@@ -56,8 +55,7 @@ def _write_fake_cityscapes(root: Path) -> None:
             gt.parent.mkdir(parents=True, exist_ok=True)
             gt.write_text(json.dumps({"imgHeight": H, "imgWidth": W, "objects": _objects(10 * i)}))
             # official downloads ship *_instanceIds.png, made from the polygons by this script
-            json2instanceImg(str(gt), str(gt).replace("_polygons.json", "_instanceIds.png"), "ids")
-            ids = np.asarray(Image.open(str(gt).replace("_polygons.json", "_instanceIds.png")))
+            ids = np.asarray(Image.open(write_cityscapes_instance_ids(str(gt))))
             sem = np.where(ids >= 1000, ids // 1000, ids)
             image = np.zeros((H, W, 3), np.uint8)
             for label_id in np.unique(sem):
@@ -66,6 +64,14 @@ def _write_fake_cityscapes(root: Path) -> None:
             img.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(image).save(img)
     assert name2label["car"].trainId == 13
+
+
+def _register_under(datasets_root):
+    for name in NAMES:
+        for catalog in (DatasetCatalog, MetadataCatalog):
+            if name in catalog.list():
+                catalog.remove(name)
+    register_all_cityscapes_panoptic(str(datasets_root))
 
 
 @pytest.fixture(scope="module")
@@ -79,16 +85,9 @@ def cityscapes_root(tmp_path_factory):
     convert2panoptic(str(root / "gtFine"), setNames=["train", "val"])
     mp.undo()
 
-    def register(datasets_root):
-        for name in NAMES:
-            for catalog in (DatasetCatalog, MetadataCatalog):
-                if name in catalog.list():
-                    catalog.remove(name)
-        register_all_cityscapes_panoptic(str(datasets_root))
-
-    register(datasets)  # detectron2's own builtin registration, under our root
+    _register_under(datasets)  # detectron2's own builtin registration, under our root
     yield root
-    register(os.getenv("DETECTRON2_DATASETS", "datasets"))
+    _register_under(os.getenv("DETECTRON2_DATASETS", "datasets"))
 
 
 def _cfg():
@@ -174,3 +173,31 @@ def test_few_training_iterations(cityscapes_root):
             optimizer.zero_grad()
             total.backward()
             optimizer.step()
+
+
+def test_dataset_root_with_dots_loads(cityscapes_root, tmp_path):
+    """detectron2's loader cuts paths at the first "." ("Please generate labelTrainIds.png");
+    with panoptic_ext imported, a root such as first.last/tmp.x1 loads the same records."""
+    import shutil
+
+    expected = DatasetCatalog.get(NAMES[0])
+    dotted = tmp_path / "first.last" / "tmp.x1"
+    shutil.copytree(cityscapes_root, dotted / "cityscapes")
+    try:
+        _register_under(dotted)
+        records = DatasetCatalog.get(NAMES[0])
+        assert len(records) == len(expected) == 3
+        for got, want in zip(records, expected):
+            for key in ("file_name", "sem_seg_file_name", "pan_seg_file_name"):
+                assert got[key] == want[key].replace(
+                    str(cityscapes_root), str(dotted / "cityscapes")
+                )
+                assert os.path.isfile(got[key])
+            assert got["image_id"] == want["image_id"]
+            assert got["segments_info"] == want["segments_info"]
+        # A missing labelTrainIds file is named, with how to make it.
+        os.remove(records[0]["sem_seg_file_name"])
+        with pytest.raises(FileNotFoundError, match="labelTrainIds.png .*createTrainIdLabelImgs"):
+            DatasetCatalog.get(NAMES[0])
+    finally:
+        _register_under(cityscapes_root.parent)

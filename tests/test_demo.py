@@ -6,6 +6,7 @@ import runpy
 import sys
 
 import numpy as np
+import pytest
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 from PIL import Image
@@ -69,3 +70,27 @@ def test_demo_on_generated_images(tmp_path):
             assert s["area"] == int((ids == s["id"]).sum()) > 0
             assert s["category_name"] in SYNTHETIC_NAMES
             assert ("score" in s) == s["isthing"]
+
+
+def test_demo_skips_a_corrupt_image_and_its_own_outputs(tmp_path):
+    """One corrupt image does not stop the batch (exit status 1, the others predicted); with
+    --output the input folder, a second run does not predict on the first run's outputs."""
+    cfg = get_panoptic_cfg(QUICK_CONFIG)
+    DetectionCheckpointer(build_model(cfg), save_dir=str(tmp_path)).save("model")
+    images = tmp_path / "images"
+    images.mkdir()
+    image, _, _ = render_sample(np.random.default_rng(0), 48, 56)
+    Image.fromarray(image).save(images / "a.jpg")
+    (images / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    argv = ["--config-file", QUICK_CONFIG, "--input", str(images), "--output", str(images)]
+    argv += ["--opts", "MODEL.WEIGHTS", str(tmp_path / "model.pth")]
+    for _ in range(2):
+        with pytest.raises(SystemExit, match="1 image"):
+            _run_demo(argv)
+        assert sorted(os.listdir(images)) == [
+            "a.jpg",
+            "a_panoptic.png",
+            "a_panoptic_ids.png",
+            "a_segments.json",
+            "broken.jpg",
+        ]

@@ -13,6 +13,7 @@ from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 from PIL import Image
 
+from panoptic_ext.compat import detectron2_sgd_foreach
 from panoptic_ext.data import PanopticClassLayout, metadata_from_categories, rgb_to_id
 from panoptic_ext.engine import (
     ProgressHook,
@@ -23,7 +24,7 @@ from panoptic_ext.engine import (
     read_metrics,
 )
 from panoptic_ext.engine.panoptic_visualization import (
-    id2rgb,
+    id_to_rgb,
     record_to_panoptic,
     visualization_metadata,
 )
@@ -88,6 +89,9 @@ def test_sgd_is_detectron2s():
     for key in ours:
         assert ours[key] == theirs[key]
     assert ours[id(model.conv.bias)]["lr"] == 1.0  # BIAS_LR_FACTOR
+    # detectron2 main asks for torch's multi-tensor SGD, v0.6 leaves torch's default
+    assert opt.defaults["foreach"] is reference.defaults["foreach"] is detectron2_sgd_foreach()
+    assert detectron2_sgd_foreach() in (True, None)
 
 
 @pytest.mark.parametrize("optimizer", ["SGD", "AdamW"])
@@ -219,7 +223,7 @@ def test_collect_images(tmp_path):
 
 def test_id2rgb_round_trip():
     ids = np.array([[0, 1, 255], [256, 70000, 16777215]])
-    rgb = id2rgb(ids)
+    rgb = id_to_rgb(ids)
     assert rgb.dtype == np.uint8 and rgb.shape == (2, 3, 3)
     np.testing.assert_array_equal(rgb_to_id(rgb), ids)
 
@@ -258,7 +262,7 @@ def test_record_to_panoptic(tmp_path):
     metadata = SimpleNamespace(**metadata_from_categories(categories))  # contiguous 0..3
     layout = PanopticClassLayout.from_metadata(metadata, "all")  # drawn "merged" anyway
     ids = np.array([[5, 5, 7, 0], [9, 9, 7, 300], [9, 9, 300, 300]])
-    Image.fromarray(id2rgb(ids)).save(tmp_path / "pan.png")
+    Image.fromarray(id_to_rgb(ids)).save(tmp_path / "pan.png")
     record = {
         "pan_seg_file_name": str(tmp_path / "pan.png"),
         "segments_info": [
@@ -276,3 +280,18 @@ def test_record_to_panoptic(tmp_path):
         {"id": 9, "isthing": False, "category_id": 3},  # "ground"
         {"id": 300, "isthing": False, "category_id": 2},  # "sky"
     ]
+
+
+def test_collect_images_filters_globs_and_leaves_out_earlier_outputs(tmp_path):
+    for name in ("b.jpg", "a.png", "notes.txt", "b_panoptic.png", "b_panoptic_ids.png"):
+        (tmp_path / name).write_bytes(b"x")
+    a, b, notes = (str(tmp_path / n) for n in ("a.png", "b.jpg", "notes.txt"))
+    assert collect_images([str(tmp_path / "*")]) == [a, b] + [
+        str(tmp_path / n) for n in ("b_panoptic.png", "b_panoptic_ids.png")
+    ]
+    # with --output the same folder, a second run does not take its outputs as inputs
+    assert collect_images([str(tmp_path)], output_dir=str(tmp_path)) == [a, b]
+    assert collect_images([str(tmp_path / "*")], output_dir=str(tmp_path)) == [a, b]
+    with pytest.raises(FileNotFoundError, match=r"\*.txt'?: matches no image file"):
+        collect_images([str(tmp_path / "*.txt")])
+    assert collect_images([notes]) == [notes]  # a file named explicitly is taken as given

@@ -1,5 +1,9 @@
 """The installed environment can run detectron2's own Panoptic FPN on the CPU."""
 
+import os
+import re
+import subprocess
+import sys
 import unittest
 
 import torch
@@ -11,6 +15,20 @@ import panoptic_ext
 from panoptic_ext.collect_env import collect_env_info
 from panoptic_ext.compat import detectron2_has_compiled_ops
 from tests.common import get_model_zoo_cfg, random_image_batch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Imports every module of the package, train_net.py and the tests' model-zoo config with
+# pkg_resources made unimportable, as under setuptools >= 81.
+NO_PKG_RESOURCES = """
+import importlib, pkgutil, sys
+sys.modules["pkg_resources"] = None
+import panoptic_ext
+for module in pkgutil.walk_packages(panoptic_ext.__path__, "panoptic_ext."):
+    importlib.import_module(module.name)
+import train_net
+from tests.common import get_model_zoo_cfg
+get_model_zoo_cfg()
+"""
 
 
 class TestEnvironment(unittest.TestCase):
@@ -30,13 +48,33 @@ class TestEnvironment(unittest.TestCase):
             self.assertIn(key, info)
         self.assertNotIn("not importable", info)
 
-    def test_standin_ops_raise_clear_import_error(self):
-        if detectron2_has_compiled_ops():
-            self.skipTest("detectron2 has compiled ops")
-        from detectron2 import _C
+    def test_collect_env_says_which_detectron2(self):
+        info = dict(
+            re.split(r"\s{2,}", line, maxsplit=1) for line in collect_env_info().splitlines()
+        )
+        ops = info["detectron2 ops (_C)"]
+        self.assertEqual(ops.startswith("compiled"), detectron2_has_compiled_ops())
+        self.assertIn("detectron2", info["detectron2 distribution"])
 
-        with self.assertRaisesRegex(ImportError, "nms_rotated.*without compiled ops"):
-            _C.nms_rotated  # noqa: B018
+    def test_rotated_nms_runs_or_raises_clear_import_error(self):
+        # detectron2's only-compiled ops: real with compiled ops, a clear error with the stand-in
+        from detectron2 import _C
+        from detectron2.layers import nms_rotated
+
+        if not detectron2_has_compiled_ops():
+            with self.assertRaisesRegex(ImportError, "nms_rotated.*without compiled ops"):
+                _C.nms_rotated  # noqa: B018
+            return
+        boxes = torch.tensor([[10.0, 10, 8, 4, 0], [10.0, 10, 8, 4, 1], [40.0, 40, 8, 4, 0]])
+        scores = torch.tensor([0.9, 0.8, 0.7])
+        self.assertEqual(nms_rotated(boxes, scores, 0.5).tolist(), [0, 2])
+
+    def test_nothing_needs_pkg_resources(self):
+        # setuptools >= 81 dropped pkg_resources; detectron2 main's model_zoo still imports it
+        done = subprocess.run(
+            [sys.executable, "-c", NO_PKG_RESOURCES], cwd=ROOT, capture_output=True, text=True
+        )
+        self.assertEqual(done.returncode, 0, done.stderr[-2000:])
 
     def test_package_exports_config(self):
         cfg = get_model_zoo_cfg()

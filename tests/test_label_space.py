@@ -63,8 +63,8 @@ def test_segments_name_the_dataset_classes(predictions):
         drawn = Visualizer(image, metadata).draw_panoptic_seg(panoptic_seg, segments_info)
         assert drawn.get_image().shape[:2] == tuple(panoptic_seg.shape)
     assert kinds == {True, False}  # things and stuff were both checked
-    # instances' pred_classes are the metadata's contiguous thing ids too
-    assert set(outputs[0]["instances"].pred_classes.tolist()) <= set(thing_ids)
+    # instances keep detectron2's instance classes 0..T-1 (what its COCOEvaluator requires)
+    assert set(outputs[0]["instances"].pred_classes.tolist()) <= set(range(len(thing_ids)))
 
 
 def test_detectron2_panoptic_evaluator_reads_the_outputs(predictions, tmp_path):

@@ -5,56 +5,25 @@ import os
 import unittest
 
 import torch
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
-from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 from detectron2.utils.visualizer import Visualizer
 
 import panoptic_ext  # noqa: F401  (registers the plugins)
-from panoptic_ext import add_panoptic_ext_config
 from panoptic_ext.modeling import PanopticFPNExt
-from tests.common import get_model_zoo_cfg, make_detections_confident, random_image_batch
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = os.path.join(REPO, "configs")
-R50_1X = os.path.join(CONFIGS, "COCO-PanopticSegmentation", "panoptic_fpn_R_50_1x.yaml")
-
-
-def load_cfg(path):
-    cfg = get_cfg()
-    add_panoptic_ext_config(cfg)
-    cfg.merge_from_file(path)
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.WEIGHTS = ""
-    return cfg
-
-
-def training_batch(sizes, seed=0, empty=()):
-    """Random images with random boxes, masks and semantic labels (images in `empty`: none)."""
-    batch = random_image_batch(sizes, seed=seed)
-    g = torch.Generator().manual_seed(seed + 1)
-    for i, x in enumerate(batch):
-        h, w = x["image"].shape[1:]
-        n = 0 if i in empty else 3
-        xy = torch.rand(n, 2, generator=g) * torch.tensor([w / 2, h / 2])
-        instances = Instances((h, w))
-        instances.gt_boxes = Boxes(torch.cat([xy, xy + torch.rand(n, 2, generator=g) * 60 + 20], 1))
-        instances.gt_classes = torch.randint(0, 80, (n,), generator=g)
-        instances.gt_masks = BitMasks(torch.rand(n, h, w, generator=g) > 0.5)
-        x["instances"] = instances
-        x["sem_seg"] = torch.randint(0, 54, (h, w), generator=g)
-        x["sem_seg"][:10] = 255
-    return batch
-
-
-def _make_fast(cfg):
-    """Fewer proposals, sampled ROIs and detections: the same code paths, a faster test."""
-    cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN = 200
-    cfg.MODEL.RPN.POST_NMS_TOPK_TEST = 200
-    cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 64
-    cfg.TEST.DETECTIONS_PER_IMAGE = 40
+from tests.common import (
+    CONFIGS,
+    R50_1X,
+    REPO,
+    get_model_zoo_cfg,
+    load_cfg,
+    make_detections_confident,
+    make_fast,
+    random_image_batch,
+    training_batch,
+)
 
 
 class TestDetectron2Equivalence(unittest.TestCase):
@@ -67,7 +36,7 @@ class TestDetectron2Equivalence(unittest.TestCase):
         cls.cfg = load_cfg(R50_1X)
         cls.d2_cfg = get_model_zoo_cfg()
         for cfg in (cls.cfg, cls.d2_cfg):
-            _make_fast(cfg)
+            make_fast(cfg)
             cfg.MODEL.PANOPTIC_FPN.COMBINE.STUFF_AREA_LIMIT = 256  # tiny images
         cls.d2 = build_model(cls.d2_cfg)
         cls.ours = build_model(cls.cfg)
@@ -120,7 +89,7 @@ class TestPanopticFPNExt(unittest.TestCase):
     def setUpClass(cls):
         cls.cfg = load_cfg(R50_1X)
         cls.cfg.MODEL.PANOPTIC_EXT.LOSS_WEIGHTS.NAME = "learned"
-        _make_fast(cls.cfg)
+        make_fast(cls.cfg)
         torch.manual_seed(0)
         cls.model = build_model(cls.cfg)
 

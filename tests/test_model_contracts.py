@@ -15,7 +15,7 @@ from panoptic_ext.compat import import_detectron2_export
 from panoptic_ext.modeling import LOSS_WEIGHT_SCHEDULE_REGISTRY, optimize_for_cpu_inference
 from tests.common import (
     assert_same_outputs,
-    detectron2_twin_cfg,
+    detectron2_reference_cfg,
     make_detections_confident,
     random_image_batch,
 )
@@ -42,7 +42,7 @@ def _pair(**postprocess):
     """(ours, detectron2's PanopticFPN) with the same weights, in eval mode."""
     torch.manual_seed(0)
     cfg = _cfg(**postprocess)
-    theirs = build_model(detectron2_twin_cfg(cfg))
+    theirs = build_model(detectron2_reference_cfg(cfg))
     make_detections_confident(theirs)
     ours = build_model(cfg)
     ours.load_state_dict(theirs.state_dict())

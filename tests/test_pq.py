@@ -13,13 +13,13 @@ from PIL import Image
 from panoptic_ext.evaluation import (
     PanopticFormatError,
     PQStat,
-    id2rgb,
+    id_to_rgb,
     pq_compute,
     pq_image,
     read_panoptic_png,
-    rgb2id,
+    rgb_to_id,
 )
-from panoptic_ext.evaluation.pq import main as pq_main
+from panoptic_ext.evaluation.pq_cli import main as pq_main
 from panoptic_ext.evaluation.testing import (
     DEFAULT_CATEGORIES,
     random_panoptic_pair,
@@ -178,29 +178,30 @@ class TestErrors:
     def test_size_mismatch(self):
         self.check([[1, 1, 1]], [seg(1, 1)], r"img7: prediction has size \(1, 3\)")
 
-    def test_missing_files_and_images(self, tmp_path):
+    @pytest.mark.parametrize("engine", ["pure", "auto"])
+    def test_missing_files_and_images(self, tmp_path, engine):
         rng = np.random.default_rng(0)
         paths = write_panoptic_files(str(tmp_path), [random_panoptic_pair(rng, 12, 10)] * 2)
         gt_json, gt_folder, pred_json, pred_folder = paths
         os.remove(os.path.join(pred_folder, "000001.png"))
-        with pytest.raises(FileNotFoundError, match="000001.png"):
-            pq_compute(gt_json, pred_json, gt_folder, pred_folder)
+        with pytest.raises(FileNotFoundError, match="image 1 .*000001.png"):
+            pq_compute(gt_json, pred_json, gt_folder, pred_folder, engine=engine)
         with open(pred_json) as f:
             pred = json.load(f)
         pred["annotations"] = pred["annotations"][:1]
         with open(pred_json, "w") as f:
             json.dump(pred, f)
         with pytest.raises(PanopticFormatError, match="no prediction for the image with id 1"):
-            pq_compute(gt_json, pred_json, gt_folder, pred_folder)
+            pq_compute(gt_json, pred_json, gt_folder, pred_folder, engine=engine)
         with pytest.raises(FileNotFoundError, match="nowhere"):
             pq_compute(gt_json, pred_json, gt_folder, "nowhere")
 
 
 def test_rgb_encoding_round_trip(tmp_path):
     ids = np.array([[0, 1, 255], [256, 65536, (1 << 24) - 1]])
-    rgb = id2rgb(ids)
+    rgb = id_to_rgb(ids)
     assert rgb.dtype == np.uint8 and rgb[1, 1].tolist() == [0, 0, 1]
-    assert (rgb2id(rgb) == ids).all()
+    assert (rgb_to_id(rgb) == ids).all()
     path = str(tmp_path / "a.png")
     Image.fromarray(rgb).save(path)
     assert (read_panoptic_png(path) == ids).all()
@@ -251,10 +252,13 @@ def generated_files(tmp_path_factory):
     return write_panoptic_files(root, cases, DEFAULT_CATEGORIES, image_ids)
 
 
-def test_matches_cityscapesscripts_on_generated_images(generated_files):
+@pytest.mark.parametrize("engine", ["pure", "hotcoco", "auto"])
+def test_matches_cityscapesscripts_on_generated_images(generated_files, engine):
+    if engine == "hotcoco":
+        pytest.importorskip("hotcoco.panoptic")
     gt_json, gt_folder, pred_json, pred_folder = generated_files
     ref = reference_pq(gt_json, gt_folder, pred_json, pred_folder)
-    ours = pq_compute(gt_json, pred_json, gt_folder, pred_folder, num_workers=1)
+    ours = pq_compute(gt_json, pred_json, gt_folder, pred_folder, num_workers=1, engine=engine)
     assert_same_results(ours, ref)
     # The cases must exercise every rule, not only the easy ones.
     assert ref["Things"]["n"] > 0 and ref["Stuff"]["n"] > 0
@@ -265,7 +269,8 @@ def test_matches_cityscapesscripts_on_generated_images(generated_files):
     assert any(s["iscrowd"] for s in segments)
     assert any(s["area"] < 10 for s in segments)
     # Threads give the same numbers.
-    assert_same_results(pq_compute(gt_json, pred_json, gt_folder, pred_folder, num_workers=2), ref)
+    threads = pq_compute(gt_json, pred_json, gt_folder, pred_folder, num_workers=2, engine=engine)
+    assert_same_results(threads, ref)
 
 
 def test_matches_cityscapesscripts_per_image(generated_files):
@@ -313,7 +318,7 @@ def test_matches_hotcoco(generated_files, tmp_path):
     gt_json, pred_json = renumbered
     with contextlib.redirect_stdout(io.StringIO()):
         ref = hotcoco_panoptic.pq_compute(gt_json, pred_json, gt_folder, pred_folder)
-    ours = pq_compute(gt_json, pred_json, gt_folder, pred_folder)
+    ours = pq_compute(gt_json, pred_json, gt_folder, pred_folder, engine="pure")
     for name in ("All", "Things", "Stuff"):
         for metric in ("pq", "sq", "rq"):
             assert ours[name][metric] == pytest.approx(ref[name][metric], abs=1e-9)

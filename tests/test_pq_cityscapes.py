@@ -22,12 +22,12 @@ from panoptic_ext.evaluation import (
     PanopticSemSegEvaluator,
     read_panoptic_png,
 )
+from tests.common import write_cityscapes_instance_ids
 
 cs_labels = pytest.importorskip("cityscapesscripts.helpers.labels")
 from cityscapesscripts.evaluation import evalPanopticSemanticLabeling as cs_panoptic  # noqa: E402
 from cityscapesscripts.evaluation import evalPixelLevelSemanticLabeling as cs_pixel  # noqa: E402
 from cityscapesscripts.preparation.createPanopticImgs import convert2panoptic  # noqa: E402
-from cityscapesscripts.preparation.json2instanceImg import json2instanceImg  # noqa: E402
 from cityscapesscripts.preparation.json2labelImg import json2labelImg  # noqa: E402
 
 NAMES = ("cityscapes_fine_panoptic_train", "cityscapes_fine_panoptic_val")
@@ -65,7 +65,7 @@ def cityscapes(tmp_path_factory):
         poly = gt_fine / "val" / "evalcity" / f"{stem}_gtFine_polygons.json"
         poly.parent.mkdir(parents=True, exist_ok=True)
         poly.write_text(json.dumps({"imgHeight": H, "imgWidth": W, "objects": _objects(i)}))
-        json2instanceImg(str(poly), str(poly).replace("_polygons.json", "_instanceIds.png"), "ids")
+        write_cityscapes_instance_ids(str(poly))
         json2labelImg(str(poly), str(poly).replace("_polygons.json", "_labelIds.png"), "ids")
     with contextlib.redirect_stdout(io.StringIO()):
         convert2panoptic(str(gt_fine), setNames=["val"])
@@ -83,8 +83,9 @@ def cityscapes(tmp_path_factory):
 
 
 def _model_outputs(layout, gt_fine):
-    """PanopticFPN-style outputs from the gt with errors: the first car of image 0 missed,
-    building called wall in image 1, the car group predicted as a car, VOID predicted as road."""
+    """PanopticFPN-style outputs (segment category ids: the metadata's train ids) from the gt
+    with errors: the first car of image 0 missed, building called wall in image 1, the car
+    group predicted as a car, VOID predicted as road."""
     with open(gt_fine / "cityscapes_panoptic_val.json") as f:
         annotations = json.load(f)["annotations"]
     road = layout.stuff_dataset_ids.index(cs_labels.name2label["road"].id)
@@ -106,7 +107,8 @@ def _model_outputs(layout, gt_fine):
             new_id = len(segments_info) + 1
             if cat in layout.thing_dataset_ids:
                 k = layout.thing_dataset_ids.index(cat)
-                segments_info.append({"id": new_id, "isthing": True, "category_id": k})
+                category_id = layout.thing_output_ids[k]
+                segments_info.append({"id": new_id, "isthing": True, "category_id": category_id})
                 if not s["iscrowd"]:
                     masks.append(mask)
                     classes.append(k)
@@ -114,7 +116,8 @@ def _model_outputs(layout, gt_fine):
                 j = wall if (cat == building and n == 1) else layout.stuff_dataset_ids.index(cat)
                 if j == road:
                     mask = mask | (ids == 0)
-                segments_info.append({"id": new_id, "isthing": False, "category_id": 1 + j})
+                category_id = layout.stuff_output_ids[j]
+                segments_info.append({"id": new_id, "isthing": False, "category_id": category_id})
             pan[torch.from_numpy(mask)] = new_id
         instances = Instances(ids.shape)
         instances.pred_masks = torch.from_numpy(np.stack(masks))
@@ -173,11 +176,8 @@ def test_miou_equals_cityscapesscripts(cityscapes, tmp_path):
         pan, segments_info = out["panoptic_seg"]
         label = np.zeros(pan.shape, np.uint8)  # 0: 'unlabeled'
         for s in segments_info:
-            k = (
-                s["category_id"]
-                if s["isthing"]
-                else layout.num_thing_classes + s["category_id"] - 1
-            )
+            label_of_model = layout.model_label(s["isthing"], s["category_id"])
+            k = label_of_model if s["isthing"] else layout.num_thing_classes + label_of_model - 1
             label[pan.numpy() == s["id"]] = label_ids[k]
         preds.append(str(tmp_path / f"{inp['image_id']}_pred.png"))
         Image.fromarray(label).save(preds[-1])

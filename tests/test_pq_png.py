@@ -12,16 +12,16 @@ import pytest
 from PIL import Image
 
 from panoptic_ext.evaluation import (
-    id2rgb,
+    id_to_rgb,
+    panoptic_files,
     png_reader,
     pq_compute,
-    pq_core,
     pq_image,
-    pq_io,
     read_panoptic_png,
-    rgb2id,
+    rgb_to_id,
+    segment_matching,
 )
-from panoptic_ext.evaluation.pq_io import pq_image_of_files
+from panoptic_ext.evaluation.panoptic_files import pq_image_of_files
 from panoptic_ext.evaluation.testing import (
     DEFAULT_CATEGORIES,
     random_panoptic_pair,
@@ -117,8 +117,8 @@ class TestDecoder:
         with open(path, "wb") as f:
             f.write(encode_png(pixels, [kind]))
         data = open(path, "rb").read()
-        assert (png_reader.decode_panoptic_png(data, path) == rgb2id(pixels)).all()
-        assert (read_panoptic_png(path) == rgb2id(pixels)).all()
+        assert (png_reader.decode_panoptic_png(data, path) == rgb_to_id(pixels)).all()
+        assert (read_panoptic_png(path) == rgb_to_id(pixels)).all()
         assert (np.asarray(Image.open(path)) == pixels).all()  # the encoder is right
 
     @pytest.mark.parametrize("size", [(1, 1), (1, 9), (7, 1), (5, 3), (31, 65)])
@@ -129,7 +129,7 @@ class TestDecoder:
         path = str(tmp_path / "a.png")
         with open(path, "wb") as f:
             f.write(encode_png(pixels, [4, 3, 1, 2, 0, 4, 4, 3, 2, 1], idat_parts=3))
-        assert (read_panoptic_png(path) == rgb2id(pixels)).all()
+        assert (read_panoptic_png(path) == rgb_to_id(pixels)).all()
         if channels == 4:  # the encoder is right (the ids ignore alpha)
             assert (np.asarray(Image.open(path)) == pixels).all()
 
@@ -139,7 +139,7 @@ class TestDecoder:
             pixels = panoptic_pixels(rng, h, w)
             path = str(tmp_path / f"{k}.png")
             Image.fromarray(pixels).save(path, compress_level=k * 9)
-            assert (read_panoptic_png(path) == rgb2id(pixels)).all()
+            assert (read_panoptic_png(path) == rgb_to_id(pixels)).all()
 
     def test_other_formats_fall_back_to_the_general_decoder(self, tmp_path):
         rng = np.random.default_rng(1)
@@ -149,7 +149,7 @@ class TestDecoder:
         palette = Image.fromarray(pixels).quantize(colors=16)
         palette.save(path)
         assert png_reader.decode_panoptic_png(open(path, "rb").read(), path) is None
-        assert (read_panoptic_png(path) == rgb2id(np.asarray(palette.convert("RGB")))).all()
+        assert (read_panoptic_png(path) == rgb_to_id(np.asarray(palette.convert("RGB")))).all()
         # 16-bit and gray images are not panoptic PNGs: a clear error, as before.
         Image.fromarray(pixels[..., 0]).save(path)
         assert png_reader.decode_panoptic_png(open(path, "rb").read(), path) is None
@@ -184,7 +184,7 @@ class TestDecoder:
         path = str(tmp_path / "adam7.png")
         with open(path, "wb") as f:
             f.write(png)
-        assert (read_panoptic_png(path) == rgb2id(pixels)).all()
+        assert (read_panoptic_png(path) == rgb_to_id(pixels)).all()
 
     def test_truncated_and_corrupt_files_name_the_file(self, tmp_path):
         rng = np.random.default_rng(3)
@@ -237,9 +237,9 @@ def pair_counts_of_maps(gt, pred):
 
 def _numpy_only(monkeypatch):
     """As without numba / deflate installed."""
-    monkeypatch.setattr(pq_core, "fast_kernels", lambda: None)
+    monkeypatch.setattr(segment_matching, "fast_kernels", lambda: None)
     monkeypatch.setattr(png_reader, "fast_kernels", lambda: None)
-    monkeypatch.setattr(pq_io, "fast_kernels", lambda: None)
+    monkeypatch.setattr(panoptic_files, "fast_kernels", lambda: None)
 
 
 class TestJointCounts:
@@ -291,9 +291,9 @@ class TestPairsOfFiles:
         for k in range(4):
             gt, gs, pred, ps = random_panoptic_pair(rng, 45, 61)
             gt_file, pred_file = str(tmp_path / f"g{k}.png"), str(tmp_path / f"p{k}.png")
-            Image.fromarray(id2rgb(gt)).save(gt_file)
-            rgba = np.dstack([id2rgb(pred), np.full(pred.shape, 255, np.uint8)])
-            Image.fromarray(rgba if k % 2 else id2rgb(pred)).save(pred_file)
+            Image.fromarray(id_to_rgb(gt)).save(gt_file)
+            rgba = np.dstack([id_to_rgb(pred), np.full(pred.shape, 255, np.uint8)])
+            Image.fromarray(rgba if k % 2 else id_to_rgb(pred)).save(pred_file)
             ref = pq_image(gt, gs, pred, ps, categories)
             for p in (pred_file, pred, pred.astype(np.int64)):
                 stat = pq_image_of_files(gt_file, gs, p, ps, categories)
@@ -305,7 +305,7 @@ class TestPairsOfFiles:
         ids = np.ones((6, 5), np.int32)
         segments = [{"id": 1, "category_id": 21}]
         gt_file, pred_file = str(tmp_path / "g.png"), str(tmp_path / "p.png")
-        Image.fromarray(id2rgb(ids)).save(gt_file)
+        Image.fromarray(id_to_rgb(ids)).save(gt_file)
         raw = bytearray(6 * (1 + 5 * 3))
         raw[2 * 16] = 9
         with open(pred_file, "wb") as f:
@@ -333,8 +333,8 @@ class TestPairsOfFiles:
         pred = rng.integers(0, 2, size) * 5 + 3
         gt[h // 2 :] = gt[h // 2]  # repeated rows: "Up" rows of zeros
         pred[: h // 3] = pred[0]
-        gt_rgb = id2rgb(gt)
-        pred_rgba = np.dstack([id2rgb(pred), rng.integers(0, 256, size, dtype=np.uint8)])
+        gt_rgb = id_to_rgb(gt)
+        pred_rgba = np.dstack([id_to_rgb(pred), rng.integers(0, 256, size, dtype=np.uint8)])
         kernels = png_reader.fast_kernels()
         scan = []
         for pixels in (gt_rgb, pred_rgba):
@@ -357,11 +357,11 @@ def test_pq_compute_without_the_fast_kernels(tmp_path, monkeypatch):
     rng = np.random.default_rng(7)
     cases = [random_panoptic_pair(rng, 30, 41) for _ in range(4)]
     gt_json, gt_folder, pred_json, pred_folder = write_panoptic_files(str(tmp_path), cases)
-    fast = pq_compute(gt_json, pred_json, gt_folder, pred_folder, num_workers=2)
+    fast = pq_compute(gt_json, pred_json, gt_folder, pred_folder, num_workers=2, engine="pure")
     _numpy_only(monkeypatch)
     png = open(os.path.join(gt_folder, "000000.png"), "rb").read()
     assert png_reader.decode_panoptic_png(png, "x") is None
-    slow = pq_compute(gt_json, pred_json, gt_folder, pred_folder, num_workers=1)
+    slow = pq_compute(gt_json, pred_json, gt_folder, pred_folder, num_workers=1, engine="pure")
     for group in ("All", "Things", "Stuff"):
         assert fast[group] == pytest.approx(slow[group], abs=1e-12)
     for c, values in slow["per_class"].items():

@@ -56,11 +56,11 @@ def _check_panoptic(outputs, height, width):
     present = set(torch.unique(panoptic_seg).tolist())
     assert present <= set(ids) | {0}, "pixels with ids not in segments_info"
     assert set(ids) <= present, "segments without pixels"
-    for s in segments_info:
+    for s in segments_info:  # the registered metadata's contiguous ids: things, then stuff
         if s["isthing"]:
             assert 0 <= s["category_id"] < NUM_THINGS and 0 <= s["score"] <= 1
         else:
-            assert 1 <= s["category_id"] <= NUM_STUFF
+            assert NUM_THINGS <= s["category_id"] < NUM_THINGS + NUM_STUFF
     return segments_info
 
 

@@ -8,7 +8,8 @@ from .builtin import SYNTHETIC_DATASET_NAMES, ensure_synthetic_panoptic, registe
 from .class_layout import SEM_SEG_THINGS_MODES, PanopticClassLayout
 from .custom import load_panoptic_json, metadata_from_categories, register_panoptic_dataset
 from .mapper import PanopticFPNDatasetMapper
-from .panoptic_targets import PanopticTargets, id_to_rgb, panoptic_targets, rgb_to_id
+from .panoptic_ids import id_to_rgb, rgb_to_id
+from .panoptic_targets import PanopticTargets, panoptic_targets
 from .synthetic import SYNTHETIC_CATEGORIES, generate_synthetic_panoptic
 from .validation import PanopticDatasetError, check_dataset_paths, validate_panoptic_dataset
 

@@ -26,6 +26,7 @@ from detectron2.utils.file_io import PathManager
 from .validation import (
     annotation_problems,
     category_problems,
+    duplicate_problems,
     preparation_hint,
     raise_problems,
     validate_panoptic_dataset,
@@ -126,7 +127,7 @@ def load_panoptic_json(
     thing_map = metadata["thing_dataset_id_to_contiguous_id"]
     stuff_map = metadata["stuff_dataset_id_to_contiguous_id"]
     images = {img.get("id"): img for img in data["images"]}
-    problems: List[str] = []
+    problems = duplicate_problems(data, panoptic_json)
     for ann in data["annotations"]:
         problems += annotation_problems(ann, images, [*thing_map, *stuff_map], panoptic_json)
     raise_problems(problems, f"panoptic dataset {panoptic_json}")

@@ -2,7 +2,7 @@
 
 import copy
 import logging
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Set, Union
 
 import numpy as np
 import torch
@@ -14,7 +14,9 @@ from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.file_io import PathManager
 
 from .class_layout import PanopticClassLayout
-from .panoptic_targets import compact_panoptic_ids, rgb_to_id, targets_from_index_map
+from .exif import exif_note, image_size_as_read
+from .panoptic_ids import rgb_to_id
+from .panoptic_targets import compact_panoptic_ids, targets_from_index_map
 from .validation import check_dataset_paths, preparation_hint
 
 __all__ = ["PanopticFPNDatasetMapper", "ON_BAD_RECORD_CHOICES"]
@@ -158,6 +160,7 @@ class PanopticFPNDatasetMapper:
 
     def _read_image(self, dataset_dict: Dict[str, Any]) -> np.ndarray:
         image = _read(dataset_dict["file_name"], self.image_format, "image")
+        _check_record_size(dataset_dict, image)
         utils.check_image_size(dataset_dict, image)  # also sets missing height/width
         return image
 
@@ -171,6 +174,7 @@ class PanopticFPNDatasetMapper:
 
     def _map_train(self, dataset_dict: Dict[str, Any]) -> Dict[str, Any]:
         image = self._read_image(dataset_dict)
+        _warn_exif_once(dataset_dict["file_name"])
         if "pan_seg_file_name" in dataset_dict and "segments_info" in dataset_dict:
             self._map_panoptic(dataset_dict, image)
         elif "annotations" in dataset_dict and "sem_seg_file_name" in dataset_dict:
@@ -270,11 +274,59 @@ def _to_chw_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
 
 
+_exif_checked: Set[str] = set()
+
+
+def _warn_exif_once(image_file: str) -> None:
+    """Warn (once per file) that an image with an EXIF orientation is trained on rotated: sizes
+    cannot tell whether a square image's annotation was drawn on the rotated image."""
+    if image_file in _exif_checked:
+        return
+    _exif_checked.add(image_file)
+    try:
+        orientation = image_size_as_read(image_file)[2]
+    except (OSError, SyntaxError, ValueError):
+        return
+    if orientation != 1:
+        logger.warning(exif_note(image_file, orientation))
+
+
+def _exif_hint(expected_hw: tuple, image: np.ndarray, image_file: str) -> Optional[str]:
+    """Why an annotation of size ``expected_hw`` may not fit the image: its EXIF rotation."""
+    if tuple(expected_hw) == image.shape[1::-1]:
+        orientation = image_size_as_read(image_file)[2]
+        if orientation >= 5:
+            return "the annotation matches the stored pixels, but " + exif_note(
+                image_file, orientation
+            )
+    return None
+
+
+def _check_record_size(dataset_dict: Dict[str, Any], image: np.ndarray) -> None:
+    """The record's height / width against the image as read (detectron2's check_image_size
+    does not say why they differ)."""
+    if "height" not in dataset_dict or "width" not in dataset_dict:
+        return
+    expected = (dataset_dict["height"], dataset_dict["width"])
+    hint = (
+        None
+        if expected == image.shape[:2]
+        else _exif_hint(expected, image, dataset_dict["file_name"])
+    )
+    if hint:
+        raise ValueError(
+            f"{dataset_dict['file_name']} is {image.shape[1]}x{image.shape[0]} (WxH) as read but "
+            f"its annotation says {expected[1]}x{expected[0]}: {hint}"
+        )
+
+
 def _check_same_size(label: np.ndarray, image: np.ndarray, label_file: str, image_file: str):
     if label.shape[:2] != image.shape[:2]:
+        hint = _exif_hint(label.shape[:2], image, image_file)
         raise ValueError(
             f"{label_file} is {label.shape[1]}x{label.shape[0]} (WxH) but its image {image_file} "
-            f"is {image.shape[1]}x{image.shape[0]}: annotation and image do not belong together"
+            f"is {image.shape[1]}x{image.shape[0]} as read: "
+            + (hint or "annotation and image do not belong together")
         )
 
 

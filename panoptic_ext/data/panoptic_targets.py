@@ -17,8 +17,6 @@ from .class_layout import PanopticClassLayout
 
 __all__ = [
     "PanopticTargets",
-    "rgb_to_id",
-    "id_to_rgb",
     "compact_panoptic_ids",
     "targets_from_index_map",
     "panoptic_targets",
@@ -42,23 +40,6 @@ class PanopticTargets:
     gt_masks: np.ndarray
     gt_boxes: np.ndarray
     segment_ids: np.ndarray
-
-
-def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 COCO panoptic colors -> (H, W) int64 segment ids."""
-    rgb = np.asarray(rgb)
-    if rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise ValueError(f"expected an (H, W, 3) RGB array, got shape {rgb.shape}")
-    rgb = rgb.astype(np.int64)
-    return rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
-
-
-def id_to_rgb(ids: np.ndarray) -> np.ndarray:
-    """(H, W) segment ids (< 2**24) -> (H, W, 3) uint8 COCO panoptic colors."""
-    ids = np.asarray(ids, dtype=np.int64)
-    if ids.size and (ids.min() < 0 or ids.max() >= 256**3):
-        raise ValueError("panoptic segment ids must be in [0, 2**24)")
-    return np.stack([ids % 256, ids // 256 % 256, ids // 256**2], axis=-1).astype(np.uint8)
 
 
 def masks_to_boxes(masks: np.ndarray) -> np.ndarray:

@@ -30,7 +30,7 @@ from PIL import Image
 from pycocotools import mask as mask_util
 from tqdm import tqdm
 
-from .panoptic_targets import id_to_rgb
+from .panoptic_ids import id_to_rgb
 
 __all__ = [
     "SYNTHETIC_CATEGORIES",

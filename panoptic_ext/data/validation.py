@@ -15,7 +15,8 @@ from detectron2.data import MetadataCatalog
 from detectron2.utils.file_io import PathManager
 from PIL import Image
 
-from .panoptic_targets import rgb_to_id
+from .exif import exif_note, image_size_as_read
+from .panoptic_ids import rgb_to_id
 
 __all__ = [
     "PanopticDatasetError",
@@ -24,6 +25,7 @@ __all__ = [
     "category_problems",
     "annotation_problems",
     "png_problems",
+    "duplicate_problems",
     "validate_panoptic_dataset",
     "raise_problems",
 ]
@@ -144,10 +146,54 @@ def annotation_problems(
     return problems
 
 
+def _image_problems(image_file: str, png_file: str, w: int, h: int) -> List[str]:
+    try:
+        iw, ih, orientation = image_size_as_read(image_file)
+    except (OSError, SyntaxError, ValueError) as e:
+        return [f"{image_file}: cannot read the image ({e})"]
+    if (ih, iw) != (h, w):
+        note = ""
+        if orientation >= 5 and (iw, ih) == (h, w):
+            note = f": the PNG matches the stored pixels, but {exif_note(image_file, orientation)}"
+        return [f"{image_file}: image is {iw}x{ih} but {png_file} is {w}x{h}{note}"]
+    if orientation != 1:
+        logger.warning(
+            "%s; sizes cannot tell whether %s is; check it visually",
+            exif_note(image_file, orientation),
+            png_file,
+        )
+    return []
+
+
+def duplicate_problems(data: Dict[str, Any], source: str) -> List[str]:
+    """Images annotated twice (two annotations of one ``image_id``, or two ``images`` entries of
+    one id or one file): they would be trained on and evaluated twice."""
+    problems = []
+    for what, items, key in (
+        ("annotation", data.get("annotations", []), "image_id"),
+        ("images entry", data.get("images", []), "id"),
+        ("images entry", data.get("images", []), "file_name"),
+    ):
+        first: Dict[Any, int] = {}
+        for i, item in enumerate(items):
+            value = item.get(key) if isinstance(item, dict) else None
+            if value is None:
+                continue
+            if value in first:
+                problems.append(
+                    f"{source}: {what}s {first[value]} and {i} have the same {key} {value!r} "
+                    "(an image annotated twice would be trained on and evaluated twice)"
+                )
+            else:
+                first[value] = i
+    return problems
+
+
 def png_problems(
     png_file: str, image_file: Optional[str], ann: Dict[str, Any], image: Dict
 ) -> List[str]:
-    """Problems of one PNG against its JSON entry: readability, size, segment ids both ways."""
+    """Problems of one PNG against its JSON entry: readability, size (against the image as
+    training reads it, EXIF orientation applied), segment ids both ways."""
     try:
         with PathManager.open(png_file, "rb") as f:
             pan = np.asarray(Image.open(f).convert("RGB"))
@@ -161,13 +207,7 @@ def png_problems(
             f"{image.get('width')}x{image.get('height')}"
         )
     if image_file is not None:
-        try:
-            with PathManager.open(image_file, "rb") as f:
-                iw, ih = Image.open(f).size  # reads the header only
-            if (ih, iw) != (h, w):
-                problems.append(f"{image_file}: image is {iw}x{ih} but {png_file} is {w}x{h}")
-        except (OSError, SyntaxError, ValueError) as e:
-            problems.append(f"{image_file}: cannot read the image ({e})")
+        problems += _image_problems(image_file, png_file, w, h)
     png_ids = set(np.unique(rgb_to_id(pan)).tolist()) - {0}
     json_ids = {seg.get("id") for seg in ann["segments_info"]}
     if png_ids - json_ids:
@@ -211,6 +251,7 @@ def validate_panoptic_dataset(
 
     data = read_panoptic_json(panoptic_json, image_root, panoptic_root)
     problems = category_problems(data["categories"], panoptic_json)
+    problems += duplicate_problems(data, panoptic_json)
     images = {img.get("id"): img for img in data["images"]}
     cat_ids = [c.get("id") for c in data["categories"] if isinstance(c, dict)]
     todo = []

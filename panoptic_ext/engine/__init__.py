@@ -1,8 +1,8 @@
 """panoptic_ext.engine: training, evaluation and prediction entry points."""
 
+from .config_loading import default_setup, get_panoptic_cfg, setup_cfg
 from .distributed import launch
 from .hooks import ProgressHook
-from .plot import plot_training_curves, read_metrics
 from .panoptic_visualization import (
     class_layout_for_cfg,
     collect_images,
@@ -11,7 +11,7 @@ from .panoptic_visualization import (
     save_panoptic_prediction,
     visualization_metadata,
 )
-from .config_loading import default_setup, get_panoptic_cfg, setup_cfg
+from .plot import plot_training_curves, read_metrics
 from .solver import build_optimizer
 from .train import main, parse_args
 from .trainer import Trainer

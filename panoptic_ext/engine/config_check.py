@@ -241,6 +241,14 @@ def _class_count_problems(cfg: CfgNode, name: str, layout: PanopticClassLayout) 
         f"stuff classes ({_class_list(layout.stuff_names)})"
     )
     problems = []
+    if has_things and T == 0:
+        return [
+            f"dataset {name!r} has no thing classes (no category with isthing 1; {S} stuff "
+            f"classes: {_class_list(layout.stuff_names)}), but MODEL.META_ARCHITECTURE "
+            f"{cfg.MODEL.META_ARCHITECTURE!r} has an instance branch, which needs at least one: "
+            "mark the countable categories isthing 1, or train a semantic segmentation model "
+            "(MODEL.META_ARCHITECTURE SemanticSegmentor)"
+        ]
     roi = cfg.MODEL.ROI_HEADS.NUM_CLASSES
     if has_things and roi != T:
         problems.append(

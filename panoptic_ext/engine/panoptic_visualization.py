@@ -15,7 +15,7 @@ from detectron2.utils.visualizer import Visualizer
 from PIL import Image
 
 from ..data.class_layout import PanopticClassLayout
-from ..data.panoptic_targets import rgb_to_id
+from ..data.panoptic_ids import id_to_rgb, rgb_to_id
 from .image_input import read_image_bgr
 from .predictor import PanopticPredictor
 
@@ -23,7 +23,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "class_layout_for_cfg",
     "collect_images",
-    "id2rgb",
+    "id_to_rgb",
     "save_panoptic_prediction",
     "visualization_metadata",
     "predict_images",
@@ -35,40 +35,61 @@ logger = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
-def collect_images(inputs: Sequence[str]) -> List[str]:
+OUTPUT_SUFFIXES = ("_panoptic.png", "_panoptic_ids.png")  # written by save_panoptic_prediction
+
+
+def _is_image(path: str) -> bool:
+    return os.path.isfile(path) and path.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def collect_images(inputs: Sequence[str], output_dir: Optional[str] = None) -> List[str]:
     """
-    Expand image files, directories (their image files, sorted) and glob patterns into a list of
-    image paths, in the given order.
+    Expand image files, directories and glob patterns (their image files by extension, sorted)
+    into a list of image paths, in the given order.
+
+    Args:
+        inputs (list[str]): files, directories or glob patterns.
+        output_dir (str): where predictions are written; the ``*_panoptic.png`` /
+            ``*_panoptic_ids.png`` files there that a directory or pattern finds are earlier
+            outputs, not inputs, and are left out (a file named explicitly is kept).
 
     Raises:
-        FileNotFoundError: if an input matches nothing, or no image at all is found.
+        FileNotFoundError: if an input matches no image, or no image at all is found.
     """
+    out = os.path.realpath(output_dir) if output_dir else None
+
+    def earlier_output(path: str) -> bool:
+        return (
+            out is not None
+            and path.endswith(OUTPUT_SUFFIXES)
+            and os.path.realpath(os.path.dirname(path)) == out
+        )
+
     paths: List[str] = []
     for item in inputs:
+        if os.path.isfile(item):
+            paths.append(item)
+            continue
         if os.path.isdir(item):
-            found = sorted(
-                os.path.join(item, name)
-                for name in os.listdir(item)
-                if name.lower().endswith(IMAGE_EXTENSIONS)
-            )
-        elif os.path.isfile(item):
-            found = [item]
+            found = [os.path.join(item, name) for name in os.listdir(item)]
         else:
-            found = sorted(glob.glob(os.path.expanduser(item)))
-        if not found:
-            raise FileNotFoundError(f"--input {item!r}: no such image file or directory")
-        paths.extend(found)
+            found = glob.glob(os.path.expanduser(item))
+        images = sorted(p for p in found if _is_image(p))
+        kept = [p for p in images if not earlier_output(p)]
+        if len(kept) < len(images):
+            logger.info(
+                "--input %r: left out %d earlier outputs of this demo in %s",
+                item,
+                len(images) - len(kept),
+                output_dir,
+            )
+        if not kept:
+            what = "no such image file or directory" if not found else "matches no image file"
+            raise FileNotFoundError(
+                f"--input {item!r}: {what} (image extensions: {', '.join(IMAGE_EXTENSIONS)})"
+            )
+        paths.extend(kept)
     return paths
-
-
-def id2rgb(id_map: np.ndarray) -> np.ndarray:
-    """Encode segment ids as RGB (``id = R + 256 G + 256^2 B``, the COCO panoptic format)."""
-    id_map = id_map.astype(np.int64)
-    rgb = np.zeros(id_map.shape + (3,), dtype=np.uint8)
-    for channel in range(3):
-        rgb[..., channel] = id_map % 256
-        id_map = id_map // 256
-    return rgb
 
 
 def class_layout_for_cfg(cfg: CfgNode) -> PanopticClassLayout:
@@ -190,7 +211,7 @@ def save_panoptic_prediction(
     }
     os.makedirs(os.path.dirname(os.path.abspath(output_prefix)), exist_ok=True)
     Image.fromarray(vis).save(paths["visualization"])
-    Image.fromarray(id2rgb(ids)).save(paths["ids"])
+    Image.fromarray(id_to_rgb(ids)).save(paths["ids"])
     with open(paths["segments"], "w") as f:
         json.dump(
             {"height": ids.shape[0], "width": ids.shape[1], "segments_info": segments}, f, indent=1
@@ -199,7 +220,11 @@ def save_panoptic_prediction(
 
 
 def predict_images(
-    cfg: CfgNode, inputs: Sequence[str], output_dir: str, predictor: Optional[Any] = None
+    cfg: CfgNode,
+    inputs: Sequence[str],
+    output_dir: str,
+    predictor: Optional[Any] = None,
+    failed: Optional[List[Tuple[str, str]]] = None,
 ) -> List[Dict[str, str]]:
     """
     Run a ``PanopticPredictor`` (weights from ``cfg.MODEL.WEIGHTS``) on images and save each
@@ -211,11 +236,17 @@ def predict_images(
         output_dir (str): where the outputs go.
         predictor (callable): BGR image -> model outputs; defaults to ``PanopticPredictor(cfg)``
             (detectron2's ``DefaultPredictor`` with strict weight loading).
+        failed (list): if given, gets (path, error) of each image that could not be read.
+            Unreadable images are logged and skipped, so one corrupt file does not stop a batch.
 
     Returns:
-        list[dict]: per image, the written paths and "input".
+        list[dict]: per image read, the written paths and "input".
+
+    Raises:
+        OSError: if no image at all could be read.
     """
-    paths = collect_images(inputs)
+    paths = collect_images(inputs, output_dir)
+    failed = [] if failed is None else failed
     predictor = predictor or PanopticPredictor(cfg)
     layout = class_layout_for_cfg(cfg)
     metadata = visualization_metadata(cfg)
@@ -226,7 +257,12 @@ def predict_images(
         while name in used:  # same file name in two input directories
             name, n = f"{stem}_{n}", n + 1
         used.add(name)
-        image = read_image_bgr(path)  # also grayscale, RGBA, palette, 16-bit files
+        try:
+            image = read_image_bgr(path)  # also grayscale, RGBA, palette, 16-bit files
+        except (OSError, ValueError) as e:
+            logger.error("skipping %s: %s", path, e)
+            failed.append((path, str(e)))
+            continue
         outputs = predictor(image)
         if "panoptic_seg" not in outputs:
             raise ValueError(
@@ -244,4 +280,9 @@ def predict_images(
         written["input"] = path
         logger.info("%s: %d segments -> %s", path, len(segments_info), written["visualization"])
         results.append(written)
+    if failed:
+        listed = "\n  ".join(f"{p}: {e}" for p, e in failed[:20])
+        if not results:
+            raise OSError(f"none of the {len(failed)} images could be read:\n  {listed}")
+        logger.error("%d of %d images could not be read:\n  %s", len(failed), len(paths), listed)
     return results

@@ -7,6 +7,7 @@ import torch
 from detectron2.config import CfgNode
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 
+from ..compat import detectron2_sgd_foreach
 from ..modeling.loss_weights import LossWeightSchedule
 
 __all__ = ["OPTIMIZERS", "build_optimizer", "add_full_model_gradient_clipping"]
@@ -76,13 +77,15 @@ def _with_clipping(cfg: CfgNode, optimizer_type: Type[torch.optim.Optimizer]):
 
 
 def _build_sgd(cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimizer:
-    # detectron2's build_optimizer (same hyper-parameters), plus the schedules' overrides.
+    # detectron2's build_optimizer (same hyper-parameters, and foreach=True on detectron2 main),
+    # plus the schedules' overrides.
     return _with_clipping(cfg, torch.optim.SGD)(
         _param_groups(cfg, model),
         lr=cfg.SOLVER.BASE_LR,
         momentum=cfg.SOLVER.MOMENTUM,
         nesterov=cfg.SOLVER.NESTEROV,
         weight_decay=cfg.SOLVER.WEIGHT_DECAY,
+        foreach=detectron2_sgd_foreach(),
     )
 
 

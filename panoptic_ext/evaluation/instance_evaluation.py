@@ -30,8 +30,8 @@ from detectron2.utils.file_io import PathManager
 from ..compat import detectron2_has_compiled_ops
 from ..data.class_layout import PanopticClassLayout
 from .panoptic_evaluation import load_panoptic_ground_truth
-from .pq_core import segment_index_map
-from .pq_io import read_panoptic_png
+from .panoptic_files import read_panoptic_png
+from .segment_matching import segment_index_map
 
 __all__ = ["PanopticInstanceEvaluator", "panoptic_to_coco_instances"]
 
@@ -161,10 +161,9 @@ class PanopticInstanceEvaluator(COCOEvaluator):
         MetadataCatalog.get(eval_name).set(
             json_file=json_file,
             thing_classes=class_names,
-            # predictions' pred_classes are the metadata's contiguous ids (output ids)
-            thing_dataset_id_to_contiguous_id=dict(
-                zip(layout.thing_dataset_ids, layout.thing_output_ids)
-            ),
+            thing_dataset_id_to_contiguous_id={
+                d: k for k, d in enumerate(layout.thing_dataset_ids)
+            },
             evaluator_type="coco",
         )
         if use_fast_impl is None:

@@ -22,8 +22,10 @@ from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
 from ..data.class_layout import PanopticClassLayout
-from .pq_core import PQStat, categories_by_id, id2rgb
-from .pq_io import format_pq_table, pq_image_of_files
+from ..data.panoptic_ids import id_to_rgb
+from .json_checks import categories_by_id, load_panoptic_json_file
+from .panoptic_files import format_pq_table, pq_image_of_files
+from .segment_matching import PQStat
 
 __all__ = ["PanopticQualityEvaluator", "load_panoptic_ground_truth"]
 
@@ -43,12 +45,18 @@ def load_panoptic_ground_truth(metadata: Any) -> Tuple[str, Dict[str, Any]]:
                 "panoptic ground truth (JSON + PNG folder)"
             )
     json_file = PathManager.get_local_path(metadata.panoptic_json)
-    with PathManager.open(json_file) as f:
-        gt_json = json.load(f)
-    for key in ("annotations", "categories"):
-        if key not in gt_json:
-            raise ValueError(f"panoptic JSON {json_file} of dataset {name!r} has no {key!r}")
+    gt_json = load_panoptic_json_file(json_file, "ground-truth")  # also: one annotation per image
     return PathManager.get_local_path(metadata.panoptic_root), gt_json
+
+
+def _prediction_png_name(gt_ann: Mapping[str, Any]) -> str:
+    """The predicted PNG's name: the gt PNG's path relative to its folder (sub-folders kept, so
+    that ``s1/x.png`` and ``s2/x.png`` do not overwrite each other), or the image id when that
+    path would leave the output folder."""
+    name = os.path.normpath(os.path.splitext(gt_ann["file_name"])[0] + ".png")
+    if os.path.isabs(name) or name.split(os.sep)[0] == os.pardir:
+        name = f"{gt_ann['image_id']}.png"
+    return name
 
 
 class PanopticQualityEvaluator(DatasetEvaluator):
@@ -93,7 +101,9 @@ class PanopticQualityEvaluator(DatasetEvaluator):
         self._metadata = MetadataCatalog.get(dataset_name)
         self._layout = PanopticClassLayout.from_metadata(self._metadata)
         self._gt_root, gt_json = load_panoptic_ground_truth(self._metadata)
-        self._categories = categories_by_id(gt_json["categories"])
+        self._categories = categories_by_id(
+            gt_json["categories"], f"panoptic JSON {self._metadata.panoptic_json}"
+        )
         self._gt_by_image = {ann["image_id"]: ann for ann in gt_json["annotations"]}
         self._gt_by_name = {str(ann["image_id"]): ann for ann in gt_json["annotations"]}
         self._output_dir = output_dir
@@ -171,7 +181,7 @@ class PanopticQualityEvaluator(DatasetEvaluator):
                 image=f"image {input['image_id']!r} ({input.get('file_name', '')}, gt {gt_file})",
             )
             if self._output_dir:
-                file_name = os.path.splitext(os.path.basename(gt_ann["file_name"]))[0] + ".png"
+                file_name = _prediction_png_name(gt_ann)
                 prediction = {
                     "image_id": gt_ann["image_id"],
                     "file_name": file_name,
@@ -179,7 +189,7 @@ class PanopticQualityEvaluator(DatasetEvaluator):
                 }
                 if self._save_pngs:
                     # Encoded now (a few KB each) so that only small strings are gathered.
-                    ok, png = cv2.imencode(".png", np.ascontiguousarray(id2rgb(pan)[..., ::-1]))
+                    ok, png = cv2.imencode(".png", np.ascontiguousarray(id_to_rgb(pan)[..., ::-1]))
                     if not ok:
                         raise RuntimeError(f"could not encode the panoptic PNG of {file_name}")
                     prediction["png_string"] = png.tobytes()
@@ -230,13 +240,13 @@ class PanopticQualityEvaluator(DatasetEvaluator):
 
     def _save(self, predictions: List[Dict[str, Any]], pq_res: Mapping[str, Any]) -> None:
         PathManager.mkdirs(self._output_dir)
-        if self._save_pngs:
-            png_dir = os.path.join(self._output_dir, "predictions")
-            PathManager.mkdirs(png_dir)
+        png_dir = os.path.join(self._output_dir, "predictions")
         annotations = []
         for p in predictions:
             if self._save_pngs:
-                with PathManager.open(os.path.join(png_dir, p["file_name"]), "wb") as f:
+                path = os.path.join(png_dir, p["file_name"])
+                PathManager.mkdirs(os.path.dirname(path))
+                with PathManager.open(path, "wb") as f:
                     f.write(p["png_string"])
             annotations.append({k: v for k, v in p.items() if k != "png_string"})
         with PathManager.open(os.path.join(self._output_dir, "predictions.json"), "w") as f:

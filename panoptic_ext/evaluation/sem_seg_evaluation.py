@@ -26,8 +26,8 @@ from detectron2.utils.file_io import PathManager
 
 from ..data.class_layout import PanopticClassLayout
 from .panoptic_evaluation import load_panoptic_ground_truth
-from .pq_core import segment_index_map
-from .pq_io import read_panoptic_png
+from .panoptic_files import read_panoptic_png
+from .segment_matching import segment_index_map
 
 __all__ = ["PanopticSemSegEvaluator", "panoptic_to_semantic", "semantic_label_map"]
 
@@ -60,7 +60,7 @@ def panoptic_to_semantic(
     Semantic labels of a panoptic annotation.
 
     Args:
-        id_map (ndarray): (H, W) segment ids (``rgb2id`` of the panoptic PNG), 0 = VOID.
+        id_map (ndarray): (H, W) segment ids (``rgb_to_id`` of the panoptic PNG), 0 = VOID.
         segments_info (list[dict]): segments with ``id`` and dataset ``category_id``.
         label_of_category (dict): dataset category id -> semantic label (others are ignored).
         ignore_label (int): label of VOID pixels and of unlisted segments.

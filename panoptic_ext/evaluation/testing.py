@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from .pq_core import id2rgb
+from ..data.panoptic_ids import id_to_rgb
 
 __all__ = ["DEFAULT_CATEGORIES", "random_panoptic_pair", "write_panoptic_files"]
 
@@ -84,6 +84,7 @@ def random_panoptic_pair(
     categories: Sequence[Dict[str, Any]] = DEFAULT_CATEGORIES,
     num_things: int = 8,
     small_ids: bool = False,
+    void_speckle: float = 0.0,
 ) -> Tuple[np.ndarray, Segments, np.ndarray, Segments]:
     """
     One random image: (gt id map, gt segments_info, predicted id map, predicted segments_info).
@@ -94,6 +95,8 @@ def random_panoptic_pair(
         categories (list[dict]): COCO panoptic categories (``id``, ``isthing``).
         num_things (int): about how many thing segments the gt has.
         small_ids (bool): ids 1, 2, ... (as models produce) instead of random 24-bit ids.
+        void_speckle (float): fraction of pixels set to VOID at random in both maps (as
+            annotation tools leave on borders; many short runs).
     """
     things = [c["id"] for c in categories if c["isthing"]]
     stuff = [c["id"] for c in categories if not c["isthing"]]
@@ -163,6 +166,9 @@ def random_panoptic_pair(
     if rng.random() < 0.2:
         _draw(gt, _random_shape(rng, height, width, 0.2), new_id())
 
+    if void_speckle > 0:
+        for id_map in (gt, pred):
+            id_map[rng.random(id_map.shape) < void_speckle] = 0
     gt_segments = _segments_of(gt, gt_info)
     pred_segments = [
         {k: v for k, v in s.items() if k != "area"} for s in _segments_of(pred, pred_info)
@@ -191,8 +197,8 @@ def write_panoptic_files(
     for k, (gt, gt_segments, pred, pred_segments) in enumerate(cases):
         image_id = image_ids[k] if image_ids is not None else k
         name = f"{k:06d}.png"
-        Image.fromarray(id2rgb(gt)).save(os.path.join(gt_folder, name))
-        Image.fromarray(id2rgb(pred)).save(os.path.join(pred_folder, name))
+        Image.fromarray(id_to_rgb(gt)).save(os.path.join(gt_folder, name))
+        Image.fromarray(id_to_rgb(pred)).save(os.path.join(pred_folder, name))
         h, w = gt.shape
         images.append({"id": image_id, "file_name": f"{k:06d}.jpg", "height": h, "width": w})
         gt_anns.append({"image_id": image_id, "file_name": name, "segments_info": gt_segments})

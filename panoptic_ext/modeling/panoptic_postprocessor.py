@@ -187,11 +187,13 @@ def _postprocess_instances(instances: Instances, output_size, with_masks: bool) 
 class PanopticPostprocessorBase:
     """
     Options shared by the registered post-processors (detectron2's defaults), and the output
-    label space: with ``thing_ids`` / ``stuff_ids`` given, a thing segment's ``category_id``
-    (and the instances' ``pred_classes``) is ``thing_ids[instance class]`` and a stuff
-    segment's is ``stuff_ids[merged label]``: the contiguous ids of the dataset's metadata, which
-    detectron2's ``Visualizer`` and ``COCOPanopticEvaluator`` read. Without them, detectron2's
-    PanopticFPN convention (instance class; merged label, as "separated" metadata has).
+    label space: with ``thing_ids`` / ``stuff_ids`` given, a thing segment's ``category_id`` is
+    ``thing_ids[instance class]`` and a stuff segment's is ``stuff_ids[merged label]``: the
+    contiguous ids of the dataset's metadata, which detectron2's ``Visualizer`` and
+    ``COCOPanopticEvaluator`` read. Without them, detectron2's PanopticFPN convention (instance
+    class; merged label, as "separated" metadata has). The "instances" output keeps
+    detectron2's instance classes ``0..T-1`` in ``pred_classes``, which its ``COCOEvaluator``
+    requires.
     """
 
     @configurable
@@ -266,15 +268,11 @@ class PanopticPostprocessorBase:
         return semantic
 
     def in_dataset_labels(self, outputs: Dict[str, Any]) -> Dict[str, Any]:
-        """Convert ``outputs``' category ids to the output label space, in place."""
+        """Convert the segments' category ids to the output label space, in place."""
         for seg in outputs["panoptic_seg"][1]:
             ids = self.thing_ids if seg["isthing"] else self.stuff_ids
             if ids is not None:
                 seg["category_id"] = ids[seg["category_id"]]
-        if self.thing_ids is not None and "instances" in outputs:
-            classes = outputs["instances"].pred_classes
-            table = torch.as_tensor(self.thing_ids, dtype=classes.dtype, device=classes.device)
-            outputs["instances"].pred_classes = table[classes]
         return outputs
 
     @staticmethod

@@ -1,4 +1,5 @@
-"""Panoptic quality (Kirillov et al., 2019) of one image, vectorised with numpy.
+"""Segment matching and counting for panoptic quality (Kirillov et al., 2019): the TP / FP / FN
+and IoU sums of one image (``pq_image``, ``PQStat``), vectorised with numpy.
 
 The semantics are panopticapi's ``pq_compute_single_core`` (and of its port in cityscapesscripts):
 
@@ -13,13 +14,13 @@ The semantics are panopticapi's ``pq_compute_single_core`` (and of its port in c
 Instead of panopticapi's ``np.unique`` over ``gt * OFFSET + pred`` (a sort of every pixel)
 and Python loops over segment pairs, the pixel counts of the distinct (gt id, pred id) pairs come
 from one compiled pass over the runs of the two maps (:mod:`.png_kernels`, or straight from the
-PNG scanlines in :func:`.pq_io.pq_image_of_files`); without numba, ids are mapped to compact
-indices with a lookup table and counted with one ``np.bincount``. Matching then works on small
-(gt x pred) matrices.
+PNG scanlines in :func:`.panoptic_files.pq_image_of_files`); without numba, ids are mapped to
+compact indices with a lookup table and counted with one ``np.bincount``. Matching then works on
+small (gt x pred) matrices.
 """
 
 import threading
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -30,11 +31,10 @@ __all__ = [
     "VOID",
     "PQStat",
     "PanopticFormatError",
-    "rgb2id",
-    "id2rgb",
     "pq_image",
     "pq_image_from_pairs",
     "segment_index_map",
+    "int_field",
 ]
 
 OFFSET = 256 * 256 * 256
@@ -43,24 +43,6 @@ VOID = 0
 
 class PanopticFormatError(ValueError):
     """A panoptic annotation or prediction is inconsistent (names the image)."""
-
-
-def rgb2id(color: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 RGB -> (H, W) int32 segment ids (COCO panoptic encoding)."""
-    color = np.asarray(color)
-    if color.ndim != 3 or color.shape[2] < 3:
-        raise ValueError(f"expected an (H, W, 3) RGB array, got shape {color.shape}")
-    c = color.astype(np.int32, copy=False)
-    return c[..., 0] + (c[..., 1] << 8) + (c[..., 2] << 16)
-
-
-def id2rgb(id_map: np.ndarray) -> np.ndarray:
-    """(H, W) integer segment ids in [0, 2**24) -> (H, W, 3) uint8 RGB."""
-    id_map = np.asarray(id_map)
-    if id_map.size and (id_map.min() < 0 or id_map.max() >= OFFSET):
-        raise ValueError("segment ids must be in [0, 2**24) to be stored as RGB")
-    ids = id_map.astype(np.uint32, copy=False)
-    return np.stack([ids & 255, (ids >> 8) & 255, (ids >> 16) & 255], axis=-1).astype(np.uint8)
 
 
 class PQStat:
@@ -107,7 +89,7 @@ class PQStat:
         pq, sq, rq, n = 0.0, 0.0, 0.0, 0
         per_class = {}
         for label, info in categories.items():
-            if isthing is not None and (info.get("isthing", 0) == 1) != isthing:
+            if isthing is not None and bool(info["isthing"]) != isthing:
                 continue
             i = row[label]
             iou, tp, fp, fn = float(self.iou[i]), int(self.tp[i]), int(self.fp[i]), int(self.fn[i])
@@ -181,8 +163,34 @@ def segment_index_map(id_map: np.ndarray, segment_ids: np.ndarray, scale: int = 
     return _indexer(id_map, np.asarray(segment_ids, dtype=np.int64), scale)
 
 
+def int_field(segment: Any, key: str, what: str, image: str) -> int:
+    """``segment[key]`` as an int; PanopticFormatError naming the image, the segment and the key
+    when the segment is not an object, the key is missing or its value is not an integer (a
+    float such as 1.0 or 1.5, a string or a bool is refused rather than truncated)."""
+    if not isinstance(segment, Mapping):
+        raise PanopticFormatError(
+            f"{image}: {what} segments_info holds {segment!r}; expected objects with 'id' and "
+            "'category_id'"
+        )
+    if key not in segment:
+        raise PanopticFormatError(
+            f"{image}: a {what} segment has no {key!r} ({dict(segment)}); expected an integer"
+        )
+    value = segment[key]
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise PanopticFormatError(
+            f"{image}: {what} segment {segment.get('id')!r} has {key} {value!r} "
+            f"({type(value).__name__}); expected an integer"
+        )
+    return int(value)
+
+
 def _segment_ids(segments: Sequence[Mapping[str, Any]], what: str, image: str) -> np.ndarray:
-    ids = np.array([int(s["id"]) for s in segments], dtype=np.int64)
+    if not isinstance(segments, (list, tuple)):
+        raise PanopticFormatError(
+            f"{image}: {what} segments_info is {type(segments).__name__}; expected a list"
+        )
+    ids = np.array([int_field(s, "id", what, image) for s in segments], dtype=np.int64)
     if len(ids) and (ids.min() <= VOID or ids.max() >= OFFSET):
         raise PanopticFormatError(
             f"{image}: {what} segment ids must be in [1, 2**24) (0 is VOID), got "
@@ -280,7 +288,7 @@ def pq_image(
     PQ statistics of one image.
 
     Args:
-        gt_ids (ndarray): (H, W) integer gt segment ids (``rgb2id`` of the gt PNG).
+        gt_ids (ndarray): (H, W) integer gt segment ids (``rgb_to_id`` of the gt PNG).
         gt_segments (list[dict]): the gt ``segments_info`` (``id``, ``category_id``,
             ``iscrowd``, ``area``; the pixel count is used when ``area`` is absent).
         pred_ids (ndarray): (H, W) integer predicted segment ids.
@@ -357,12 +365,17 @@ def _pq_of_intersections(
             f"{image}: predicted segment ids {p_ids[pred_area == 0].tolist()} are in "
             "segments_info but not in the PNG"
         )
-    pred_row = np.array([row_of.get(int(s["category_id"]), -1) for s in pred_segments], np.int64)
+    pred_cats = [int_field(s, "category_id", "predicted", image) for s in pred_segments]
+    pred_row = np.array([row_of.get(c, -1) for c in pred_cats], np.int64)
     if len(pred_row) and pred_row.min() < 0:
-        bad = sorted({int(s["category_id"]) for s in pred_segments} - set(row_of))
-        raise PanopticFormatError(f"{image}: predicted segments have unknown category ids {bad}")
+        bad = sorted(set(pred_cats) - set(row_of))
+        raise PanopticFormatError(
+            f"{image}: predicted segments have unknown category ids {bad}; expected ids of the "
+            f"ground truth's categories {sorted(row_of)[:20]}"
+        )
 
-    gt_row = np.array([row_of.get(int(s["category_id"]), -1) for s in gt_segments], np.int64)
+    gt_cats = [int_field(s, "category_id", "ground-truth", image) for s in gt_segments]
+    gt_row = np.array([row_of.get(c, -1) for c in gt_cats], np.int64)
     gt_crowd = np.array([s.get("iscrowd", 0) == 1 for s in gt_segments], dtype=bool)
     gt_area = np.array(
         [s.get("area", a) for s, a in zip(gt_segments, inter[2:].sum(axis=1))], dtype=np.float64
@@ -402,8 +415,3 @@ def _pq_of_intersections(
     fp = ~pred_matched & ~(ignored / np.maximum(pred_area, 1) > 0.5)
     stat.fp += np.bincount(pred_row[fp], minlength=n_cat)
     return stat
-
-
-def categories_by_id(categories: List[Mapping[str, Any]]) -> Dict[int, Mapping[str, Any]]:
-    """The ``categories`` list of a COCO panoptic JSON as {id: category} (its order kept)."""
-    return {int(c["id"]): c for c in categories}

@@ -1,31 +1,32 @@
-"""``pq_compute``: panopticapi's entry point without panopticapi (files in, results out).
+"""COCO panoptic files in, PQ out: reading and checking the JSON and PNG files, and
+``pq_compute``, panopticapi's entry point without panopticapi.
 
     from panoptic_ext.evaluation import pq_compute   # was: from panopticapi.evaluation import ...
     results = pq_compute("panoptic_val2017.json", "predictions.json",
                          gt_folder="panoptic_val2017", pred_folder="predictions")
 
-The command line is :mod:`panoptic_ext.evaluation.pq`.
+The command line is :mod:`panoptic_ext.evaluation.pq_cli`.
 """
 
-import json
 import logging
 import os
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
 import torch
 from torchvision.io import decode_png
 
+from ..data.panoptic_ids import ids_from_planes
+from .hotcoco_engine import hotcoco_available, pq_stat_with_hotcoco
+from .json_checks import categories_by_id, load_panoptic_json_file, pair_annotations
 from .png_reader import decode_panoptic_png, fast_kernels, filter_error, inflate_png
-from .pq_core import (
+from .segment_matching import (
     PanopticFormatError,
     PQStat,
     as_int32_ids,
-    categories_by_id,
     pq_image,
     pq_image_from_pairs,
 )
@@ -35,11 +36,13 @@ __all__ = [
     "pq_compute_annotations",
     "read_panoptic_png",
     "pq_image_of_files",
-    "planes_to_ids",
     "format_pq_table",
+    "PQ_ENGINES",
 ]
 
 logger = logging.getLogger(__name__)
+
+PQ_ENGINES = ("auto", "hotcoco", "pure")
 
 
 def _read_file(path: str) -> bytes:
@@ -70,7 +73,7 @@ def _decode_general(data: bytes, path: str) -> np.ndarray:
                 + ("an unreadable file" if image is None else f"{image.dtype} {image.shape}")
             )
         planes = image[..., 2::-1].transpose(2, 0, 1)  # BGR(A) -> RGB planes
-    return planes_to_ids(planes[0], planes[1], planes[2])
+    return ids_from_planes(planes[0], planes[1], planes[2])
 
 
 def read_panoptic_png(path: str) -> np.ndarray:
@@ -148,31 +151,9 @@ def pq_image_of_files(
     return pq_image_from_pairs(keys, counts, gt_segments, pred_segments, category_ids, image)
 
 
-def planes_to_ids(r: np.ndarray, g: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Three (H, W) uint8 planes -> (H, W) int32 ids R + 256 G + 256^2 B."""
-    if sys.byteorder == "little" and r.dtype == g.dtype == b.dtype == np.uint8:
-        # Interleaving RGB0 bytes with OpenCV and reading them as int32 is ~2x faster than
-        # shifting and or-ing three int32 planes.
-        rgb0 = cv2.merge([r, g, b, np.zeros_like(r)])
-        return rgb0.view(np.int32).reshape(r.shape)
-    return r.astype(np.int32) | (g.astype(np.int32) << 8) | (b.astype(np.int32) << 16)
-
-
 def _default_folder(json_file: str) -> str:
     # panopticapi: the folder of PNG files is the JSON path without ".json".
     return json_file[: -len(".json")] if json_file.endswith(".json") else json_file
-
-
-def _load_json(path: str, what: str) -> Dict[str, Any]:
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{what} JSON file {path} does not exist") from None
-    for key in ("annotations",) + (("categories",) if what == "ground-truth" else ()):
-        if key not in data:
-            raise ValueError(f"{what} JSON file {path} has no {key!r} list")
-    return data
 
 
 def _evaluate_pair(
@@ -204,6 +185,8 @@ def pq_compute_annotations(
     gt_folder: str,
     pred_folder: str,
     num_workers: Optional[int] = None,
+    engine: str = "auto",
+    _checked: bool = False,
 ) -> PQStat:
     """
     PQ statistics of COCO panoptic annotation lists whose PNG files are in two folders.
@@ -213,22 +196,26 @@ def pq_compute_annotations(
         pred_annotations (list[dict]): the predicted "annotations", matched by ``image_id``.
         categories (dict): category id -> category (with ``isthing``).
         gt_folder, pred_folder (str): folders of the PNG files.
-        num_workers (int): threads decoding and matching images; None = number of CPUs.
+        num_workers (int): threads decoding and matching images; None = number of CPUs (pure
+            path only).
+        engine (str): "hotcoco" (:mod:`.hotcoco_engine`), "pure" (this package's reader and
+            matcher) or "auto" (hotcoco when installed). hotcoco's errors are reported by the
+            pure path, which names the image and its files.
 
     Returns:
         PQStat: statistics summed over the images (in the gt order, so the result does not
         depend on ``num_workers``).
     """
-    by_id = {}
-    for ann in pred_annotations:
-        if ann["image_id"] in by_id:
-            raise PanopticFormatError(f"two predictions for the image with id {ann['image_id']!r}")
-        by_id[ann["image_id"]] = ann
-    pairs: List[Tuple[Mapping[str, Any], Mapping[str, Any]]] = []
-    for gt_ann in gt_annotations:
-        if gt_ann["image_id"] not in by_id:
-            raise PanopticFormatError(f"no prediction for the image with id {gt_ann['image_id']!r}")
-        pairs.append((gt_ann, by_id[gt_ann["image_id"]]))
+    if engine not in PQ_ENGINES:
+        raise ValueError(f"engine must be one of {PQ_ENGINES}, got {engine!r}")
+    pairs = pair_annotations(gt_annotations, pred_annotations, check=not _checked)
+    if engine == "hotcoco" or (engine == "auto" and hotcoco_available()):
+        try:
+            return pq_stat_with_hotcoco(pairs, categories, gt_folder, pred_folder)
+        except (OSError, ValueError) as e:
+            # The pure path names the image and files of the problem (or reads a PNG that
+            # hotcoco cannot, e.g. 16-bit or palette), so it has the last word.
+            logger.info("hotcoco failed (%s); evaluating with the pure path", e)
     category_ids = list(categories)
 
     def run(pair):
@@ -253,24 +240,30 @@ def pq_compute(
     pred_folder: Optional[str] = None,
     *,
     num_workers: Optional[int] = None,
+    engine: str = "auto",
 ) -> Dict[str, Any]:
     """
     Drop-in replacement of ``panopticapi.evaluation.pq_compute``: same arguments, same return
-    value, same numbers; logs the table instead of printing it.
+    value, same numbers; logs the table instead of printing it. Both JSON files are checked
+    first (errors name the file, the image and the key).
 
     Args:
         gt_json_file (str): COCO panoptic gt JSON (with "categories" and "annotations").
         pred_json_file (str): COCO panoptic prediction JSON ("annotations").
         gt_folder, pred_folder (str): folders of the PNG files; default to each JSON path
             without ".json", as panopticapi does.
-        num_workers (int): threads; None = number of CPUs.
+        num_workers (int): threads of the pure path; None = number of CPUs.
+        engine (str): "auto" (hotcoco when installed, else "pure"), "hotcoco" or "pure"; see
+            :func:`pq_compute_annotations`.
 
     Returns:
         dict: {"All", "Things", "Stuff": {"pq", "sq", "rq", "n"}, "per_class": {category id:
         {"pq", "sq", "rq"}}}, scores as fractions. Unlike panopticapi, a group without any
         category (e.g. no stuff) gets zeros instead of a ZeroDivisionError.
     """
-    return _pq_compute_files(gt_json_file, pred_json_file, gt_folder, pred_folder, num_workers)[0]
+    return _pq_compute_files(
+        gt_json_file, pred_json_file, gt_folder, pred_folder, num_workers, engine
+    )[0]
 
 
 def _pq_compute_files(
@@ -279,17 +272,18 @@ def _pq_compute_files(
     gt_folder: Optional[str],
     pred_folder: Optional[str],
     num_workers: Optional[int],
+    engine: str = "auto",
 ) -> Tuple[Dict[str, Any], Dict[int, Mapping[str, Any]]]:
     """pq_compute, also returning the categories (for tables)."""
     start = time.perf_counter()
-    gt_json = _load_json(gt_json_file, "ground-truth")
-    pred_json = _load_json(pred_json_file, "prediction")
+    gt_json = load_panoptic_json_file(gt_json_file, "ground-truth")
+    pred_json = load_panoptic_json_file(pred_json_file, "prediction")
+    categories = categories_by_id(gt_json["categories"], f"ground-truth JSON file {gt_json_file}")
     gt_folder = gt_folder or _default_folder(gt_json_file)
     pred_folder = pred_folder or _default_folder(pred_json_file)
     for folder, what in ((gt_folder, "ground truth"), (pred_folder, "predicted")):
         if not os.path.isdir(folder):
             raise FileNotFoundError(f"folder {folder} with {what} segmentations doesn't exist")
-    categories = categories_by_id(gt_json["categories"])
     stat = pq_compute_annotations(
         gt_json["annotations"],
         pred_json["annotations"],
@@ -297,6 +291,8 @@ def _pq_compute_files(
         gt_folder,
         pred_folder,
         num_workers=num_workers,
+        engine=engine,
+        _checked=True,  # by load_panoptic_json_file
     )
     results = stat.results(categories)
     logger.info(
@@ -338,3 +334,43 @@ def format_pq_table(
             )
         )
     return "\n".join(lines)
+
+
+def compile_fast_kernels() -> bool:
+    """
+    Compile (or load from numba's disk cache) the PNG / matching loops of the pure path by
+    evaluating a tiny image pair, so that the first real evaluation does not pay the compilation
+    (seconds to tens of seconds on a busy machine). ``make setup`` runs it once at install:
+    ``python -m panoptic_ext.evaluation.panoptic_files``.
+
+    Returns:
+        bool: whether the fast kernels are available.
+    """
+    import tempfile
+
+    from PIL import Image
+
+    from ..data.panoptic_ids import id_to_rgb
+
+    if fast_kernels() is None:
+        return False
+    ids = np.array([[0, 1, 1], [2, 2, 1]], np.int32)
+    segments = [{"id": 1, "category_id": 1}, {"id": 2, "category_id": 1}]
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "ids.png")
+        Image.fromarray(id_to_rgb(ids)).save(path)
+        read_panoptic_png(path)
+        pq_image_of_files(path, segments, path, segments, [1])
+        pq_image_of_files(path, segments, ids, segments, [1])
+    return True
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    start = time.perf_counter()
+    available = compile_fast_kernels()
+    logger.info(
+        "PQ fast kernels %s in %.1f s",
+        "compiled (or loaded from cache)" if available else "not available",
+        time.perf_counter() - start,
+    )

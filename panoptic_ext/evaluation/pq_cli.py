@@ -1,23 +1,33 @@
 """Command line of ``pq_compute`` (console script ``panoptic-pq``):
 
-    python -m panoptic_ext.evaluation.pq --gt-json panoptic_val2017.json \
+    python -m panoptic_ext.evaluation.pq_cli --gt-json panoptic_val2017.json \
         --pred-json predictions.json [--gt-folder DIR] [--pred-folder DIR] [--workers N] \
-        [--per-class] [--output results.json]
+        [--per-class] [--output results.json] [--engine auto|hotcoco|pure]
 
 prints panopticapi's table (PQ, SQ, RQ of All / Things / Stuff). ``pq_compute`` itself lives in
-:mod:`panoptic_ext.evaluation.pq_io` and is re-exported here, so
-``from panoptic_ext.evaluation.pq import pq_compute`` works too.
+:mod:`panoptic_ext.evaluation.panoptic_files` (``from panoptic_ext.evaluation import pq_compute``).
 """
 
 import argparse
 import json
+import os
 import sys
 import time
 from typing import Optional, Sequence
 
-from .pq_io import _pq_compute_files, format_pq_table, pq_compute
+from .panoptic_files import PQ_ENGINES, _pq_compute_files, format_pq_table
 
-__all__ = ["main", "pq_compute"]
+__all__ = ["main"]
+
+
+def _check_writable(path: str) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"--output {path}: folder {folder} does not exist")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"--output {path} is a folder; expected a JSON file name")
+    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise PermissionError(f"--output {path}: cannot write there")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -33,15 +43,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument(
         "--pred-folder", help="predicted PNG folder (default: pred JSON minus .json)"
     )
-    parser.add_argument("--workers", type=int, default=None, help="threads (default: all CPUs)")
+    parser.add_argument(
+        "--engine",
+        choices=PQ_ENGINES,
+        default="auto",
+        help="hotcoco (Rust), pure (this package's reader) or auto (hotcoco when installed)",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=None, help="threads of the pure engine (default: all CPUs)"
+    )
     parser.add_argument("--per-class", action="store_true", help="also print each category")
     parser.add_argument("--output", help="write the results dict to this JSON file")
     args = parser.parse_args(argv)
 
     start = time.perf_counter()
     try:
+        if args.output:  # before the evaluation, not after it
+            _check_writable(args.output)
         results, categories = _pq_compute_files(
-            args.gt_json, args.pred_json, args.gt_folder, args.pred_folder, args.workers
+            args.gt_json,
+            args.pred_json,
+            args.gt_folder,
+            args.pred_folder,
+            args.workers,
+            args.engine,
         )
     except (OSError, ValueError) as e:
         print(f"panoptic-pq: error: {e}", file=sys.stderr)

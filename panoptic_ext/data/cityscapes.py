@@ -1,0 +1,105 @@
+"""detectron2's builtin Cityscapes panoptic datasets (``cityscapes_fine_panoptic_train/val``),
+loaded with file paths that survive a "." in a folder name.
+
+detectron2's ``load_cityscapes_panoptic`` (v0.6 and main) derives each record's labelTrainIds
+path with ``image_file.split(".")[0]``, so under a root such as ``/home/first.last/data`` or a
+temporary folder ``tmp.x1`` it looks for ``/home/first`` + "_labelTrainIds.png" and fails with
+"Please generate labelTrainIds.png", although the files are there. :func:`load_cityscapes_panoptic`
+builds the same records from the same public file listing (``get_cityscapes_panoptic_files``),
+cutting only the file name's extension, and reports missing files by name with how to make them.
+:func:`use_panoptic_ext_cityscapes_loader` makes detectron2's registrations (already made, or made
+later by ``register_all_cityscapes_panoptic``) use it; importing :mod:`panoptic_ext` does that.
+"""
+
+import json
+import os
+from typing import Any, Dict, List
+
+from detectron2.data.datasets import cityscapes_panoptic
+from detectron2.utils.file_io import PathManager
+
+from .validation import preparation_hint
+
+__all__ = ["load_cityscapes_panoptic", "use_panoptic_ext_cityscapes_loader"]
+
+_IMAGE_SUFFIX = "_leftImg8bit"
+
+
+def _label_train_ids_file(image_file: str) -> str:
+    """<root>/leftImg8bit/<split>/<city>/<stem>_leftImg8bit.png ->
+    <root>/gtFine/<split>/<city>/<stem>_gtFine_labelTrainIds.png."""
+    city_dir, name = os.path.split(image_file)
+    split_dir = os.path.dirname(city_dir)
+    root = os.path.dirname(os.path.dirname(split_dir))
+    stem = os.path.splitext(name)[0]
+    if stem.endswith(_IMAGE_SUFFIX):
+        stem = stem[: -len(_IMAGE_SUFFIX)]
+    return os.path.join(
+        root,
+        "gtFine",
+        os.path.basename(split_dir),
+        os.path.basename(city_dir),
+        stem + "_gtFine_labelTrainIds.png",
+    )
+
+
+def _dataset_id(segment: Dict[str, Any], meta: Dict[str, Any]) -> Dict[str, Any]:
+    segment = dict(segment)
+    things = meta["thing_dataset_id_to_contiguous_id"]
+    stuff = meta["stuff_dataset_id_to_contiguous_id"]
+    segment["category_id"] = (things if segment["category_id"] in things else stuff)[
+        segment["category_id"]
+    ]
+    return segment
+
+
+def load_cityscapes_panoptic(
+    image_dir: str, gt_dir: str, gt_json: str, meta: Dict[str, Any]
+) -> List[Dict[str, Any]]:
+    """
+    detectron2's ``load_cityscapes_panoptic`` (same arguments, same records), with paths that may
+    contain "." and errors that name the missing file.
+
+    Args:
+        image_dir (str): e.g. "cityscapes/leftImg8bit/train".
+        gt_dir (str): e.g. "cityscapes/gtFine/cityscapes_panoptic_train".
+        gt_json (str): e.g. "cityscapes/gtFine/cityscapes_panoptic_train.json".
+        meta (dict): with "thing_dataset_id_to_contiguous_id" and
+            "stuff_dataset_id_to_contiguous_id".
+    """
+    for path, what in ((gt_json, "panoptic JSON"), (image_dir, "image folder")):
+        if not PathManager.exists(path):
+            raise FileNotFoundError(
+                f"Cityscapes {what} {path} does not exist. {preparation_hint('cityscapes')}"
+            )
+    with PathManager.open(gt_json) as f:
+        json_info = json.load(f)
+    files = cityscapes_panoptic.get_cityscapes_panoptic_files(image_dir, gt_dir, json_info)
+    records = []
+    for image_file, label_file, segments_info in files:
+        stem = os.path.splitext(os.path.basename(image_file))[0]
+        records.append(
+            {
+                "file_name": image_file,
+                "image_id": "_".join(stem.split("_")[:3]),
+                "sem_seg_file_name": _label_train_ids_file(image_file),
+                "pan_seg_file_name": label_file,
+                "segments_info": [_dataset_id(s, meta) for s in segments_info],
+            }
+        )
+    for key, script in (
+        ("sem_seg_file_name", "createTrainIdLabelImgs"),
+        ("pan_seg_file_name", "createPanopticImgs"),
+    ):
+        if records and not PathManager.isfile(records[0][key]):  # as detectron2: the first one
+            raise FileNotFoundError(
+                f"{records[0][key]} (of {records[0]['file_name']}) does not exist: run "
+                f"cityscapesscripts' {script}. {preparation_hint('cityscapes')}"
+            )
+    return records
+
+
+def use_panoptic_ext_cityscapes_loader() -> None:
+    """Make detectron2's ``cityscapes_fine_panoptic_*`` registrations (they call the module's
+    ``load_cityscapes_panoptic`` when loaded) use :func:`load_cityscapes_panoptic`."""
+    cityscapes_panoptic.load_cityscapes_panoptic = load_cityscapes_panoptic
