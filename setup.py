@@ -26,7 +26,11 @@ setup(
         # default PQ engine (Rust); without it the pure path above is used
         "hotcoco",
     ],
-    extras_require={"cityscapes": ["cityscapesscripts"]},
+    extras_require={
+        "cityscapes": ["cityscapesscripts"],
+        # panoptic_ext.export (tools/export_model.py, PanopticONNXPredictor); pins: constraints.txt
+        "export": ["onnx", "onnxruntime"],
+    },
     entry_points={
         "console_scripts": [
             "panoptic-pq=panoptic_ext.evaluation.pq_cli:main",

@@ -32,6 +32,7 @@ BENCHMARKS: List[Tuple[str, str, Tuple[str, ...], str]] = [
     ("flops", "bench_flops", ("run",), "FLOPs and parameters, joint vs separate networks"),
     ("scaling", "bench_scaling", ("run",), "time vs image size and number of detections"),
     ("data", "bench_data", ("run",), "data mapper vs detectron2 DatasetMapper"),
+    ("export", "bench_export", ("run",), "ONNX Runtime export vs detectron2 eager PanopticFPN"),
 ]
 NAMES = [b[0] for b in BENCHMARKS]
 

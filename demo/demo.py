@@ -12,6 +12,10 @@ For each image ``<name>`` it writes to ``--output``: ``<name>_panoptic.png`` (th
 Directories and glob patterns give their image files (by extension); earlier outputs of the demo
 in ``--output`` are not taken as inputs. An unreadable image is reported and skipped; the exit
 status is then 1.
+
+With ``--onnx DIR`` (a directory written by ``tools/export_model.py``) it runs the exported model
+on ONNX Runtime (or TorchScript) with ``PanopticONNXPredictor`` and the config saved beside it;
+``--config-file`` is then not needed.
 """
 
 import argparse
@@ -25,7 +29,8 @@ from panoptic_ext.engine import get_panoptic_cfg, predict_images
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="panoptic_ext demo: panoptic predictions")
-    parser.add_argument("--config-file", required=True, metavar="FILE", help="model config")
+    parser.add_argument("--config-file", metavar="FILE", help="model config")
+    parser.add_argument("--onnx", metavar="DIR", help="run this exported model instead")
     parser.add_argument(
         "--input", nargs="+", required=True, help="image files, directories or glob patterns"
     )
@@ -43,12 +48,22 @@ def main(argv: Optional[List[str]] = None) -> List[dict]:
     args = parse_args(argv)
     setup_logger(name="panoptic_ext")
     logger = setup_logger()
-    cfg = get_panoptic_cfg(args.config_file, args.opts)
+    predictor = None
+    if args.onnx:
+        from panoptic_ext.export import PanopticONNXPredictor
+        from panoptic_ext.export.commands import exported_cfg
+
+        cfg = exported_cfg(args.onnx, args.opts)
+        predictor = PanopticONNXPredictor(args.onnx)
+    elif args.config_file:
+        cfg = get_panoptic_cfg(args.config_file, args.opts)
+        if not cfg.MODEL.WEIGHTS:
+            logger.warning("MODEL.WEIGHTS is empty: predicting with a randomly initialized model")
+    else:
+        raise SystemExit("demo.py needs --config-file (eager model) or --onnx DIR (an export)")
     cfg.freeze()
-    if not cfg.MODEL.WEIGHTS:
-        logger.warning("MODEL.WEIGHTS is empty: predicting with a randomly initialized model")
     failed: List[tuple] = []
-    written = predict_images(cfg, args.input, args.output, failed=failed)
+    written = predict_images(cfg, args.input, args.output, predictor=predictor, failed=failed)
     logger.info("Wrote the predictions of %d images to %s", len(written), args.output)
     if failed:  # the others were predicted; the exit status still says something went wrong
         raise SystemExit(f"demo: {len(failed)} image(s) could not be read (see the log above)")

@@ -14,7 +14,7 @@ import unittest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH_DIR = os.path.join(REPO, "benchmarks")
 # Benchmarks that must always be there (the others are reported as missing if absent).
-OWN = ("inference", "train_step", "flops", "scaling")
+OWN = ("inference", "train_step", "flops", "scaling", "export")
 ROW_KEYS = {"benchmark", "workload", "repeats", "reference", "ours_s", "reference_s", "ratio"}
 ROW_KEYS |= {"target", "met", "unit"}
 
@@ -113,6 +113,12 @@ class TestQuickSuite(unittest.TestCase):
         scaling = by_suite["scaling"]
         self.assertEqual({r["stage"] for r in scaling}, {"inference", "postprocess"})
         self.assertTrue(all(r["identical"] for r in scaling), scaling)
+        export = by_suite["export"]  # ONNX Runtime: all outputs, panoptic output
+        self.assertEqual(len(export), 2)
+        for row in export:
+            self.assertGreaterEqual(row["pixel_agreement"], 0.999, row)
+            self.assertGreater(row["ours_peak_rss_mb"], 0)
+            self.assertGreater(row["reference_peak_rss_mb"], 0)
 
 
 if __name__ == "__main__":

@@ -51,7 +51,8 @@ venv_python_ok() {
 venv_complete() {
     [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$(pins_hash)" ] && venv_python_ok &&
         "$VENV/bin/python" -c 'import torch, torchvision, detectron2, panoptic_ext, pytest' \
-            >/dev/null 2>&1 && d2_ok
+            >/dev/null 2>&1 && d2_ok &&
+        "$VENV/bin/python" -c 'import onnx, onnxruntime' >/dev/null 2>&1
 }
 
 if venv_complete; then
@@ -116,6 +117,11 @@ install_all() {
     # for the tests that check the outputs against it; its metadata asks for a Pillow that
     # detectron2 v0.6 cannot import, hence --no-deps (it needs only numpy and Pillow).
     "${pip[@]}" --no-deps "panopticapi-lite==0.2.0" || return 1
+    # ONNX export and ONNX Runtime (panoptic_ext.export), at the pins of the constraints file,
+    # versions that work with detectron2 v0.6's numpy<1.24 (ml_dtypes 0.6 needs numpy 2) and
+    # with numpy 2; --no-deps as verified: their other dependencies (protobuf, packaging,
+    # typing_extensions) come with the requirements above, bounded in the constraints file.
+    "${pip[@]}" --no-deps onnx onnxruntime ml_dtypes flatbuffers || return 1
     if [ -n "$D2_SOURCE" ]; then
         build_detectron2 || return 1
     elif [ "$USE_SYSTEM_D2" = 0 ]; then
@@ -125,6 +131,7 @@ install_all() {
     log "installing panoptic_ext (editable)"
     "${pip[@]}" --no-build-isolation --no-deps -e "$ROOT" || return 1
     "$VENV/bin/python" -c 'import torch, torchvision, detectron2, panoptic_ext, pytest' || return 1
+    "$VENV/bin/python" -c 'import onnx, onnxruntime' || return 1
     log "compiling the PQ evaluation's numba loops once (cached on disk)"
     "$VENV/bin/python" -m panoptic_ext.evaluation.panoptic_files || return 1
 }

@@ -1,0 +1,214 @@
+"""Export (ONNX Runtime, TorchScript) of a tiny model end to end: the exported model and its
+host-side fusion give the eager model's panoptic outputs; bad input fails clearly."""
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.modeling import build_model
+
+from panoptic_ext.engine.predictor import PanopticPredictor
+from panoptic_ext.export import (
+    ExportedPanopticModel,
+    ExportError,
+    PanopticONNXPredictor,
+    export_model,
+)
+from panoptic_ext.export.commands import evaluate_main, export_main
+from tests.reliability_common import register_tiny_synthetic, tiny_cfg, unregister
+
+pytest.importorskip("onnxruntime")
+
+PREFIX = "export_tiny"
+SIZES = [(200, 250), (200, 249)]
+
+
+def _cfg(root, **overrides):
+    cfg = tiny_cfg(test=(f"{PREFIX}_val",), output_dir=str(root))
+    cfg.INPUT.MAX_SIZE_TEST = 256
+    cfg.MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH = 0.2  # random weights
+    cfg.MODEL.PANOPTIC_FPN.COMBINE.STUFF_AREA_LIMIT = 64
+    for key, value in overrides.items():
+        cfg.merge_from_list([key, value])
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    register_tiny_synthetic(str(root), PREFIX)
+    torch.manual_seed(0)
+    cfg = _cfg(root)
+    DetectionCheckpointer(build_model(cfg), save_dir=str(root)).save("tiny")
+    cfg.MODEL.WEIGHTS = str(root / "tiny.pth")
+    eager = build_model(cfg).eval()
+    DetectionCheckpointer(eager).load(cfg.MODEL.WEIGHTS)
+    export_model(cfg, str(root / "onnx"), "onnx")
+    yield cfg, eager, root
+    unregister(f"{PREFIX}_train", f"{PREFIX}_val")
+
+
+def _image(size, seed):
+    g = torch.Generator().manual_seed(seed)
+    small = torch.randint(0, 256, (3, size[0] // 8 + 1, size[1] // 8 + 1), generator=g)
+    big = small.repeat_interleave(8, 1).repeat_interleave(8, 2)[:, : size[0], : size[1]]
+    return big.float()
+
+
+def assert_same_panoptic(expected, actual, min_agreement=0.999):
+    (seg_e, info_e), (seg_a, info_a) = expected["panoptic_seg"], actual["panoptic_seg"]
+    assert seg_e.shape == seg_a.shape
+    assert (seg_e == seg_a).float().mean().item() >= min_agreement
+    cats = sorted((s["isthing"], s["category_id"]) for s in info_e)
+    assert cats == sorted((s["isthing"], s["category_id"]) for s in info_a)
+
+
+def _compare(model, eager, seeds=(1, 2)):
+    checked = 0
+    for seed in seeds:
+        for size in SIZES:
+            inputs = [{"image": _image(size, seed), "height": size[0], "width": size[1]}]
+            with torch.no_grad():
+                expected = eager(inputs)[0]
+            actual = model(inputs)[0]
+            assert actual["panoptic_seg"][0].shape == size
+            assert_same_panoptic(expected, actual)
+            assert set(actual) == set(expected)
+            if "instances" in expected:
+                assert len(actual["instances"]) == len(expected["instances"]) > 0
+            checked += sum(s["isthing"] for s in actual["panoptic_seg"][1])
+    assert checked > 0  # things were fused, not only stuff
+
+
+def test_onnx_export_equals_eager_on_odd_sizes(setup):
+    cfg, eager, root = setup
+    meta = json.load(open(root / "onnx" / "export.json"))
+    assert meta["opset"] >= 16 and meta["input"]["max_size"] == 256
+    assert meta["classes"]["thing_classes"] == ["disc", "square", "triangle"]
+    model = ExportedPanopticModel(str(root / "onnx"), ["CPUExecutionProvider"], num_threads=1)
+    _compare(model, eager)
+
+
+def test_torchscript_export_equals_eager_on_other_images(setup, tmp_path):
+    cfg, _, _ = setup
+    cfg = cfg.clone()
+    cfg.MODEL.PANOPTIC_EXT.POSTPROCESS.RETURN_INSTANCES = False  # masks of visited only
+    eager = build_model(cfg).eval()
+    DetectionCheckpointer(eager).load(cfg.MODEL.WEIGHTS)
+    export_model(cfg, str(tmp_path), "torchscript")
+    _compare(ExportedPanopticModel(str(tmp_path)), eager, seeds=(3,))
+
+
+def test_onnx_predictor_equals_eager_predictor(setup):
+    cfg, _, root = setup
+    image = _image((150, 211), 4).permute(1, 2, 0).numpy().astype(np.uint8)
+    expected = PanopticPredictor(cfg)(image)
+    actual = PanopticONNXPredictor(str(root / "onnx"))(image)
+    assert_same_panoptic(expected, actual)
+    assert set(actual) == set(expected)
+
+
+def test_image_with_no_detections(setup, tmp_path):
+    cfg, _, root = setup
+    cfg = cfg.clone()
+    cfg.MODEL.PANOPTIC_EXT.POSTPROCESS.RETURN_INSTANCES = False
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 1.01  # no detection at all
+    eager = build_model(cfg).eval()
+    DetectionCheckpointer(eager).load(cfg.MODEL.WEIGHTS)
+    export_model(cfg, str(tmp_path), "onnx")
+    model = ExportedPanopticModel(str(tmp_path))
+    size = SIZES[1]
+    inputs = [{"image": _image(size, 5), "height": size[0], "width": size[1]}]
+    assert len(model.run_network(inputs[0]["image"])["boxes"]) == 0
+    with torch.no_grad():
+        expected = eager(inputs)[0]
+    actual = model(inputs)[0]
+    assert_same_panoptic(expected, actual)
+    assert actual["panoptic_seg"][1] and not any(s["isthing"] for s in actual["panoptic_seg"][1])
+
+
+def test_cli_demo_and_evaluation_of_an_export(setup, tmp_path):
+    cfg, eager, root = setup
+    config = tmp_path / "cfg.yaml"
+    config.write_text(cfg.dump())
+    out = tmp_path / "ts"
+    export_main(["--config-file", str(config), "--format", "torchscript", "--output", str(out)])
+    assert sorted(os.listdir(out)) == ["config.yaml", "export.json", "model.ts"]
+    argv = ["--model-dir", str(out), "--output", str(tmp_path / "ev"), "--compare-eager"]
+    results = evaluate_main(argv)[f"{PREFIX}_val"]
+    assert results["agreement"]["images"] == 2 and results["agreement"]["min"] >= 0.999
+    pq = results["export"]["panoptic_seg"]["PQ"]
+    assert pq == pytest.approx(results["eager"]["panoptic_seg"]["PQ"], abs=0.1)
+    plain = evaluate_main(["--model-dir", str(out), "--output", str(tmp_path / "ev2")])
+    assert plain["panoptic_seg"]["PQ"] == pq
+
+    from PIL import Image
+
+    Image.fromarray(_image((90, 70), 6).permute(1, 2, 0).numpy().astype(np.uint8)).save(
+        tmp_path / "a.png"
+    )
+    sys.argv = ["demo.py"]
+    import runpy
+
+    saved = sys.argv
+    sys.argv = ["demo.py", "--onnx", str(root / "onnx"), "--input", str(tmp_path / "a.png")]
+    sys.argv += ["--output", str(tmp_path / "demo")]
+    try:
+        runpy.run_path(
+            os.path.join(os.path.dirname(__file__), "..", "demo", "demo.py"), run_name="__main__"
+        )
+    finally:
+        sys.argv = saved
+    assert os.path.isfile(tmp_path / "demo" / "a_segments.json")
+
+
+def test_clear_errors(setup, tmp_path, monkeypatch):
+    cfg, _, root = setup
+    bad = cfg.clone()
+    bad.MODEL.ROI_HEADS.NAME = "CascadeROIHeads"
+    bad.MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG = True
+    with pytest.raises(ValueError, match="MODEL.ROI_HEADS.NAME.*CascadeROIHeads"):
+        export_model(bad, str(tmp_path / "x"))
+    bad = cfg.clone()
+    bad.MODEL.META_ARCHITECTURE = "PanopticFPN"
+    with pytest.raises(ValueError, match="MODEL.META_ARCHITECTURE.*PanopticFPN"):
+        export_model(bad, str(tmp_path / "x"))
+
+    with pytest.raises(ExportError, match="no export.json"):
+        ExportedPanopticModel(str(tmp_path))
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    meta = json.load(open(root / "onnx" / "export.json"))
+    (fake / "export.json").write_text(json.dumps(meta))
+    (fake / "model.onnx").write_bytes(b"not a model")
+    with pytest.raises(ExportError, match="not an ONNX model"):
+        ExportedPanopticModel(str(fake))
+    (fake / "model.onnx").write_bytes((root / "onnx" / "model.onnx").read_bytes())
+    for key, value, message in [
+        ("panoptic_ext_version", "0.0.1", "exported by panoptic_ext 0.0.1"),
+        ("opset", 18, "opset=17 but export.json says opset=18"),
+    ]:
+        (fake / "export.json").write_text(json.dumps({**meta, key: value}))
+        with pytest.raises(ExportError, match=message):
+            ExportedPanopticModel(str(fake))
+
+    model = ExportedPanopticModel(str(root / "onnx"))
+    with pytest.raises(ValueError, match="257x40 pixels.*from 1 to 256"):
+        model([{"image": torch.zeros(3, 257, 40)}])
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(ImportError, match="pip install onnxruntime"):
+        ExportedPanopticModel(str(root / "onnx"))
+
+
+def test_panoptic_agreement_by_hand():
+    from panoptic_ext.export.faithfulness import panoptic_agreement
+
+    thing, stuff = {"isthing": True, "category_id": 0}, {"isthing": False, "category_id": 1}
+    a = {"panoptic_seg": (torch.tensor([[1, 1], [2, 0]]), [{"id": 1, **thing}, {"id": 2, **stuff}])}
+    b = {"panoptic_seg": (torch.tensor([[5, 5], [5, 0]]), [{"id": 5, **thing}])}
+    assert panoptic_agreement(a, b) == 0.75  # segment 2 merged into 5: its pixel disagrees
+    assert panoptic_agreement(a, a) == 1.0
