@@ -64,9 +64,11 @@ class ChunkedROIAlign(nn.Module):
         self.num_threads = num_threads
 
     def forward(self, input: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
+        if not cpu_fast_path_applies(input):
+            return self.pooler(input, rois)
         threads = self.num_threads or torch.get_num_threads()
-        chunks = min(threads, len(rois) // _MIN_ROIS_PER_CHUNK)
-        if chunks < 2 or not cpu_fast_path_applies(input):
+        chunks = min(threads, rois.shape[0] // _MIN_ROIS_PER_CHUNK)
+        if chunks < 2:
             return self.pooler(input, rois)
         parts = torch.tensor_split(rois, chunks)
         inference = torch.is_inference_mode_enabled()
