@@ -1,0 +1,155 @@
+"""The results of a sweep as ``results.csv``, ``results.md`` and one plot per sweep."""
+
+import csv
+import math
+import os
+import statistics
+from typing import Any, Dict, List, Optional, Sequence
+
+from .runner import read_result
+from .spec import Sweep
+
+__all__ = ["METRICS", "collect_rows", "write_report"]
+
+# (column, label) of the numbers reported for each run.
+METRICS = (
+    ("PQ", "PQ"),
+    ("PQ_th", "PQ_th"),
+    ("PQ_st", "PQ_st"),
+    ("mIoU", "mIoU"),
+    ("box_AP", "box AP"),
+    ("mask_AP", "mask AP"),
+    ("train_seconds", "train s"),
+    ("seconds_per_iter", "s/iter"),
+    ("gflops", "GFLOPs"),
+    ("params_m", "params (M)"),
+)
+_COLUMNS = ["sweep", "axis", "point", "value", "repeat", "run", "networks"] + [
+    m for m, _ in METRICS
+]
+
+
+def collect_rows(sweeps: Sequence[Sweep], output_root: str) -> List[Dict[str, Any]]:
+    """One row per (sweep, point, repeat) whose run has finished."""
+    rows = []
+    for sweep in sweeps:
+        for point in sweep.points:
+            for i, run in enumerate(point.runs):
+                result = read_result(os.path.join(output_root, run.name))
+                if result is None:
+                    continue
+                row = {
+                    "sweep": sweep.name,
+                    "axis": sweep.axis,
+                    "point": point.label,
+                    "value": point.value,
+                    "repeat": i,
+                    "run": run.name,
+                    "networks": run.networks,
+                }
+                for key, _ in METRICS:
+                    row[key] = result["metrics"].get(key, result.get(key, float("nan")))
+                rows.append(row)
+    return rows
+
+
+def _mean_std(values: List[float]) -> str:
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.1f}" if abs(values[0]) >= 1 else f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+
+
+def _markdown(sweeps: Sequence[Sweep], rows: List[Dict[str, Any]]) -> str:
+    lines = []
+    for sweep in sweeps:
+        lines += [f"### {sweep.name}", ""]
+        if sweep.description:
+            lines += [sweep.description, ""]
+        header = [sweep.axis] + [label for _, label in METRICS] + ["runs"]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for point in sweep.points:
+            mine = [r for r in rows if r["sweep"] == sweep.name and r["point"] == point.label]
+            if not mine:
+                lines.append(f"| {point.label} | " + "not run | " * len(METRICS) + "- |")
+                continue
+            cells = [_mean_std([float(r[key]) for r in mine]) for key, _ in METRICS]
+            runs = ", ".join(sorted({r["run"] for r in mine}))
+            seeds = f" ({len(mine)} seeds)" if len(mine) > 1 else ""
+            lines.append(f"| {point.label}{seeds} | " + " | ".join(cells) + f" | {runs} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _plot(sweep: Sweep, rows: List[Dict[str, Any]], path: str) -> Optional[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mine = [r for r in rows if r["sweep"] == sweep.name]
+    if not mine:
+        return None
+    labels = [p.label for p in sweep.points]
+    numeric = all(
+        isinstance(p.value, (int, float)) and not isinstance(p.value, bool) for p in sweep.points
+    )
+    xs = [p.value if numeric else i for i, p in enumerate(sweep.points)]
+    fig, axes = plt.subplots(2, 5, figsize=(14, 5.2))
+    for ax, (key, label) in zip(axes.flat, METRICS):
+        for x, point in zip(xs, sweep.points):
+            ys = [float(r[key]) for r in mine if r["point"] == point.label]
+            ax.plot([x] * len(ys), ys, "o", color="tab:blue", alpha=0.6, ms=4)
+        means = []
+        for point in sweep.points:
+            ys = [float(r[key]) for r in mine if r["point"] == point.label]
+            means.append(statistics.mean(ys) if ys else float("nan"))
+        ax.plot(xs, means, "-", color="tab:blue")
+        ax.set_title(label, fontsize=10)
+        if not numeric:
+            ax.set_xticks(xs)
+            ax.set_xticklabels(labels, fontsize=8, rotation=20)
+        ax.tick_params(labelsize=8)
+    fig.suptitle(f"{sweep.name}: metrics vs {sweep.axis}", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=60)
+    plt.close(fig)
+    return path
+
+
+def write_report(sweeps: Sequence[Sweep], output_root: str) -> Dict[str, Any]:
+    """
+    Write ``results.csv`` (one row per finished run of each point), ``results.md`` (per sweep a
+    table; mean ± std over repeats) and ``plots/<sweep>.png`` (each metric against the swept
+    value) in ``output_root``.
+
+    Returns:
+        dict: "csv", "markdown", "plots" (paths), "rows", "missing" (runs not finished).
+    """
+    rows = collect_rows(sweeps, output_root)
+    csv_path = os.path.join(output_root, "results.csv")
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    md_path = os.path.join(output_root, "results.md")
+    with open(md_path, "w") as f:
+        f.write(_markdown(sweeps, rows))
+    os.makedirs(os.path.join(output_root, "plots"), exist_ok=True)
+    plots = [
+        _plot(sweep, rows, os.path.join(output_root, "plots", f"{sweep.name}.png"))
+        for sweep in sweeps
+    ]
+    finished = {r["run"] for r in rows}
+    missing = sorted(
+        {run.name for s in sweeps for p in s.points for run in p.runs} - finished
+    )
+    return {
+        "csv": csv_path,
+        "markdown": md_path,
+        "plots": [p for p in plots if p],
+        "rows": rows,
+        "missing": missing,
+    }
