@@ -30,6 +30,8 @@ MASK_RCNN_ZOO_CONFIG = "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml"
 SEMANTIC_FPN_ZOO_CONFIG = "Misc/semantic_R_50_FPN_1x.yaml"
 DEFAULT_SIZE = (800, 1216)
 QUICK_SIZE = (128, 160)
+
+
 def build_separate(state_dict, tiny: bool) -> Dict[str, nn.Module]:
     """Mask R-CNN R50-FPN and Semantic FPN R50 (detectron2 model zoo) with the shared weights."""
     instance_keys = {k: v for k, v in state_dict.items() if not k.startswith("sem_seg_head.")}

@@ -65,7 +65,16 @@ def _spec(tmp_path, text, name="spec.yaml"):
 def test_malformed_spec_fails_before_any_run(config_file, tmp_path, text, message):
     output = tmp_path / "out"
     with pytest.raises(SystemExit) as e:
-        main(["--config-file", config_file, "--sweep", _spec(tmp_path, text), "--output", str(output)])
+        main(
+            [
+                "--config-file",
+                config_file,
+                "--sweep",
+                _spec(tmp_path, text),
+                "--output",
+                str(output),
+            ]
+        )
     assert message in str(e.value)
     assert str(tmp_path / "spec.yaml") in str(e.value)  # names the spec
     assert not output.exists()  # nothing started
@@ -187,3 +196,11 @@ def test_separate_fusion_equals_joint_postprocessing(config_file):
         assert torch.equal(e["sem_seg"], g["sem_seg"])
         things += sum(s["isthing"] for s in e["panoptic_seg"][1])
     assert things > 0  # the fusion placed instances, not only stuff
+
+
+@pytest.mark.slow
+def test_parallel_jobs(config_file, tmp_path):
+    """--jobs 2: runs in forked workers, which see the datasets registered here."""
+    result = main(["--config-file", config_file, "--sweep", f"{SEMANTIC}=0.5,1.0", "--output",
+                   str(tmp_path), "--quick", "--jobs", "2"])  # fmt: skip
+    assert result["missing"] == [] and len(result["rows"]) == 2

@@ -11,21 +11,21 @@ from .spec import Sweep
 
 __all__ = ["METRICS", "collect_rows", "write_report"]
 
-# (column, label) of the numbers reported for each run.
+# (column, label, decimals in the markdown table) of the numbers reported for each run.
 METRICS = (
-    ("PQ", "PQ"),
-    ("PQ_th", "PQ_th"),
-    ("PQ_st", "PQ_st"),
-    ("mIoU", "mIoU"),
-    ("box_AP", "box AP"),
-    ("mask_AP", "mask AP"),
-    ("train_seconds", "train s"),
-    ("seconds_per_iter", "s/iter"),
-    ("gflops", "GFLOPs"),
-    ("params_m", "params (M)"),
+    ("PQ", "PQ", 1),
+    ("PQ_th", "PQ_th", 1),
+    ("PQ_st", "PQ_st", 1),
+    ("mIoU", "mIoU", 1),
+    ("box_AP", "box AP", 1),
+    ("mask_AP", "mask AP", 1),
+    ("train_seconds", "train s", 0),
+    ("seconds_per_iter", "s/iter", 2),
+    ("gflops", "GFLOPs", 2),
+    ("params_m", "params (M)", 1),
 )
 _COLUMNS = ["sweep", "axis", "point", "value", "repeat", "run", "networks"] + [
-    m for m, _ in METRICS
+    m for m, _, _ in METRICS
 ]
 
 
@@ -47,19 +47,21 @@ def collect_rows(sweeps: Sequence[Sweep], output_root: str) -> List[Dict[str, An
                     "run": run.name,
                     "networks": run.networks,
                 }
-                for key, _ in METRICS:
+                for key, _, _ in METRICS:
                     row[key] = result["metrics"].get(key, result.get(key, float("nan")))
                 rows.append(row)
     return rows
 
 
-def _mean_std(values: List[float]) -> str:
+def _mean_std(values: List[float], decimals: int) -> str:
+    """The value, or mean ± standard deviation over repeats; "-" for NaN (e.g. AP without
+    detections)."""
     values = [v for v in values if not math.isnan(v)]
     if not values:
         return "-"
     if len(values) == 1:
-        return f"{values[0]:.1f}" if abs(values[0]) >= 1 else f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+        return f"{values[0]:.{decimals}f}"
+    return f"{statistics.mean(values):.{decimals}f} ± {statistics.stdev(values):.{decimals}f}"
 
 
 def _markdown(sweeps: Sequence[Sweep], rows: List[Dict[str, Any]]) -> str:
@@ -68,14 +70,14 @@ def _markdown(sweeps: Sequence[Sweep], rows: List[Dict[str, Any]]) -> str:
         lines += [f"### {sweep.name}", ""]
         if sweep.description:
             lines += [sweep.description, ""]
-        header = [sweep.axis] + [label for _, label in METRICS] + ["runs"]
+        header = [sweep.axis] + [label for _, label, _ in METRICS] + ["runs"]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for point in sweep.points:
             mine = [r for r in rows if r["sweep"] == sweep.name and r["point"] == point.label]
             if not mine:
                 lines.append(f"| {point.label} | " + "not run | " * len(METRICS) + "- |")
                 continue
-            cells = [_mean_std([float(r[key]) for r in mine]) for key, _ in METRICS]
+            cells = [_mean_std([float(r[key]) for r in mine], d) for key, _, d in METRICS]
             runs = ", ".join(sorted({r["run"] for r in mine}))
             seeds = f" ({len(mine)} seeds)" if len(mine) > 1 else ""
             lines.append(f"| {point.label}{seeds} | " + " | ".join(cells) + f" | {runs} |")
@@ -98,7 +100,7 @@ def _plot(sweep: Sweep, rows: List[Dict[str, Any]], path: str) -> Optional[str]:
     )
     xs = [p.value if numeric else i for i, p in enumerate(sweep.points)]
     fig, axes = plt.subplots(2, 5, figsize=(14, 5.2))
-    for ax, (key, label) in zip(axes.flat, METRICS):
+    for ax, (key, label, _) in zip(axes.flat, METRICS):
         for x, point in zip(xs, sweep.points):
             ys = [float(r[key]) for r in mine if r["point"] == point.label]
             ax.plot([x] * len(ys), ys, "o", color="tab:blue", alpha=0.6, ms=4)
@@ -143,9 +145,7 @@ def write_report(sweeps: Sequence[Sweep], output_root: str) -> Dict[str, Any]:
         for sweep in sweeps
     ]
     finished = {r["run"] for r in rows}
-    missing = sorted(
-        {run.name for s in sweeps for p in s.points for run in p.runs} - finished
-    )
+    missing = sorted({run.name for s in sweeps for p in s.points for run in p.runs} - finished)
     return {
         "csv": csv_path,
         "markdown": md_path,

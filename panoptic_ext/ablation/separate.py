@@ -47,8 +47,10 @@ def separate_network_configs(cfg: CfgNode) -> Dict[str, CfgNode]:
 
 def _preprocess(model: nn.Module, batched_inputs: List[Dict]):
     """Normalized, padded images, as ``GeneralizedRCNN.preprocess_image`` makes them."""
-    images = [(x["image"].to(model.pixel_mean.device) - model.pixel_mean) / model.pixel_std
-              for x in batched_inputs]
+    images = [
+        (x["image"].to(model.pixel_mean.device) - model.pixel_mean) / model.pixel_std
+        for x in batched_inputs
+    ]
     return pad_to_backbone(images, model.backbone)
 
 

@@ -92,7 +92,9 @@ def _flatten(cfg: CfgNode, prefix: str = "") -> Dict[str, Any]:
 def _raw_specs(spec: str) -> List[Tuple[str, Dict[str, Any]]]:
     """(source, raw mapping) of each sweep that ``spec`` names."""
     if spec in BUILTIN_GROUPS:
-        return [(f"built-in sweep {n!r}", dict(BUILTIN_SWEEPS[n], name=n)) for n in BUILTIN_GROUPS[spec]]
+        return [
+            (f"built-in sweep {n!r}", dict(BUILTIN_SWEEPS[n], name=n)) for n in BUILTIN_GROUPS[spec]
+        ]
     if spec in BUILTIN_SWEEPS:
         return [(f"built-in sweep {spec!r}", dict(BUILTIN_SWEEPS[spec], name=spec))]
     if spec.endswith((".yaml", ".yml")):
@@ -127,7 +129,9 @@ def _check_keys(raw: Dict[str, Any], allowed: Dict[str, Any], where: str) -> Non
             raise SweepSpecError(f"{where}: unknown key {key!r} (known: {', '.join(allowed)})")
         types = allowed[key]
         if not isinstance(value, types) or (types is int and isinstance(value, bool)):
-            names = types.__name__ if isinstance(types, type) else "/".join(t.__name__ for t in types)
+            names = (
+                types.__name__ if isinstance(types, type) else "/".join(t.__name__ for t in types)
+            )
             raise SweepSpecError(f"{where}: {key} must be a {names}, got {value!r}")
     for key in ("overrides", "sweep"):
         for item in raw.get(key, []):
@@ -151,7 +155,9 @@ def _parse(items: Sequence[str], where: str, sweeps: bool) -> List[Tuple[str, Li
             raise SweepSpecError(f"{where}: cannot parse {item!r}: {e}") from e
         if override.is_sweep_override():
             if not sweeps:
-                raise SweepSpecError(f"{where}: {item!r} sweeps; put it under `sweep`, not `overrides`")
+                raise SweepSpecError(
+                    f"{where}: {item!r} sweeps; put it under `sweep`, not `overrides`"
+                )
             values = list(override.sweep_iterator())
             if not values:
                 raise SweepSpecError(f"{where}: {item!r} sweeps over no value")
@@ -217,7 +223,9 @@ class _Expander:
             _check_keys(point, _POINT_KEYS, where)
             networks = point.get("networks", "joint")
             if networks not in NETWORK_KINDS:
-                raise SweepSpecError(f"{where}: networks must be one of {NETWORK_KINDS}, got {networks!r}")
+                raise SweepSpecError(
+                    f"{where}: networks must be one of {NETWORK_KINDS}, got {networks!r}"
+                )
             items = [(k, v[0]) for k, v in _parse(point.get("overrides", []), where, sweeps=False)]
             label = str(point.get("name", i))
             raw_points.append((label, point.get("value", label), items, networks))

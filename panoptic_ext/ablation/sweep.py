@@ -12,7 +12,7 @@ from detectron2.utils.logger import setup_logger
 from .builtin_sweeps import BUILTIN_GROUPS, BUILTIN_SWEEPS
 from .report import write_report
 from .runner import run_one
-from .spec import SweepSpecError, load_sweeps, unique_runs
+from .spec import Run, SweepSpecError, load_sweeps, unique_runs
 
 __all__ = ["QUICK_OPTS", "run_sweeps", "main", "argument_parser"]
 
@@ -33,6 +33,22 @@ def _worker_init(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+def _execute(runs: Sequence[Run], config_file: str, opts, output_root: str, jobs: int) -> None:
+    if jobs <= 1:
+        for run in runs:
+            run_one(run, config_file, opts, output_root)
+        return
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    # fork: workers inherit the datasets registered by the caller (spawn would not); the caller
+    # has run no torch op yet (OpenMP's threads do not survive a fork)
+    with ProcessPoolExecutor(
+        jobs, multiprocessing.get_context("fork"), _worker_init, (threads,)
+    ) as pool:
+        futures = [pool.submit(run_one, run, config_file, opts, output_root) for run in runs]
+        for future in futures:
+            future.result()
+
+
 def run_sweeps(
     specs: Sequence[str],
     config_file: str,
@@ -42,6 +58,7 @@ def run_sweeps(
     quick: bool = False,
     jobs: int = 1,
     dry_run: bool = False,
+    report_only: bool = False,
 ) -> Dict[str, Any]:
     """
     Check every spec and run config first (:func:`load_sweeps`), then run what is left of each
@@ -57,6 +74,7 @@ def run_sweeps(
         jobs (int): runs at a time; > 1 forks worker processes (each with
             ``cpu_count // jobs`` torch threads), which inherit the registered datasets.
         dry_run (bool): check and list the runs, train nothing.
+        report_only (bool): write the report of the runs finished so far, train nothing.
 
     Returns:
         dict: the report's paths, "rows" and "missing", plus "sweeps" and "runs".
@@ -65,26 +83,23 @@ def run_sweeps(
     sweeps = load_sweeps(specs, config_file, opts)  # every error before anything runs
     runs = unique_runs(sweeps)
     for run in runs:
-        logger.info("Run %s: %s", run.name, ", ".join(f"{k}={v}" for k, v in run.overrides) or
-                    "the base config")
+        logger.info(
+            "Run %s: %s",
+            run.name,
+            ", ".join(f"{k}={v}" for k, v in run.overrides) or "the base config",
+        )
     if dry_run:
         return {"sweeps": sweeps, "runs": runs}
     os.makedirs(output_root, exist_ok=True)
-    if jobs <= 1:
-        for run in runs:
-            run_one(run, config_file, opts, output_root)
-    else:
-        threads = max(1, (os.cpu_count() or 1) // jobs)
-        # fork: workers inherit datasets registered by the caller (spawn would not)
-        with ProcessPoolExecutor(
-            jobs, multiprocessing.get_context("fork"), _worker_init, (threads,)
-        ) as pool:
-            futures = [pool.submit(run_one, run, config_file, opts, output_root) for run in runs]
-            for future in futures:
-                future.result()
+    if not report_only:
+        _execute(runs, config_file, opts, output_root, jobs)
     report = write_report(sweeps, output_root)
-    logger.info("Results: %s, %s, plots in %s", report["csv"], report["markdown"],
-                os.path.join(output_root, "plots"))
+    logger.info(
+        "Results: %s, %s, plots in %s",
+        report["csv"],
+        report["markdown"],
+        os.path.join(output_root, "plots"),
+    )
     return dict(report, sweeps=sweeps, runs=runs)
 
 
@@ -104,6 +119,9 @@ def argument_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="4-iteration smoke schedule")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (default 1)")
     parser.add_argument("--dry-run", action="store_true", help="check and list the runs only")
+    parser.add_argument(
+        "--report-only", action="store_true", help="tabulate the finished runs, train nothing"
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides of every run")
     return parser
 
@@ -118,6 +136,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         result = run_sweeps(
             args.sweep, args.config_file, args.output, args.opts,
             quick=args.quick, jobs=args.jobs, dry_run=args.dry_run,
+            report_only=args.report_only,
         )  # fmt: skip
     except SweepSpecError as e:
         raise SystemExit(f"ablate: {e}") from e
