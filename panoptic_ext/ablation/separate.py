@@ -26,8 +26,9 @@ def separate_network_configs(cfg: CfgNode) -> Dict[str, CfgNode]:
     - "semantic": detectron2's ``SemanticSegmentor`` with ``cfg``'s semantic head
       (``SemanticFPNHead``), trained on the same semantic targets (``SEM_SEG_THINGS`` layout).
 
-    Each is trained without periodic evaluation (``TEST.EVAL_PERIOD 0``): what they predict is
-    evaluated once fused (:class:`SeparateNetworksPanoptic`).
+    Each is trained without evaluation (no ``DATASETS.TEST``: detectron2 would evaluate after the
+    last iteration whatever ``TEST.EVAL_PERIOD`` says): what they predict is evaluated once fused
+    (:class:`SeparateNetworksPanoptic`).
     """
     ret = {}
     for kind, overrides in (
@@ -39,7 +40,7 @@ def separate_network_configs(cfg: CfgNode) -> Dict[str, CfgNode]:
         sub.MODEL.META_ARCHITECTURE = overrides["META_ARCHITECTURE"]
         if kind == "instance":
             sub.MODEL.ROI_HEADS.NAME = "StandardROIHeads"
-        sub.TEST.EVAL_PERIOD = 0
+        sub.DATASETS.TEST = ()
         sub.freeze()
         ret[kind] = sub
     return ret
