@@ -12,6 +12,7 @@ from detectron2.modeling import build_model
 from panoptic_ext.ablation import (
     RESULT_FILE,
     SeparateNetworksPanoptic,
+    RunConfigChanged,
     SweepSpecError,
     load_sweeps,
     main,
@@ -154,6 +155,10 @@ def test_two_point_sweep_resumes_after_interruption(config_file, tmp_path, monke
     table = (output / "results.md").read_text()
     assert "| SEMANTIC | PQ | PQ_th | PQ_st | mIoU | box AP | mask AP |" in table
     assert os.path.getsize(output / "plots" / "SEMANTIC.png") > 1000
+
+    # another base config: the finished runs are not silently reported as its results
+    with pytest.raises(RunConfigChanged, match=r"SOLVER.BASE_LR: 0.001 -> 0.002"):
+        main(argv + ["SOLVER.BASE_LR", "0.002"])
 
 
 @pytest.mark.slow

@@ -15,9 +15,10 @@ import json
 import logging
 import os
 import time
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 import torch
+import yaml
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog
 from detectron2.engine import HookBase
@@ -79,6 +80,19 @@ def _run_logging() -> Iterator[None]:
                 log.removeHandler(handler)
                 handler.close()
         setup_logger.cache_clear()  # a later run in the same folder adds its handlers again
+
+
+def _config_differences(old_dump: str, new_dump: str) -> List[str]:
+    """``KEY: old -> new`` for the keys two config dumps disagree on (OUTPUT_DIR aside)."""
+    def flat(node, prefix=""):
+        out = {}
+        for k, v in (node or {}).items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+        return out
+
+    old, new = flat(yaml.safe_load(old_dump)), flat(yaml.safe_load(new_dump))
+    keys = sorted((set(old) | set(new)) - {"OUTPUT_DIR"})
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
 
 
 def _read_json(path: str) -> Optional[Any]:
@@ -189,10 +203,12 @@ def run_one(run: Run, config_file: str, opts, output_root: str) -> Dict[str, Any
     cfg.freeze()
     done = read_result(run_dir)
     if done is not None:
-        if done.get("config") != cfg.dump():
+        changed = _config_differences(done.get("config", ""), cfg.dump())
+        if changed:
             raise RunConfigChanged(
                 f"{run_dir} holds a finished run of another config than this sweep makes for it "
-                f"({run.name}): use another --output, or delete {run_dir} to run it again"
+                f"({'; '.join(changed)}): use another --output, or delete {run_dir} to run it "
+                "again"
             )
         logger.info("Run %s finished before: not run again", run.name)
         return done
