@@ -86,6 +86,8 @@ def test_unknown_builtin_and_inline_errors(config_file, tmp_path):
         load_sweeps(["lambda_x"], config_file)
     with pytest.raises(SweepSpecError, match="cannot parse"):
         load_sweeps([f"{SEMANTIC}==1"], config_file)
+    with pytest.raises(SweepSpecError, match="several sweeps are named"):
+        load_sweeps(["seeds", "seeds"], config_file)
     with pytest.raises(SweepSpecError, match="no sweep given"):
         load_sweeps([], config_file)
 

@@ -282,7 +282,12 @@ def load_sweeps(specs: Sequence[str], config_file: str, opts: Sequence[str] = ()
         expander = _Expander(config_file, opts)
     except (ConfigError, ValueError) as e:
         raise SweepSpecError(f"the base config: {e}") from e
-    return [expander.sweep(src, raw) for spec in specs for src, raw in _raw_specs(spec)]
+    sweeps = [expander.sweep(src, raw) for spec in specs for src, raw in _raw_specs(spec)]
+    names = [s.name for s in sweeps]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise SweepSpecError(f"several sweeps are named {twice}: give each spec its own name")
+    return sweeps
 
 
 def unique_runs(sweeps: Sequence[Sweep]) -> List[Run]:
