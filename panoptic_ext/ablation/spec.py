@@ -214,7 +214,12 @@ class _Expander:
         raw_points = []
         for combo in itertools.product(*[values for _, values in swept]) if swept else []:
             items = [(k, v) for (k, _), v in zip(swept, combo)]
-            label = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in items)
+            # one swept key: its value (the axis names the key); several: KEY=v, KEY2=w
+            label = (
+                str(combo[0])
+                if len(combo) == 1
+                else ", ".join(f"{k.split('.')[-1]}={v}" for k, v in items)
+            )
             raw_points.append((label, combo[0] if len(combo) == 1 else label, items, "joint"))
         for i, point in enumerate(raw.get("points", [])):
             where = f"{source}, points[{i}]"
