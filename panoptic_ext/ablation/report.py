@@ -4,7 +4,7 @@ import csv
 import math
 import os
 import statistics
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .runner import read_result
 from .spec import Sweep
@@ -85,7 +85,22 @@ def _markdown(sweeps: Sequence[Sweep], rows: List[Dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _plot(sweep: Sweep, rows: List[Dict[str, Any]], path: str) -> Optional[str]:
+def _baseline_noise(rows: List[Dict[str, Any]]) -> Dict[str, Tuple[float, float]]:
+    """Metric -> (mean, std) over the repeats of the baseline (a point with several finished runs,
+    the first of them the base config), or {} if there is none."""
+    by_point: Dict[Tuple[str, str], List[Dict[str, Any]]] = {}
+    for r in rows:
+        by_point.setdefault((r["sweep"], r["point"]), []).append(r)
+    for mine in by_point.values():
+        if len(mine) > 1 and mine[0]["run"] == "baseline":
+            values = {k: [float(r[k]) for r in mine] for k, _, _ in METRICS}
+            return {k: (statistics.mean(v), statistics.stdev(v)) for k, v in values.items()}
+    return {}
+
+
+def _plot(
+    sweep: Sweep, rows: List[Dict[str, Any]], noise: Dict[str, Tuple[float, float]], path: str
+) -> Optional[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -94,27 +109,30 @@ def _plot(sweep: Sweep, rows: List[Dict[str, Any]], path: str) -> Optional[str]:
     mine = [r for r in rows if r["sweep"] == sweep.name]
     if not mine:
         return None
-    labels = [p.label for p in sweep.points]
     numeric = all(
         isinstance(p.value, (int, float)) and not isinstance(p.value, bool) for p in sweep.points
     )
     xs = [p.value if numeric else i for i, p in enumerate(sweep.points)]
     fig, axes = plt.subplots(2, 5, figsize=(14, 5.2))
     for ax, (key, label, _) in zip(axes.flat, METRICS):
+        if key in noise:  # the seed-to-seed spread of the baseline
+            mean, std = noise[key]
+            ax.axhspan(mean - std, mean + std, color="0.85", zorder=0)
+        means = []
         for x, point in zip(xs, sweep.points):
             ys = [float(r[key]) for r in mine if r["point"] == point.label]
-            ax.plot([x] * len(ys), ys, "o", color="tab:blue", alpha=0.6, ms=4)
-        means = []
-        for point in sweep.points:
-            ys = [float(r[key]) for r in mine if r["point"] == point.label]
+            ax.plot([x] * len(ys), ys, "o", color="tab:blue", alpha=0.6, ms=5)
             means.append(statistics.mean(ys) if ys else float("nan"))
-        ax.plot(xs, means, "-", color="tab:blue")
-        ax.set_title(label, fontsize=10)
-        if not numeric:
+        if numeric:  # a line only where the axis is a value
+            ax.plot(xs, means, "-", color="tab:blue")
+        else:
             ax.set_xticks(xs)
-            ax.set_xticklabels(labels, fontsize=8, rotation=20)
+            ax.set_xticklabels([p.label for p in sweep.points], fontsize=8, rotation=20)
+            ax.set_xlim(-0.5, len(xs) - 0.5)
+        ax.set_title(label, fontsize=10)
         ax.tick_params(labelsize=8)
-    fig.suptitle(f"{sweep.name}: metrics vs {sweep.axis}", fontsize=11)
+    band = "; grey band: baseline mean ± std over seeds" if noise else ""
+    fig.suptitle(f"{sweep.name}: metrics vs {sweep.axis}{band}", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=60)
     plt.close(fig)
@@ -140,8 +158,9 @@ def write_report(sweeps: Sequence[Sweep], output_root: str) -> Dict[str, Any]:
     with open(md_path, "w") as f:
         f.write(_markdown(sweeps, rows))
     os.makedirs(os.path.join(output_root, "plots"), exist_ok=True)
+    noise = _baseline_noise(rows)
     plots = [
-        _plot(sweep, rows, os.path.join(output_root, "plots", f"{sweep.name}.png"))
+        _plot(sweep, rows, noise, os.path.join(output_root, "plots", f"{sweep.name}.png"))
         for sweep in sweeps
     ]
     finished = {r["run"] for r in rows}
