@@ -11,8 +11,8 @@ from detectron2.modeling import build_model
 
 from panoptic_ext.ablation import (
     RESULT_FILE,
-    SeparateNetworksPanoptic,
     RunConfigChanged,
+    SeparateNetworksPanoptic,
     SweepSpecError,
     load_sweeps,
     main,
