@@ -24,7 +24,7 @@ def add_panoptic_ext_config(cfg: CN) -> None:
     # Loss-weight schedule: sets lambda_i (instance losses) and lambda_s (semantic loss).
     _C.MODEL.PANOPTIC_EXT.LOSS_WEIGHTS = CN()
     # Registered name in LOSS_WEIGHT_SCHEDULE_REGISTRY: "constant", "linear_warmup", "step",
-    # "cosine" or "learned".
+    # "cosine", "learned" or "alternating" (instance losses on even iterations, semantic on odd).
     _C.MODEL.PANOPTIC_EXT.LOSS_WEIGHTS.NAME = "constant"
     # lambda_i: weight of the box classification, box regression and mask losses.
     _C.MODEL.PANOPTIC_EXT.LOSS_WEIGHTS.INSTANCE = 1.0

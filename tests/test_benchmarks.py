@@ -6,6 +6,7 @@ the shared row and timing helpers.
 
 import importlib.util
 import json
+import mmap
 import os
 import subprocess
 import sys
@@ -56,10 +57,13 @@ class TestHelpers(unittest.TestCase):
         common = _load_common()
         common.reset_peak_rss()
         low = common.peak_rss_mb()
-        block = bytearray(64 * 1024 * 1024)  # 64 MB, touched
-        block[::4096] = b"x" * len(block[::4096])
+        # 64 MB of fresh pages, touched: a bytearray could reuse heap memory that earlier tests
+        # freed (still resident), and then the peak would not move
+        block = mmap.mmap(-1, 64 * 1024 * 1024)
+        for offset in range(0, len(block), 4096):
+            block[offset] = 1
         self.assertGreater(common.peak_rss_mb(), low + 50)
-        del block
+        block.close()
 
 
 class TestQuickSuite(unittest.TestCase):

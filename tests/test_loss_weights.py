@@ -39,7 +39,9 @@ class TestSchedules(unittest.TestCase):
 
     def test_registry(self):
         names = {name for name, _ in LOSS_WEIGHT_SCHEDULE_REGISTRY}
-        self.assertEqual(names, {"constant", "linear_warmup", "step", "cosine", "learned"})
+        self.assertEqual(
+            names, {"constant", "linear_warmup", "step", "cosine", "learned", "alternating"}
+        )
         with self.assertRaises(ValueError):
             build("exponential")
 
@@ -61,6 +63,14 @@ class TestSchedules(unittest.TestCase):
         self.assertWeights(schedule, 100, 1.0, 0.8)
         self.assertWeights(schedule, 5000, 1.0, 0.8)
         self.assertWeights(build("linear_warmup", WARMUP_ITERS=0), 0, 1.0, 0.5)
+
+    def test_alternating(self):
+        # one loss per minibatch: instance on even iterations, semantic on odd ones
+        schedule = build("alternating", INSTANCE=0.8, SEMANTIC=0.3)
+        for it in (0, 2, 1000):
+            self.assertWeights(schedule, it, 0.8, 0.0)
+        for it in (1, 3, 1001):
+            self.assertWeights(schedule, it, 0.0, 0.3)
 
     def test_step(self):
         schedule = build("step", STEPS=[10, 20], FACTORS=[[1.0, 0.5], [0.1, 2.0]])

@@ -24,6 +24,7 @@ __all__ = [
     "StepLossWeights",
     "CosineLossWeights",
     "LearnedLossWeights",
+    "AlternatingLossWeights",
     "build_loss_weight_schedule",
 ]
 
@@ -231,6 +232,30 @@ class StepLossWeights(LossWeightSchedule):
             if iteration >= step:
                 instance, semantic = instance * fi, semantic * fs
         return LossWeights(instance, semantic)
+
+
+@_register("alternating")
+class AlternatingLossWeights(LossWeightSchedule):
+    """
+    One loss per minibatch (the paper's "alternate" training, Table 3c): (instance, 0) on even
+    iterations, (0, semantic) on odd ones. With ``SCALE_RPN`` the RPN losses follow the instance
+    losses; otherwise the RPN trains in every iteration.
+    """
+
+    @configurable
+    def __init__(self, *, instance: float = 1.0, semantic: float = 0.5):
+        super().__init__()
+        self.instance, self.semantic = float(instance), float(semantic)
+
+    @classmethod
+    def from_config(cls, cfg) -> dict:
+        lw = cfg.MODEL.PANOPTIC_EXT.LOSS_WEIGHTS
+        return {"instance": lw.INSTANCE, "semantic": lw.SEMANTIC}
+
+    def forward(self, iteration: int) -> LossWeights:
+        if iteration % 2 == 0:
+            return LossWeights(self.instance, 0.0)
+        return LossWeights(0.0, self.semantic)
 
 
 @_register("learned")
