@@ -6,7 +6,7 @@ Panoptic post-processing, ours vs detectron2, side by side on the same synthetic
 Inputs (seeded): semantic logits at 1/4 scale (54 classes, region-like), and 100 detections with
 boxes, scores, classes and 28x28 mask probabilities, for 800x1216 and 1024x2048 images
 ("random": random boxes and scores, ~40 confident), and a crowded 800x1216 scene ("crowded": 100
-confident detections with large boxes on a jittered grid, ~90 of them placed as segments).
+confident detections with large boxes (250-450 px) and noisy masks, ~90 of them placed).
 
 * reference: what detectron2's ``PanopticFPN.inference`` does after its heads returned:
   ``sem_seg_postprocess`` + ``detector_postprocess`` + argmax +
@@ -57,29 +57,26 @@ def synthetic_sem_logits(h: int, w: int, seed: int = 0) -> torch.Tensor:
 def synthetic_instances(
     height: int, width: int, n: int = NUM_DETECTIONS, seed: int = 0, crowded: bool = False
 ):
-    """Raw ROI-head output: n detections with blob-shaped masks; scores uniform in [0, 1], or
-    (``crowded``) all confident, with large boxes on a jittered grid of the image."""
+    """Raw ROI-head output: n detections with blob-shaped masks and scores uniform in [0, 1], or
+    (``crowded``) all confident, with large boxes (250-450 px) and noisy, sparse masks."""
     from detectron2.structures import Boxes, Instances
 
     g = torch.Generator().manual_seed(seed + 1)
-    if crowded:
-        side = int(n**0.5 + 0.999)
-        cell = torch.tensor([width / side, height / side])
-        index = torch.arange(n)
-        grid = torch.stack([index % side, index // side], dim=1).float() + 0.5
-        center = (grid + (torch.rand(n, 2, generator=g) - 0.5) * 0.5) * cell
-        size = cell * (1.25 + torch.rand(n, 2, generator=g) * 0.45)
+    if crowded:  # large boxes anywhere, noisy sparse masks: most of them get placed
+        size = 250 + torch.rand(n, 2, generator=g) * 200
+        center = torch.rand(n, 2, generator=g) * torch.tensor([float(width), float(height)])
         scores = 0.5 + 0.5 * torch.rand(n, generator=g)
+        mask_logits = 2.0 * torch.randn(n, 1, 28, 28, generator=g) - 2.0
     else:
         size = torch.rand(n, 2, generator=g) * (min(height, width) / 2.5) + 16
         center = torch.rand(n, 2, generator=g) * torch.tensor([float(width), float(height)])
         scores = torch.rand(n, generator=g)
+        yy, xx = torch.meshgrid(torch.linspace(-1, 1, 28), torch.linspace(-1, 1, 28), indexing="ij")
+        blob = 6 * (0.8 - yy**2 - xx**2)
+        mask_logits = blob[None, None] + 1.5 * torch.randn(n, 1, 28, 28, generator=g)
     boxes = torch.cat([center - size / 2, center + size / 2], dim=1)
     boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
     boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
-    yy, xx = torch.meshgrid(torch.linspace(-1, 1, 28), torch.linspace(-1, 1, 28), indexing="ij")
-    blob = 6 * (0.8 - yy**2 - xx**2)
-    mask_logits = blob[None, None] + 1.5 * torch.randn(n, 1, 28, 28, generator=g)
     instances = Instances((height, width))
     instances.pred_boxes = Boxes(boxes)
     instances.scores = scores.sort(descending=True).values
