@@ -6,7 +6,7 @@ import os
 from typing import Optional, Sequence
 
 from detectron2.config import CfgNode
-from detectron2.engine import default_argument_parser
+from detectron2.engine import default_argument_parser, hooks
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
@@ -52,6 +52,8 @@ def _evaluate(cfg: CfgNode, resume: bool):
     if next(model.parameters()).device.type == "cpu":
         optimize_for_cpu_inference(model.eval())  # same outputs, faster
     results = Trainer.test(cfg, model)
+    if cfg.TEST.AUG.ENABLED:
+        results.update(Trainer.test_with_TTA(cfg, model))
     if comm.is_main_process():
         verify_results(cfg, results)
     return results
@@ -61,7 +63,8 @@ def main(args: argparse.Namespace):
     """
     Train (``--resume``: continue from OUTPUT_DIR's last checkpoint) or, with ``--eval-only``,
     evaluate MODEL.WEIGHTS (or, with ``--resume``, OUTPUT_DIR's last checkpoint) on
-    DATASETS.TEST.
+    DATASETS.TEST. With ``TEST.AUG.ENABLED``, also evaluated with test-time augmentation
+    (:meth:`Trainer.test_with_TTA`; results keyed ``<task>_TTA``).
 
     OUTPUT_DIR is locked for the run (:func:`~panoptic_ext.engine.run_dir.prepare_output_dir`):
     a second run there fails naming the first; a new training refuses to replace a previous run
@@ -83,6 +86,10 @@ def main(args: argparse.Namespace):
             return _evaluate(cfg, args.resume)
         trainer = Trainer(cfg)
         trainer.resume_or_load(resume=args.resume)
+        if cfg.TEST.AUG.ENABLED:  # after the last iteration, as detectron2's train_net.py
+            trainer.register_hooks(
+                [hooks.EvalHook(0, lambda: trainer.test_with_TTA(cfg, trainer.model))]
+            )
         return trainer.train()
     finally:
         if lock is not None:
