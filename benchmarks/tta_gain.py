@@ -31,6 +31,7 @@ DEFAULT_CONFIG = "configs/Synthetic-PanopticSegmentation/panoptic_fpn_R_18_scrat
 DEFAULT_SETS = (
     "flip=256:F",
     "scales=224,256,288",
+    "down+flip=224,256:F",
     "scales+flip=224,256,288:F",
     "up+flip=256,320:F",
     "wide+flip=192,256,320:F",
@@ -115,7 +116,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config-file", default=DEFAULT_CONFIG)
     parser.add_argument("--weights", required=True)
-    parser.add_argument("--sets", nargs="+", default=list(DEFAULT_SETS))
+    parser.add_argument("--sets", nargs="*", default=list(DEFAULT_SETS))
     parser.add_argument("--output", help="also write the rows as JSON here")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args(argv)
