@@ -19,7 +19,12 @@ from panoptic_ext.engine import main, parse_args
 from panoptic_ext.engine.config_check import ConfigError, check_config
 from panoptic_ext.engine.predictor import PanopticPredictor
 from panoptic_ext.modeling import PanopticFPNWithTTA
-from tests.common import assert_same_outputs, make_detections_confident, random_image_batch
+from tests.common import (
+    assert_same_outputs,
+    detectron2_twin_cfg,
+    make_detections_confident,
+    random_image_batch,
+)
 from tests.reliability_common import register_tiny_synthetic, tiny_cfg, unregister
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -201,3 +206,10 @@ def test_predictor_with_tta(dataset, weights):
     cfg.TEST.AUG.MIN_SIZES, cfg.TEST.AUG.MAX_SIZE, cfg.TEST.AUG.FLIP = (48, 64, 80), 100, True
     out = PanopticPredictor(cfg)(image)
     assert tuple(out["panoptic_seg"][0].shape) == (50, 70)
+
+
+def test_other_models_are_refused_by_name():
+    cfg = _cfg()
+    theirs = build_model(detectron2_twin_cfg(cfg))  # detectron2's PanopticFPN: no post-processor
+    with pytest.raises(TypeError, match=r"PanopticFPN has no \['postprocessor'\]"):
+        PanopticFPNWithTTA(cfg, theirs)

@@ -54,6 +54,10 @@ It returns a dict: ``"panoptic_seg"``: (panoptic_seg, segments_info) as detectro
 dataset's metadata (see :class:`PanopticPostprocessorBase`); and when enabled by
 ``POSTPROCESS.RETURN_SEM_SEG`` / ``RETURN_INSTANCES``: ``"sem_seg"`` (C, H, W) logits and
 ``"instances"`` (:func:`detector_postprocess` output, full-image masks).
+
+For test-time augmentation (:class:`PanopticFPNWithTTA`) it also has
+``fuse_upsampled(sem_seg, instances) -> dict``: the same outputs from (C, H, W) logits already at
+the output size (:class:`PanopticPostprocessorBase` provides it).
 """
 
 

@@ -119,6 +119,12 @@ class PanopticFPNWithTTA(nn.Module):
                 f"PanopticFPNWithTTA needs a PanopticFPNExt-like model; {type(model).__name__} "
                 f"has no {missing}"
             )
+        if not hasattr(model.postprocessor, "fuse_upsampled"):
+            raise TypeError(
+                f"PanopticFPNWithTTA needs a post-processor with fuse_upsampled(sem_seg, "
+                f"instances) (see PanopticPostprocessorBase); {type(model.postprocessor).__name__}"
+                " has none"
+            )
         if cfg.MODEL.KEYPOINT_ON or cfg.MODEL.LOAD_PROPOSALS:
             raise ValueError(
                 "PanopticFPNWithTTA supports neither MODEL.KEYPOINT_ON nor MODEL.LOAD_PROPOSALS"
