@@ -6,6 +6,8 @@ Panoptic predictions of a trained model on images, with detectron2's ``DefaultPr
         --input a.jpg more/images/ "shots/*.png" --output out/ \
         --opts MODEL.WEIGHTS output/main_job/model_final.pth
 
+``--tta`` predicts with test-time augmentation (``TEST.AUG.MIN_SIZES / MAX_SIZE / FLIP``).
+
 For each image ``<name>`` it writes to ``--output``: ``<name>_panoptic.png`` (the visualization),
 ``<name>_panoptic_ids.png`` (segment ids, RGB-encoded as COCO panoptic PNGs: id = R + 256 G +
 256^2 B, 0 = void) and ``<name>_segments.json`` (the segments: id, class, score, area).
@@ -25,6 +27,7 @@ from typing import List, Optional
 from detectron2.utils.logger import setup_logger
 
 from panoptic_ext.engine import get_panoptic_cfg, predict_images
+from panoptic_ext.engine.config_check import check_test_aug_config
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -35,6 +38,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         "--input", nargs="+", required=True, help="image files, directories or glob patterns"
     )
     parser.add_argument("--output", required=True, help="output directory")
+    parser.add_argument(
+        "--tta",
+        action="store_true",
+        help="test-time augmentation (TEST.AUG.ENABLED True; sizes from TEST.AUG.MIN_SIZES / "
+        "MAX_SIZE / FLIP)",
+    )
     parser.add_argument(
         "--opts",
         default=[],
@@ -56,7 +65,10 @@ def main(argv: Optional[List[str]] = None) -> List[dict]:
         cfg = exported_cfg(args.onnx, args.opts)
         predictor = PanopticONNXPredictor(args.onnx)
     elif args.config_file:
-        cfg = get_panoptic_cfg(args.config_file, args.opts)
+        cfg = get_panoptic_cfg(
+            args.config_file, args.opts + ["TEST.AUG.ENABLED", "True"] * args.tta
+        )
+        check_test_aug_config(cfg)
         if not cfg.MODEL.WEIGHTS:
             logger.warning("MODEL.WEIGHTS is empty: predicting with a randomly initialized model")
     else:

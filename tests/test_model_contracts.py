@@ -80,6 +80,13 @@ def test_outputs_are_plain_dicts_of_the_configured_outputs(pair):
     assert sum(s["isthing"] for s in expected[0]["panoptic_seg"][1]) >= 3
 
 
+def test_inference_without_no_grad_equals_detectron2(pair):
+    ours, theirs = pair
+    inputs = random_image_batch(SIZES[:1], seed=7)
+    # a user calling the eval-mode model with autograd on, as detectron2's model allows
+    assert_same_outputs(ours(inputs), theirs(inputs), keys=("panoptic_seg",))
+
+
 def test_build_model_builds_only_configured_modules():
     cfg = _cfg()
     model = build_model(cfg)

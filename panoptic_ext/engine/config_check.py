@@ -4,8 +4,8 @@ counts that do not fit the datasets, before a model is built or an iteration run
 - :func:`merge_config`: yacs' ``merge_from_file`` / ``merge_from_list`` whose errors (yacs raises
   AssertionError or KeyError for unknown keys) become :class:`ConfigError` naming the source, the
   key, the value and, for a typo, the nearest existing keys.
-- :func:`check_config`: choices of the project's ``NAME``-like keys, and
-  :func:`check_config_against_datasets`: ``ROI_HEADS.NUM_CLASSES`` and
+- :func:`check_config`: choices of the project's ``NAME``-like keys, ``TEST.AUG`` (when enabled),
+  and :func:`check_config_against_datasets`: ``ROI_HEADS.NUM_CLASSES`` and
   ``SEM_SEG_HEAD.NUM_CLASSES`` against the metadata of every dataset in ``DATASETS``.
 """
 
@@ -25,6 +25,7 @@ __all__ = [
     "check_config",
     "check_choices",
     "check_config_against_datasets",
+    "check_test_aug_config",
 ]
 
 logger = logging.getLogger(__name__)
@@ -270,14 +271,34 @@ def _class_count_problems(cfg: CfgNode, name: str, layout: PanopticClassLayout) 
     return problems
 
 
+def check_test_aug_config(cfg: CfgNode) -> None:
+    """
+    With ``TEST.AUG.ENABLED``, check ``TEST.AUG.MIN_SIZES / MAX_SIZE / FLIP``
+    (:func:`~panoptic_ext.modeling.check_test_aug`).
+
+    Raises:
+        ConfigError: naming the key, its value and what is expected.
+    """
+    from ..modeling import check_test_aug
+
+    if not cfg.TEST.AUG.ENABLED:
+        return
+    try:
+        check_test_aug(cfg.TEST.AUG.MIN_SIZES, cfg.TEST.AUG.MAX_SIZE, cfg.TEST.AUG.FLIP)
+    except ValueError as e:
+        raise ConfigError(f"invalid config (TEST.AUG.ENABLED is True):\n  {e}") from e
+
+
 def check_config(cfg: CfgNode, *, datasets: bool = True) -> None:
     """
-    All start-up checks: :func:`check_choices`, then (``datasets=True``)
-    :func:`check_config_against_datasets`. Cheap: reads no image and builds no model.
+    All start-up checks: :func:`check_choices`, :func:`check_test_aug_config`, then
+    (``datasets=True``) :func:`check_config_against_datasets`. Cheap: reads no image and builds
+    no model.
 
     Raises:
         ConfigError: listing every problem found by a check.
     """
     check_choices(cfg)
+    check_test_aug_config(cfg)
     if datasets:
         check_config_against_datasets(cfg)

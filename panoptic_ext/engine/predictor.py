@@ -9,7 +9,7 @@ import numpy as np
 from detectron2.config import CfgNode
 from detectron2.engine import DefaultPredictor
 
-from ..modeling import optimize_for_cpu_inference
+from ..modeling import PanopticFPNWithTTA, optimize_for_cpu_inference
 from .checkpoint import PanopticCheckpointer
 from .image_input import as_bgr_uint8
 
@@ -44,7 +44,10 @@ class PanopticPredictor(DefaultPredictor):
     - ``MODEL.WEIGHTS`` is loaded with :class:`PanopticCheckpointer`: weights for other class
       counts are an error (not a warning), ``.pth`` files are read with ``weights_only=True``;
     - a model on the CPU gets :func:`~panoptic_ext.modeling.optimize_for_cpu_inference` (same
-      outputs, faster).
+      outputs, faster);
+    - with ``TEST.AUG.ENABLED``, predictions use test-time augmentation
+      (:class:`~panoptic_ext.modeling.PanopticFPNWithTTA`, ``TEST.AUG.MIN_SIZES / MAX_SIZE /
+      FLIP``, applied to the image resized to ``INPUT.MIN/MAX_SIZE_TEST``).
     """
 
     def __init__(self, cfg: CfgNode):
@@ -62,6 +65,8 @@ class PanopticPredictor(DefaultPredictor):
         ).load(weights)
         if next(self.model.parameters()).device.type == "cpu":
             optimize_for_cpu_inference(self.model)
+        if cfg.TEST.AUG.ENABLED:
+            self.model = PanopticFPNWithTTA(cfg, self.model)
 
     def __call__(self, original_image: np.ndarray) -> Dict[str, Any]:
         """

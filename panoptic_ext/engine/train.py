@@ -7,7 +7,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 from detectron2.config import CfgNode
-from detectron2.engine import default_argument_parser
+from detectron2.engine import default_argument_parser, hooks
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
@@ -99,11 +99,28 @@ def run_in_output_dir(
             lock.release()
 
 
+def _test(cfg: CfgNode, model: torch.nn.Module):
+    """Trainer.test, and with TEST.AUG.ENABLED also the TTA evaluation (``<task>_TTA`` keys)."""
+    results = Trainer.test(cfg, model)
+    if cfg.TEST.AUG.ENABLED:
+        results.update(Trainer.test_with_TTA(cfg, model))
+    return results
+
+
+def _make_trainer(cfg: CfgNode) -> Trainer:
+    trainer = Trainer(cfg)
+    if cfg.TEST.AUG.ENABLED:  # after the last iteration, as detectron2's train_net.py
+        trainer.register_hooks(
+            [hooks.EvalHook(0, lambda: trainer.test_with_TTA(cfg, trainer.model))]
+        )
+    return trainer
+
+
 def _evaluate(cfg: CfgNode, resume: bool):
     ext = cfg.MODEL.PANOPTIC_EXT
     results = evaluate_weights(
         Trainer.build_model(cfg),
-        lambda model: Trainer.test(cfg, model),
+        lambda model: _test(cfg, model),
         output_dir=cfg.OUTPUT_DIR,
         weights=cfg.MODEL.WEIGHTS,
         resume=resume,
@@ -119,7 +136,9 @@ def main(args: argparse.Namespace):
     """
     Train (``--resume``: continue from OUTPUT_DIR's last checkpoint) or, with ``--eval-only``,
     evaluate MODEL.WEIGHTS (or, with ``--resume``, OUTPUT_DIR's last checkpoint) on
-    DATASETS.TEST. A ``.py`` config file runs through :func:`~.lazy_train.lazy_main`.
+    DATASETS.TEST. With ``TEST.AUG.ENABLED``, also evaluated with test-time augmentation
+    (:meth:`Trainer.test_with_TTA`; results keyed ``<task>_TTA``). A ``.py`` config file runs
+    through :func:`~.lazy_train.lazy_main`.
 
     OUTPUT_DIR is locked for the run (:func:`~panoptic_ext.engine.run_dir.prepare_output_dir`):
     a second run there fails naming the first; a new training refuses to replace a previous run
@@ -138,7 +157,7 @@ def main(args: argparse.Namespace):
     if args.eval_only:
         check_eval_weights(run, cfg.MODEL.WEIGHTS, args.resume)
     return run_in_output_dir(
-        cfg, run, args, lambda: _evaluate(cfg, args.resume), lambda: Trainer(cfg)
+        cfg, run, args, lambda: _evaluate(cfg, args.resume), lambda: _make_trainer(cfg)
     )
 
 

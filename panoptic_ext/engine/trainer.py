@@ -2,7 +2,8 @@
 
 import logging
 import os
-from typing import Optional
+from collections import OrderedDict
+from typing import Any, Optional
 
 from detectron2.config import CfgNode
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
@@ -11,6 +12,7 @@ from detectron2.evaluation import DatasetEvaluator, DatasetEvaluators
 
 from ..data.mapper import PanopticFPNDatasetMapper
 from ..evaluation import build_panoptic_evaluators
+from ..modeling import PanopticFPNWithTTA
 from .resume import prepare_train_loader
 from .solver import build_optimizer
 from .trainer_state import ResumableTrainerMixin, run_checkpointer, safety_hooks
@@ -34,6 +36,7 @@ class Trainer(ResumableTrainerMixin, DefaultTrainer):
       (:class:`PanopticCheckpointer`), a stop at the first non-finite loss
       (:class:`NonFiniteLossGuard`), and resuming that repeats an uninterrupted run
       (:class:`ResumeState`, :func:`prepare_train_loader`, which also lets records be skipped);
+    - :meth:`test_with_TTA` (``TEST.AUG.ENABLED``): evaluation with test-time augmentation;
     - ``--resume`` applies the current config's solver hyper-parameters (detectron2 keeps the
       checkpoint's learning rates), and refuses a checkpoint whose model or optimizer state does
       not fit the current config, or that leaves no iteration to train.
@@ -67,6 +70,24 @@ class Trainer(ResumableTrainerMixin, DefaultTrainer):
             # DefaultTrainer.test skips a dataset whose build_evaluator raises this.
             raise NotImplementedError(f"no evaluator for dataset {dataset_name!r}")
         return evaluators[0] if len(evaluators) == 1 else DatasetEvaluators(list(evaluators))
+
+    @classmethod
+    def test_with_TTA(cls, cfg: CfgNode, model) -> "OrderedDict[str, Any]":
+        """
+        Evaluate ``model`` wrapped in :class:`PanopticFPNWithTTA` (``TEST.AUG``) on
+        DATASETS.TEST, as detectron2's ``tools/train_net.py``: files go to
+        ``OUTPUT_DIR/inference_TTA/<dataset>``, results are keyed ``<task>_TTA``.
+        """
+        logger.info("Running inference with test-time augmentation ...")
+        tta_model = PanopticFPNWithTTA(cfg, model)
+        evaluators = [
+            cls.build_evaluator(
+                cfg, name, output_folder=os.path.join(cfg.OUTPUT_DIR, "inference_TTA", name)
+            )
+            for name in cfg.DATASETS.TEST
+        ]
+        results = cls.test(cfg, tta_model, evaluators)
+        return OrderedDict((k + "_TTA", v) for k, v in results.items())
 
     @classmethod
     def build_optimizer(cls, cfg: CfgNode, model):

@@ -1,8 +1,8 @@
 """
 panoptic_ext.modeling: the semantic FPN head, loss-weight schedules, panoptic post-processors,
-the ROI heads that predict only the masks a panoptic output reads, and the ``PanopticFPNExt``
-meta-architecture. Importing it registers all of them. ``optimize_for_cpu_inference`` is the
-explicit pass of CPU-only inference speed-ups.
+the ROI heads that predict only the masks a panoptic output reads, the ``PanopticFPNExt``
+meta-architecture and its test-time augmentation (``PanopticFPNWithTTA``). Importing it registers
+all of them. ``optimize_for_cpu_inference`` is the explicit pass of CPU-only inference speed-ups.
 """
 
 from .cpu_inference import CPU_SPEEDUPS, optimize_for_cpu_inference
@@ -24,6 +24,7 @@ from .panoptic_postprocessor import (
 from .panoptic_roi_heads import PanopticROIHeads
 from .semantic_argmax import upsampled_argmax, upsampled_logits
 from .semantic_fpn_head import SemanticFPNHead
+from .test_time_augmentation import PanopticFPNWithTTA, check_test_aug
 
 __all__ = [
     "CPU_SPEEDUPS",
@@ -34,10 +35,12 @@ __all__ = [
     "LossWeights",
     "LossWeightSchedule",
     "PanopticFPNExt",
+    "PanopticFPNWithTTA",
     "PanopticROIHeads",
     "SemanticFPNHead",
     "build_loss_weight_schedule",
     "build_panoptic_postprocessor",
+    "check_test_aug",
     "combine_panoptic",
     "fold_thing_classes",
     "optimize_for_cpu_inference",

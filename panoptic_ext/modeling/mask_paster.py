@@ -46,6 +46,9 @@ class MaskPaster:
                 f"Expected (N, M, M) masks and (N, 4) boxes, got {tuple(mask_probs.shape)} and "
                 f"{tuple(boxes.shape)}"
             )
+        # outside torch.no_grad() the head's outputs require grad: the pasted masks are
+        # thresholded (no gradient) either way
+        mask_probs, boxes = mask_probs.detach(), boxes.detach()
         self.mask_probs = mask_probs if mask_probs.is_floating_point() else mask_probs.float()
         self.threshold = threshold
         self.use_numpy = self.mask_probs.dtype == torch.float32 and mask_probs.device.type == "cpu"

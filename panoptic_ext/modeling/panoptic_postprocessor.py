@@ -54,6 +54,10 @@ It returns a dict: ``"panoptic_seg"``: (panoptic_seg, segments_info) as detectro
 dataset's metadata (see :class:`PanopticPostprocessorBase`); and when enabled by
 ``POSTPROCESS.RETURN_SEM_SEG`` / ``RETURN_INSTANCES``: ``"sem_seg"`` (C, H, W) logits and
 ``"instances"`` (:func:`detector_postprocess` output, full-image masks).
+
+For test-time augmentation (:class:`PanopticFPNWithTTA`) it also has
+``fuse_upsampled(sem_seg, instances) -> dict``: the same outputs from (C, H, W) logits already at
+the output size (:class:`PanopticPostprocessorBase` provides it).
 """
 
 
@@ -290,6 +294,10 @@ class PanopticPostprocessorBase:
         """detectron2's own ``sem_seg_postprocess``, ``detector_postprocess`` and
         ``combine_semantic_and_instance_outputs``, as its PanopticFPN.inference calls them."""
         sem_seg = upsampled_logits(sem_seg_logits, stride, image_size, output_size)
+        return self.reference_fusion(sem_seg, instances, output_size)
+
+    def reference_fusion(self, sem_seg: torch.Tensor, instances: Instances, output_size) -> Dict:
+        """:meth:`reference_outputs` from semantic logits already at ``output_size``."""
         detector_r = _postprocess_instances(instances, output_size, with_masks=True)
         panoptic = combine_semantic_and_instance_outputs(
             detector_r,
@@ -306,6 +314,21 @@ class PanopticPostprocessorBase:
         outputs["panoptic_seg"] = panoptic
         return outputs
 
+    def fuse_upsampled(self, sem_seg: torch.Tensor, instances: Instances) -> Dict:
+        """
+        The post-processor's outputs from semantic logits that are already at the output size,
+        e.g. averaged over test-time augmentations (same fusion, same output dict).
+
+        Args:
+            sem_seg (Tensor): (C, H, W) semantic logits at the output size (H, W).
+            instances (Instances): raw detections as for ``__call__`` (boxes in
+                ``instances.image_size`` coordinates, ``pred_masks`` (N, 1, M, M) probabilities);
+                left unchanged.
+        """
+        self.check_inputs(sem_seg, instances, tuple(sem_seg.shape[1:]))
+        output_size = (int(sem_seg.shape[1]), int(sem_seg.shape[2]))
+        return self.in_dataset_labels(self.reference_fusion(sem_seg, instances, output_size))
+
 
 @_register("fast")
 class FastPanopticPostprocessor(PanopticPostprocessorBase):
@@ -317,26 +340,41 @@ class FastPanopticPostprocessor(PanopticPostprocessorBase):
     tracing) it computes as the "detectron2" post-processor.
     """
 
+    @staticmethod
+    def _fast_path_applies(sem_seg_logits: torch.Tensor) -> bool:
+        return (
+            sem_seg_logits.device.type == "cpu"
+            and sem_seg_logits.dtype == torch.float32
+            and not autocast_enabled("cpu")
+            and not torch.jit.is_tracing()
+        )
+
     def __call__(self, sem_seg_logits, instances, *, stride, image_size, output_size) -> Dict:
         self.check_inputs(sem_seg_logits, instances, output_size)
         output_size = (int(output_size[0]), int(output_size[1]))
-        if (
-            sem_seg_logits.device.type != "cpu"
-            or sem_seg_logits.dtype != torch.float32
-            or autocast_enabled("cpu")
-            or torch.jit.is_tracing()
-        ):
+        if not self._fast_path_applies(sem_seg_logits):
             outputs = self.reference_outputs(
                 sem_seg_logits, instances, stride, image_size, output_size
             )
             return self.in_dataset_labels(outputs)
-        outputs = {}
         if self.return_sem_seg:
-            outputs["sem_seg"] = upsampled_logits(sem_seg_logits, stride, image_size, output_size)
-            semantic = outputs["sem_seg"].argmax(dim=0)
-            areas = torch.bincount(semantic.flatten(), minlength=len(sem_seg_logits))
-        else:
-            semantic, areas = upsampled_labels(sem_seg_logits, stride, image_size, output_size)
+            sem_seg = upsampled_logits(sem_seg_logits, stride, image_size, output_size)
+            return self.fuse_upsampled(sem_seg, instances)
+        semantic, areas = upsampled_labels(sem_seg_logits, stride, image_size, output_size)
+        return self._fuse({}, semantic, areas, instances, output_size)
+
+    def fuse_upsampled(self, sem_seg: torch.Tensor, instances: Instances) -> Dict:
+        if not self._fast_path_applies(sem_seg):
+            return super().fuse_upsampled(sem_seg, instances)
+        self.check_inputs(sem_seg, instances, tuple(sem_seg.shape[1:]))
+        output_size = (int(sem_seg.shape[1]), int(sem_seg.shape[2]))
+        semantic = sem_seg.argmax(dim=0)
+        areas = torch.bincount(semantic.flatten(), minlength=len(sem_seg))
+        outputs = {"sem_seg": sem_seg} if self.return_sem_seg else {}
+        return self._fuse(outputs, semantic, areas, instances, output_size)
+
+    def _fuse(self, outputs: Dict, semantic, areas, instances, output_size) -> Dict:
+        """The fusion from full-resolution semantic labels and their areas, into ``outputs``."""
         if self.sem_seg_things == "all":
             merged_of_label = fold_thing_classes(torch.arange(len(areas)), self.num_thing_classes)
             areas = areas.new_zeros(int(merged_of_label.max()) + 1).index_add_(
