@@ -21,7 +21,7 @@ from panoptic_ext.engine.predictor import PanopticPredictor
 from panoptic_ext.modeling import PanopticFPNWithTTA
 from tests.common import (
     assert_same_outputs,
-    detectron2_twin_cfg,
+    detectron2_reference_cfg,
     make_detections_confident,
     random_image_batch,
 )
@@ -210,6 +210,8 @@ def test_predictor_with_tta(dataset, weights):
 
 def test_other_models_are_refused_by_name():
     cfg = _cfg()
-    theirs = build_model(detectron2_twin_cfg(cfg))  # detectron2's PanopticFPN: no post-processor
+    theirs = build_model(
+        detectron2_reference_cfg(cfg)
+    )  # detectron2's PanopticFPN: no post-processor
     with pytest.raises(TypeError, match=r"PanopticFPN has no \['postprocessor'\]"):
         PanopticFPNWithTTA(cfg, theirs)
