@@ -214,19 +214,19 @@ def map_dataset_can_skip() -> bool:
 
 def fix_map_dataset_retry(dataset) -> bool:
     """
-    Let a detectron2 ``MapDataset`` whose retry is broken (v0.6, see :func:`map_dataset_can_skip`)
-    skip records: replace its set of retry candidates by an equivalent sequence, in place.
+    Let a detectron2 ``MapDataset`` skip records whose mapper returned None on both versions:
+    replace its set of retry candidates by an equivalent sequence, in place. On v0.6 this fixes
+    the retry (see :func:`map_dataset_can_skip`); on both, when no record is left, the retry
+    stops with an error that says every record was skipped, instead of ``random.sample``'s
+    "Sample larger than population".
 
     Returns:
-        bool: whether ``dataset`` was such a ``MapDataset`` and is now fixed (False where
-        detectron2's own retry works).
+        bool: whether ``dataset`` was such a ``MapDataset`` and now has the sequence.
     """
     from detectron2.data.common import MapDataset
 
     pool = getattr(dataset, "_fallback_candidates", None)
     if not isinstance(dataset, MapDataset) or not isinstance(pool, (set, frozenset)):
-        return False
-    if map_dataset_can_skip():
         return False
     dataset._fallback_candidates = _IndexPool(sorted(pool))
     return True

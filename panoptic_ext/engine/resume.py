@@ -100,8 +100,8 @@ def prepare_train_loader(data_loader: Any) -> Any:
     Make a loader built by detectron2's ``build_detection_train_loader`` resumable
     (:func:`make_resumable`) and able to skip records (a mapper returning None, as
     ``PanopticFPNDatasetMapper`` does with ``ON_BAD_RECORD "skip"``) on Python >= 3.11 with
-    detectron2 v0.6 too (:func:`panoptic_ext.compat.fix_map_dataset_retry`). In place; returns
-    the loader.
+    detectron2 v0.6 too, with a clear error when every record is bad
+    (:func:`panoptic_ext.compat.fix_map_dataset_retry`). In place; returns the loader.
     """
     found = _find(data_loader)
     if found is not None:
