@@ -12,8 +12,9 @@ from typing import Dict, List, NamedTuple, Sequence, Union
 
 import torch
 from detectron2.config import configurable
-from detectron2.utils.registry import Registry
 from torch import nn
+
+from .named_registry import NamedRegistry
 
 __all__ = [
     "LOSS_WEIGHT_SCHEDULE_REGISTRY",
@@ -28,7 +29,7 @@ __all__ = [
     "build_loss_weight_schedule",
 ]
 
-LOSS_WEIGHT_SCHEDULE_REGISTRY = Registry("LOSS_WEIGHT_SCHEDULE")
+LOSS_WEIGHT_SCHEDULE_REGISTRY = NamedRegistry("LOSS_WEIGHT_SCHEDULE", "loss-weight schedule")
 LOSS_WEIGHT_SCHEDULE_REGISTRY.__doc__ = """
 Registry for loss-weight schedules, selected by ``MODEL.PANOPTIC_EXT.LOSS_WEIGHTS.NAME``.
 
@@ -53,16 +54,6 @@ class LossWeights(NamedTuple):
     semantic: Weight
 
 
-def _register(name: str):
-    """Register a schedule under a short YAML name (fvcore's register() uses the class name)."""
-
-    def deco(cls):
-        LOSS_WEIGHT_SCHEDULE_REGISTRY._do_register(name, cls)
-        return cls
-
-    return deco
-
-
 class LossWeightSchedule(nn.Module):
     """Base class: subclasses implement :meth:`forward`; no parameters unless learned."""
 
@@ -74,7 +65,7 @@ class LossWeightSchedule(nn.Module):
         return {}
 
 
-@_register("constant")
+@LOSS_WEIGHT_SCHEDULE_REGISTRY.register_as("constant")
 class ConstantLossWeights(LossWeightSchedule):
     """lambda_i and lambda_s fixed (the paper and detectron2: 1.0 and 0.5)."""
 
@@ -134,7 +125,7 @@ class _InterpolatedLossWeights(LossWeightSchedule):
         return LossWeights(*(float(a + (b - a) * t) for a, b in zip(self.start, self.end)))
 
 
-@_register("linear_warmup")
+@LOSS_WEIGHT_SCHEDULE_REGISTRY.register_as("linear_warmup")
 class LinearWarmupLossWeights(_InterpolatedLossWeights):
     """Linear from (start_instance, start_semantic) at iteration 0 to (instance, semantic) at
     ``warmup_iters``, constant afterwards."""
@@ -161,7 +152,7 @@ class LinearWarmupLossWeights(_InterpolatedLossWeights):
         return progress
 
 
-@_register("cosine")
+@LOSS_WEIGHT_SCHEDULE_REGISTRY.register_as("cosine")
 class CosineLossWeights(_InterpolatedLossWeights):
     """Half-cosine from (start_instance, start_semantic) at iteration 0 to (instance, semantic)
     at ``max_iter``, constant afterwards."""
@@ -189,7 +180,7 @@ class CosineLossWeights(_InterpolatedLossWeights):
         return 0.5 * (1.0 - math.cos(math.pi * progress))
 
 
-@_register("step")
+@LOSS_WEIGHT_SCHEDULE_REGISTRY.register_as("step")
 class StepLossWeights(LossWeightSchedule):
     """(instance, semantic), multiplied by ``factors[j]`` = [instance_factor, semantic_factor]
     from iteration ``steps[j]`` on (cumulatively, like the learning-rate steps)."""
@@ -234,7 +225,7 @@ class StepLossWeights(LossWeightSchedule):
         return LossWeights(instance, semantic)
 
 
-@_register("alternating")
+@LOSS_WEIGHT_SCHEDULE_REGISTRY.register_as("alternating")
 class AlternatingLossWeights(LossWeightSchedule):
     """
     One loss per minibatch (the paper's "alternate" training, Table 3c): (instance, 0) on even
@@ -258,7 +249,7 @@ class AlternatingLossWeights(LossWeightSchedule):
         return LossWeights(0.0, self.semantic)
 
 
-@_register("learned")
+@LOSS_WEIGHT_SCHEDULE_REGISTRY.register_as("learned")
 class LearnedLossWeights(LossWeightSchedule):
     """
     Homoscedastic-uncertainty weighting (Kendall, Gal & Cipolla, CVPR 2018): each task t has a
@@ -295,10 +286,4 @@ class LearnedLossWeights(LossWeightSchedule):
 def build_loss_weight_schedule(cfg) -> LossWeightSchedule:
     """Build the schedule named by ``cfg.MODEL.PANOPTIC_EXT.LOSS_WEIGHTS.NAME``."""
     name = cfg.MODEL.PANOPTIC_EXT.LOSS_WEIGHTS.NAME
-    if name not in LOSS_WEIGHT_SCHEDULE_REGISTRY:
-        known = sorted(n for n, _ in LOSS_WEIGHT_SCHEDULE_REGISTRY)
-        raise ValueError(
-            f"MODEL.PANOPTIC_EXT.LOSS_WEIGHTS.NAME={name!r} is not a registered loss-weight "
-            f"schedule; known: {known}"
-        )
-    return LOSS_WEIGHT_SCHEDULE_REGISTRY.get(name)(cfg)
+    return LOSS_WEIGHT_SCHEDULE_REGISTRY.build("MODEL.PANOPTIC_EXT.LOSS_WEIGHTS.NAME", name, cfg)

@@ -15,12 +15,12 @@ from detectron2.config import configurable
 from detectron2.modeling.meta_arch.panoptic_fpn import combine_semantic_and_instance_outputs
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, Instances
-from detectron2.utils.registry import Registry
 
 from ..compat import autocast_enabled
 from ..data.class_layout import PanopticClassLayout
 from ..data.label_space import output_stuff_ids, output_thing_ids
 from .mask_paster import MaskPaster
+from .named_registry import NamedRegistry
 from .semantic_argmax import upsampled_labels, upsampled_logits
 
 __all__ = [
@@ -35,7 +35,7 @@ __all__ = [
 # detector_postprocess's default, which detectron2's PanopticFPN uses.
 _MASK_THRESHOLD = 0.5
 
-PANOPTIC_POSTPROCESSOR_REGISTRY = Registry("PANOPTIC_POSTPROCESSOR")
+PANOPTIC_POSTPROCESSOR_REGISTRY = NamedRegistry("PANOPTIC_POSTPROCESSOR", "panoptic post-processor")
 PANOPTIC_POSTPROCESSOR_REGISTRY.__doc__ = """
 Registry for panoptic post-processors, selected by ``MODEL.PANOPTIC_EXT.POSTPROCESS.NAME`` and
 built as ``cls(cfg)``. A post-processor is called once per image:
@@ -59,16 +59,6 @@ For test-time augmentation (:class:`PanopticFPNWithTTA`) it also has
 ``fuse_upsampled(sem_seg, instances) -> dict``: the same outputs from (C, H, W) logits already at
 the output size (:class:`PanopticPostprocessorBase` provides it).
 """
-
-
-def _register(name: str):
-    """Register under a short YAML name (fvcore's register() uses the class name)."""
-
-    def deco(cls):
-        PANOPTIC_POSTPROCESSOR_REGISTRY._do_register(name, cls)
-        return cls
-
-    return deco
 
 
 def fold_thing_classes(semantic: torch.Tensor, num_thing_classes: int) -> torch.Tensor:
@@ -330,7 +320,7 @@ class PanopticPostprocessorBase:
         return self.in_dataset_labels(self.reference_fusion(sem_seg, instances, output_size))
 
 
-@_register("fast")
+@PANOPTIC_POSTPROCESSOR_REGISTRY.register_as("fast")
 class FastPanopticPostprocessor(PanopticPostprocessorBase):
     """
     The default: detectron2's outputs exactly, computing only what they need. On the CPU with
@@ -403,7 +393,7 @@ class FastPanopticPostprocessor(PanopticPostprocessorBase):
         return self.in_dataset_labels(outputs)
 
 
-@_register("detectron2")
+@PANOPTIC_POSTPROCESSOR_REGISTRY.register_as("detectron2")
 class Detectron2PanopticPostprocessor(PanopticPostprocessorBase):
     """The reference: detectron2's own functions, every output computed as its PanopticFPN."""
 
@@ -416,10 +406,4 @@ class Detectron2PanopticPostprocessor(PanopticPostprocessorBase):
 def build_panoptic_postprocessor(cfg):
     """Build the post-processor named by ``cfg.MODEL.PANOPTIC_EXT.POSTPROCESS.NAME``."""
     name = cfg.MODEL.PANOPTIC_EXT.POSTPROCESS.NAME
-    if name not in PANOPTIC_POSTPROCESSOR_REGISTRY:
-        known = sorted(n for n, _ in PANOPTIC_POSTPROCESSOR_REGISTRY)
-        raise ValueError(
-            f"MODEL.PANOPTIC_EXT.POSTPROCESS.NAME={name!r} is not a registered panoptic "
-            f"post-processor; known: {known}"
-        )
-    return PANOPTIC_POSTPROCESSOR_REGISTRY.get(name)(cfg)
+    return PANOPTIC_POSTPROCESSOR_REGISTRY.build("MODEL.PANOPTIC_EXT.POSTPROCESS.NAME", name, cfg)
