@@ -25,7 +25,7 @@ test: setup lint
 	$(PY) -m pytest tests -q
 
 test-d2main: setup-d2main
-	$(D2MAIN_VENV)/bin/python -m panoptic_ext.collect_env
+	$(D2MAIN_VENV)/bin/python -m panoptic_ext.apps.train.collect_env
 	$(D2MAIN_VENV)/bin/python -m pytest tests -q
 
 test-slow: setup

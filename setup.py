@@ -28,7 +28,7 @@ setup(
     ],
     extras_require={
         "cityscapes": ["cityscapesscripts"],
-        # panoptic_ext.export (tools/export_model.py, PanopticONNXPredictor); pins: constraints.txt
+        # panoptic_ext.apps.export (tools/export_model.py, PanopticONNXPredictor); pins: constraints.txt
         "export": ["onnx", "onnxruntime"],
     },
     entry_points={

@@ -12,7 +12,7 @@ or from a Python config (detectron2 LazyConfig), with ``key=value`` overrides:
     python train_net.py --config-file configs/Synthetic-PanopticSegmentation/X.py train.max_iter=600
 """
 
-from panoptic_ext.engine import launch, main, parse_args
+from panoptic_ext.apps.train import launch, main, parse_args
 
 if __name__ == "__main__":
     args = parse_args()

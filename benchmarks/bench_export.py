@@ -30,7 +30,7 @@ from common import (
     time_interleaved,
 )
 
-from panoptic_ext.export.faithfulness import panoptic_agreement
+from panoptic_ext.apps.export.faithfulness import panoptic_agreement
 
 REFERENCE = "detectron2 PanopticFPN (eager)"
 TARGET = 0.5
@@ -51,7 +51,7 @@ VARIANTS = {
 
 def export_calibrated(workdir: str, size: Tuple[int, int], tiny: bool) -> None:
     """Export each variant of ours with the shared calibrated weights to ``workdir/<name>``."""
-    from panoptic_ext.export import export_model
+    from panoptic_ext.apps.export import export_model
 
     weights = os.path.join(workdir, "weights.pth")
     torch.save({"model": calibrated_state_dict(tiny=tiny)}, weights)
@@ -64,7 +64,7 @@ def export_calibrated(workdir: str, size: Tuple[int, int], tiny: bool) -> None:
 
 def load(name: str, workdir: str, tiny: bool):
     if name in VARIANTS:
-        from panoptic_ext.export import ExportedPanopticModel
+        from panoptic_ext.apps.export import ExportedPanopticModel
 
         return ExportedPanopticModel(
             os.path.join(workdir, name), ["CPUExecutionProvider"], num_threads=THREADS

@@ -24,7 +24,7 @@ from common import (
 )
 from torch import nn
 
-from panoptic_ext.ablation.compute import count_compute as count
+from panoptic_ext.apps.ablation.compute import count_compute as count
 
 MASK_RCNN_ZOO_CONFIG = "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml"
 SEMANTIC_FPN_ZOO_CONFIG = "Misc/semantic_R_50_FPN_1x.yaml"

@@ -22,8 +22,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from detectron2.config import CfgNode
 
-from panoptic_ext.engine import Trainer, get_panoptic_cfg
-from panoptic_ext.engine.checkpoint import PanopticCheckpointer
+from panoptic_ext.apps.train import Trainer, get_panoptic_cfg
+from panoptic_ext.apps.train.checkpoint import PanopticCheckpointer
 from panoptic_ext.modeling import PanopticFPNWithTTA, optimize_for_cpu_inference
 
 logger = logging.getLogger("benchmarks.tta_gain")
@@ -78,7 +78,7 @@ def run(
     """One row per augmentation set (the first without TTA)."""
     cfg = get_panoptic_cfg(config_file, list(opts))
     cfg.MODEL.WEIGHTS = weights
-    cfg.MODEL.PANOPTIC_EXT.EVAL.TASKS = ["panoptic_seg", "sem_seg"]
+    cfg.TEST.EVAL_TASKS = ["panoptic_seg", "sem_seg"]
     model = Trainer.build_model(cfg)
     PanopticCheckpointer(model, require_complete=True).load(weights)
     model.eval()

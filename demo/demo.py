@@ -26,8 +26,9 @@ from typing import List, Optional
 
 from detectron2.utils.logger import setup_logger
 
-from panoptic_ext.engine import get_panoptic_cfg, predict_images
-from panoptic_ext.engine.config_check import check_test_aug_config
+from panoptic_ext.apps.train import get_panoptic_cfg
+from panoptic_ext.apps.predict import predict_images
+from panoptic_ext.apps.train.config_check import check_test_aug_config
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -59,8 +60,8 @@ def main(argv: Optional[List[str]] = None) -> List[dict]:
     logger = setup_logger()
     predictor = None
     if args.onnx:
-        from panoptic_ext.export import PanopticONNXPredictor
-        from panoptic_ext.export.commands import exported_cfg
+        from panoptic_ext.apps.export import PanopticONNXPredictor
+        from panoptic_ext.apps.export.commands import exported_cfg
 
         cfg = exported_cfg(args.onnx, args.opts)
         predictor = PanopticONNXPredictor(args.onnx)

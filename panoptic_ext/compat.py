@@ -192,7 +192,7 @@ class _IndexPool(Sequence):
         if not self._items:  # MapDataset would call random.sample on an empty pool next
             raise RuntimeError(
                 "every record of the training set was skipped as bad "
-                "(MODEL.PANOPTIC_EXT.DATA.ON_BAD_RECORD skip): the warnings above name each file "
+                "(DATALOADER.ON_BAD_RECORD skip): the warnings above name each file "
                 "and its problem; fix the dataset (or its registration paths)"
             )
 

@@ -54,7 +54,7 @@ def tiny_cfg(
     cfg.SOLVER.STEPS = ()
     cfg.SOLVER.MAX_ITER = 4
     cfg.SOLVER.CHECKPOINT_PERIOD = 2
-    cfg.MODEL.PANOPTIC_EXT.SOLVER.OPTIMIZER = "AdamW"
+    cfg.SOLVER.OPTIMIZER = "AdamW"
     cfg.TEST.EVAL_PERIOD = 0
     cfg.SEED = 7
     cfg.OUTPUT_DIR = output_dir

@@ -1,4 +1,4 @@
-"""``tools/ablate.py`` (panoptic_ext.ablation): specs checked before anything runs, a two-point
+"""``tools/ablate.py`` (panoptic_ext.apps.ablation): specs checked before anything runs, a two-point
 sweep that is interrupted and resumed without running its finished run again, the report, and
 the fusion of two separate networks equal to the joint model's post-processing."""
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from detectron2.modeling import build_model
 
-from panoptic_ext.ablation import (
+from panoptic_ext.apps.ablation import (
     RESULT_FILE,
     RunConfigChanged,
     SeparateNetworksPanoptic,
@@ -19,7 +19,7 @@ from panoptic_ext.ablation import (
     separate_network_configs,
     unique_runs,
 )
-from panoptic_ext.engine import Trainer, get_panoptic_cfg
+from panoptic_ext.apps.train import Trainer, get_panoptic_cfg
 from tests.common import random_image_batch
 from tests.reliability_common import register_tiny_synthetic, tiny_cfg, unregister
 
@@ -33,7 +33,7 @@ def config_file(tmp_path_factory):
     root = tmp_path_factory.mktemp("ablation")
     names = register_tiny_synthetic(str(root), PREFIX, num_train=4, num_val=2)
     cfg = tiny_cfg(train=[names["train"]], test=[names["val"]])
-    cfg.MODEL.PANOPTIC_EXT.EVAL.TASKS = ["panoptic_seg", "sem_seg", "instances"]
+    cfg.TEST.EVAL_TASKS = ["panoptic_seg", "sem_seg", "instances"]
     path = root / "tiny.yaml"
     path.write_text(cfg.dump())
     yield str(path)

@@ -15,15 +15,9 @@ from PIL import Image
 
 from panoptic_ext.compat import detectron2_sgd_foreach
 from panoptic_ext.data import PanopticClassLayout, metadata_from_categories, rgb_to_id
-from panoptic_ext.engine import (
-    ProgressHook,
-    build_optimizer,
-    collect_images,
-    get_panoptic_cfg,
-    plot_training_curves,
-    read_metrics,
-)
-from panoptic_ext.engine.panoptic_visualization import (
+from panoptic_ext.apps.train import ProgressHook, build_optimizer, get_panoptic_cfg, plot_training_curves, read_metrics
+from panoptic_ext.apps.predict import collect_images
+from panoptic_ext.apps.predict.panoptic_visualization import (
     id_to_rgb,
     record_to_panoptic,
     visualization_metadata,
@@ -44,7 +38,7 @@ class _Net(torch.nn.Module):
 
 def _solver_cfg(optimizer="AdamW", clip_type=None):
     cfg = get_panoptic_cfg()
-    cfg.MODEL.PANOPTIC_EXT.SOLVER.OPTIMIZER = optimizer
+    cfg.SOLVER.OPTIMIZER = optimizer
     cfg.SOLVER.BASE_LR = 0.5
     cfg.SOLVER.WEIGHT_DECAY = 0.01
     cfg.SOLVER.WEIGHT_DECAY_NORM = 0.0
@@ -130,7 +124,7 @@ def test_full_model_gradient_clipping():
 
 
 def test_unknown_optimizer():
-    with pytest.raises(ValueError, match="MODEL.PANOPTIC_EXT.SOLVER.OPTIMIZER"):
+    with pytest.raises(ValueError, match="SOLVER.OPTIMIZER"):
         build_optimizer(_solver_cfg("Adagrad"), _Net())
 
 
@@ -146,7 +140,7 @@ class _Records(logging.Handler):
 def test_predictor_logs_only_the_real_weights_load(tmp_path):
     from detectron2.checkpoint import DetectionCheckpointer
 
-    from panoptic_ext.engine.predictor import PanopticPredictor
+    from panoptic_ext.apps.predict.predictor import PanopticPredictor
 
     cfg = get_panoptic_cfg(QUICK_CONFIG)
     DetectionCheckpointer(build_model(cfg), save_dir=str(tmp_path)).save("model")
@@ -174,7 +168,7 @@ def test_progress_hook_line(caplog):
     with EventStorage() as storage:
         hook.trainer = SimpleNamespace(iter=0, max_iter=10, storage=storage)
         hook.before_train()
-        with caplog.at_level("INFO", logger="panoptic_ext.engine.hooks"):
+        with caplog.at_level("INFO", logger="panoptic_ext.apps.train.hooks"):
             for it in range(3):
                 hook.trainer.iter = storage.iter = it
                 storage.put_scalar("total_loss", 2.0)
@@ -249,7 +243,7 @@ def test_engine_configs_load(config):
     cfg = get_panoptic_cfg(os.path.join(root, config))
     assert cfg.MODEL.META_ARCHITECTURE == "PanopticFPNExt"
     assert cfg.MODEL.RESNETS.NORM == "BN" and cfg.MODEL.WEIGHTS == ""
-    assert cfg.MODEL.PANOPTIC_EXT.SOLVER.OPTIMIZER == "AdamW"
+    assert cfg.SOLVER.OPTIMIZER == "AdamW"
 
 
 def test_record_to_panoptic(tmp_path):

@@ -12,7 +12,7 @@ from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 import panoptic_ext
-from panoptic_ext.collect_env import collect_env_info
+from panoptic_ext.apps.train.collect_env import collect_env_info
 from panoptic_ext.compat import detectron2_has_compiled_ops
 from tests.common import get_model_zoo_cfg, random_image_batch
 

@@ -11,14 +11,14 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
-from panoptic_ext.engine.predictor import PanopticPredictor
-from panoptic_ext.export import (
+from panoptic_ext.apps.predict.predictor import PanopticPredictor
+from panoptic_ext.apps.export import (
     ExportedPanopticModel,
     ExportError,
     PanopticONNXPredictor,
     export_model,
 )
-from panoptic_ext.export.commands import evaluate_main, export_main
+from panoptic_ext.apps.export.commands import evaluate_main, export_main
 from tests.reliability_common import register_tiny_synthetic, tiny_cfg, unregister
 
 pytest.importorskip("onnxruntime")
@@ -205,7 +205,7 @@ def test_clear_errors(setup, tmp_path, monkeypatch):
 
 
 def test_panoptic_agreement_by_hand():
-    from panoptic_ext.export.faithfulness import panoptic_agreement
+    from panoptic_ext.apps.export.faithfulness import panoptic_agreement
 
     thing, stuff = {"isthing": True, "category_id": 0}, {"isthing": False, "category_id": 1}
     a = {"panoptic_seg": (torch.tensor([[1, 1], [2, 0]]), [{"id": 1, **thing}, {"id": 2, **stuff}])}

@@ -11,7 +11,7 @@ from detectron2.utils.visualizer import Visualizer
 
 import panoptic_ext  # noqa: F401  (registers the plugins)
 from panoptic_ext.data import PanopticClassLayout, PanopticFPNDatasetMapper
-from panoptic_ext.engine.panoptic_visualization import record_to_panoptic
+from panoptic_ext.apps.predict.panoptic_visualization import record_to_panoptic
 from panoptic_ext.evaluation import PanopticQualityEvaluator
 from tests.common import make_detections_confident
 from tests.reliability_common import register_tiny_synthetic, tiny_cfg, unregister

@@ -16,9 +16,9 @@ from detectron2.solver import LRMultiplier, build_lr_scheduler
 from omegaconf import ListConfig
 
 from panoptic_ext.data import PanopticFPNDatasetMapper
-from panoptic_ext.engine import build_optimizer, get_panoptic_cfg
-from panoptic_ext.engine.config_check import ConfigError
-from panoptic_ext.engine.lazy_config import load_lazy_config
+from panoptic_ext.apps.train import build_optimizer, get_panoptic_cfg
+from panoptic_ext.apps.train.config_check import ConfigError
+from panoptic_ext.apps.train.lazy_config import load_lazy_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY_CONFIGS = sorted(
@@ -150,10 +150,9 @@ def test_python_config_equals_its_yaml_twin(path):
     assert _described(instantiate(test.mapper.augmentations)) == _described(test_augs)
     assert train.mapper.image_format == test.mapper.image_format == yaml_cfg.INPUT.FORMAT
     assert train.mapper.recompute_boxes == yaml_cfg.INPUT.CROP.ENABLED
-    ext = yaml_cfg.MODEL.PANOPTIC_EXT
-    assert train.mapper.on_bad_record == ext.DATA.ON_BAD_RECORD
-    assert list(lazy.dataloader.evaluator.tasks) == list(ext.EVAL.TASKS)
-    assert lazy.dataloader.evaluator.save_pngs == ext.EVAL.SAVE_PANOPTIC_PNGS
+    assert train.mapper.on_bad_record == yaml_cfg.DATALOADER.ON_BAD_RECORD
+    assert list(lazy.dataloader.evaluator.tasks) == list(yaml_cfg.TEST.EVAL_TASKS)
+    assert lazy.dataloader.evaluator.save_pngs == yaml_cfg.TEST.SAVE_PANOPTIC_PNGS
 
     # run options
     run = lazy.train
@@ -161,11 +160,11 @@ def test_python_config_equals_its_yaml_twin(path):
     assert os.path.normpath(run.output_dir) == os.path.normpath(yaml_cfg.OUTPUT_DIR)
     assert run.eval_period == yaml_cfg.TEST.EVAL_PERIOD
     assert run.checkpointer.period == yaml_cfg.SOLVER.CHECKPOINT_PERIOD
-    assert run.checkpointer.max_to_keep == ext.CHECKPOINT.MAX_TO_KEEP
+    assert run.checkpointer.max_to_keep == yaml_cfg.SOLVER.CHECKPOINT_MAX_TO_KEEP
     assert run.seed == yaml_cfg.SEED and run.amp.enabled == yaml_cfg.SOLVER.AMP.ENABLED
-    assert run.existing_output == ext.EXISTING_OUTPUT
-    assert run.allow_partial_weights == ext.ALLOW_PARTIAL_WEIGHTS
-    assert run.download_timeout == ext.CHECKPOINT.DOWNLOAD_TIMEOUT
+    assert run.existing_output == yaml_cfg.RUN.EXISTING_OUTPUT
+    assert run.allow_partial_weights == yaml_cfg.RUN.ALLOW_PARTIAL_WEIGHTS
+    assert run.download_timeout == yaml_cfg.RUN.WEIGHTS_DOWNLOAD_TIMEOUT
     if path.endswith("_cpu.py") or "quick" in path:
         assert run.device == yaml_cfg.MODEL.DEVICE == "cpu"
 

@@ -16,11 +16,11 @@ from detectron2.engine import AMPTrainer
 from detectron2.evaluation.testing import flatten_results_dict
 
 from panoptic_ext.data import register_synthetic_panoptic
-from panoptic_ext.engine import main, parse_args, read_metrics
-from panoptic_ext.engine.lazy_config import load_lazy_config
-from panoptic_ext.engine.lazy_trainer import LazyTrainer
-from panoptic_ext.engine.resume_config import ResumeConfigError
-from panoptic_ext.engine.run_dir import OutputDirError
+from panoptic_ext.apps.train import main, parse_args, read_metrics
+from panoptic_ext.apps.train.lazy_config import load_lazy_config
+from panoptic_ext.apps.train.lazy_trainer import LazyTrainer
+from panoptic_ext.apps.train.resume_config import ResumeConfigError
+from panoptic_ext.apps.train.run_dir import OutputDirError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK = os.path.join(ROOT, "configs/quick_schedules/panoptic_fpn_R_18_synthetic_instant_test")

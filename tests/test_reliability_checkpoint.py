@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from panoptic_ext.engine.checkpoint import CheckpointError, PanopticCheckpointer
+from panoptic_ext.apps.train.checkpoint import CheckpointError, PanopticCheckpointer
 
 
 def _net(num_classes: int = 3) -> torch.nn.Module:
@@ -60,7 +60,7 @@ def test_interrupted_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
 
 _KILLED_DURING_SAVE = textwrap.dedent("""
     import os, signal, sys, torch
-    from panoptic_ext.engine.checkpoint import PanopticCheckpointer
+    from panoptic_ext.apps.train.checkpoint import PanopticCheckpointer
 
     torch.manual_seed(0)
     model = torch.nn.Linear(64, 64)
@@ -204,7 +204,7 @@ def test_other_class_counts_is_an_error_listing_keys_and_shapes(tmp_path):
     assert f"2 weights of the checkpoint {tmp_path / 'c3.pth'} do not fit the model" in msg
     assert "2.weight: (3, 4, 1, 1) in the checkpoint, (5, 4, 1, 1) in the model" in msg
     assert "2.bias: (3,) in the checkpoint, (5,) in the model" in msg
-    assert "MODEL.PANOPTIC_EXT.ALLOW_PARTIAL_WEIGHTS" in msg
+    assert "RUN.ALLOW_PARTIAL_WEIGHTS" in msg
 
     # Opt-in partial loading: the fitting weights are loaded, the others left as they were.
     model = _net(num_classes=5)

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from panoptic_ext.config import add_panoptic_ext_config
-from panoptic_ext.engine.checkpoint import (
+from panoptic_ext.apps.train.checkpoint import (
     CheckpointError,
     CheckpointSaveError,
     PanopticCheckpointer,
@@ -49,7 +49,7 @@ def test_periodic_checkpoints_beyond_max_to_keep_are_deleted(tmp_path):
 def test_default_config_keeps_a_bounded_number():
     cfg = get_model_zoo_cfg()
     add_panoptic_ext_config(cfg)
-    assert 0 < cfg.MODEL.PANOPTIC_EXT.CHECKPOINT.MAX_TO_KEEP <= 5
+    assert 0 < cfg.SOLVER.CHECKPOINT_MAX_TO_KEEP <= 5
 
 
 def _save_failing_after(monkeypatch, exc: BaseException) -> None:

@@ -6,14 +6,14 @@ import re
 import pytest
 
 import panoptic_ext  # noqa: F401  (registers the synthetic datasets)
-from panoptic_ext.engine.config_check import (
+from panoptic_ext.apps.train.config_check import (
     ConfigError,
     check_choices,
     check_config,
     check_config_against_datasets,
     merge_config,
 )
-from panoptic_ext.engine.train import main, parse_args
+from panoptic_ext.apps.train.train import main, parse_args
 from tests.common import get_model_zoo_cfg
 
 
@@ -125,10 +125,10 @@ def test_unregistered_dataset():
     "key,value,suggestion",
     [
         ("MODEL.PANOPTIC_EXT.SEM_SEG_THINGS", "merge", "merged"),
-        ("MODEL.PANOPTIC_EXT.SOLVER.OPTIMIZER", "adamw", "AdamW"),
-        ("MODEL.PANOPTIC_EXT.DATA.ON_BAD_RECORD", "skipp", "skip"),
+        ("SOLVER.OPTIMIZER", "adamw", "AdamW"),
+        ("DATALOADER.ON_BAD_RECORD", "skipp", "skip"),
         ("MODEL.META_ARCHITECTURE", "PanopticFPNN", "PanopticFPN"),
-        ("MODEL.PANOPTIC_EXT.EVAL.TASKS", ["panoptic_seg", "semseg"], "sem_seg"),
+        ("TEST.EVAL_TASKS", ["panoptic_seg", "semseg"], "sem_seg"),
     ],
 )
 def test_bad_choice(key, value, suggestion):

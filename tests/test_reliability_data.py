@@ -2,7 +2,7 @@
 lists, images with only crowd or only void, segments on the border, 1-pixel segments.
 
 Unusual but valid records must train (finite losses, no crash inside the model); bad ones fail
-with an error naming the file (MODEL.PANOPTIC_EXT.DATA.ON_BAD_RECORD "fail") or are skipped with
+with an error naming the file (DATALOADER.ON_BAD_RECORD "fail") or are skipped with
 a warning naming the file ("skip"), in the mapper and in detectron2's train loader.
 """
 
@@ -21,7 +21,7 @@ from PIL import Image
 
 from panoptic_ext.compat import map_dataset_can_skip
 from panoptic_ext.data import PanopticFPNDatasetMapper, register_panoptic_dataset
-from panoptic_ext.engine.resume import prepare_train_loader
+from panoptic_ext.apps.train.resume import prepare_train_loader
 from tests.common import write_coco_panoptic
 from tests.reliability_common import tiny_cfg, unregister
 
@@ -139,7 +139,7 @@ def dataset(tmp_path_factory):
 
 def _cfg(name, on_bad_record="fail"):
     cfg = tiny_cfg(train=(name,), num_things=2, num_stuff=2)
-    cfg.MODEL.PANOPTIC_EXT.DATA.ON_BAD_RECORD = on_bad_record
+    cfg.DATALOADER.ON_BAD_RECORD = on_bad_record
     return cfg
 
 

@@ -18,8 +18,8 @@ from panoptic_ext.data import (
     register_panoptic_dataset,
     validate_panoptic_dataset,
 )
-from panoptic_ext.engine.config_check import ConfigError, check_config_against_datasets
-from panoptic_ext.engine.resume import prepare_train_loader
+from panoptic_ext.apps.train.config_check import ConfigError, check_config_against_datasets
+from panoptic_ext.apps.train.resume import prepare_train_loader
 from tests.reliability_common import tiny_cfg, unregister
 
 CATEGORIES = [
@@ -148,7 +148,7 @@ def test_every_record_bad_with_skip_names_the_problem(tmp_path, caplog):
     register_panoptic_dataset(name, images, panoptic, json_file)
     try:
         cfg = tiny_cfg((name,), num_things=1, num_stuff=1)
-        cfg.MODEL.PANOPTIC_EXT.DATA.ON_BAD_RECORD = "skip"
+        cfg.DATALOADER.ON_BAD_RECORD = "skip"
         cfg.DATALOADER.NUM_WORKERS = 0
         loader = build_detection_train_loader(cfg, mapper=PanopticFPNDatasetMapper(cfg, True))
         loader = prepare_train_loader(loader)

@@ -12,10 +12,10 @@ from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
 from panoptic_ext.compat import create_ddp_model
-from panoptic_ext.engine import Trainer, get_panoptic_cfg
-from panoptic_ext.engine.checkpoint import PanopticCheckpointer
-from panoptic_ext.engine.distributed import launch_cpu
-from panoptic_ext.engine.fault_hooks import NonFiniteLossGuard
+from panoptic_ext.apps.train import Trainer, get_panoptic_cfg
+from panoptic_ext.apps.train.checkpoint import PanopticCheckpointer
+from panoptic_ext.apps.train.distributed import launch_cpu
+from panoptic_ext.apps.train.fault_hooks import NonFiniteLossGuard
 from tests.reliability_common import register_tiny_synthetic, unregister
 
 QUICK_CONFIG = os.path.join(

@@ -15,7 +15,7 @@ import pytest
 import torch
 from detectron2.data import DatasetCatalog
 
-from panoptic_ext.engine import read_metrics
+from panoptic_ext.apps.train import read_metrics
 from tests.reliability_common import register_tiny_synthetic, unregister
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,7 +52,7 @@ def _argv(output_dir, resume=False, max_iter=MAX_ITER):
             "1",
             "TEST.EVAL_PERIOD",
             "0",  # evaluation after the last iteration only
-            "MODEL.PANOPTIC_EXT.EVAL.TASKS",
+            "TEST.EVAL_TASKS",
             "['panoptic_seg', 'sem_seg']",
             "MODEL.BACKBONE.FREEZE_AT",
             "5",  # a frozen ResNet: 3x faster steps, smaller optimizer state

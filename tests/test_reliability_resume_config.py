@@ -9,12 +9,12 @@ import pytest
 import torch
 from detectron2.solver import build_lr_scheduler
 
-from panoptic_ext.engine import get_panoptic_cfg, main, parse_args, read_metrics
-from panoptic_ext.engine.checkpoint import CheckpointError
-from panoptic_ext.engine.config_check import ConfigError
-from panoptic_ext.engine.output_lock import LOCK_NAME
-from panoptic_ext.engine.resume_config import ResumeConfigError
-from panoptic_ext.engine.run_dir import OutputDirError
+from panoptic_ext.apps.train import get_panoptic_cfg, main, parse_args, read_metrics
+from panoptic_ext.apps.train.checkpoint import CheckpointError
+from panoptic_ext.apps.train.config_check import ConfigError
+from panoptic_ext.apps.train.output_lock import LOCK_NAME
+from panoptic_ext.apps.train.resume_config import ResumeConfigError
+from panoptic_ext.apps.train.run_dir import OutputDirError
 from tests.reliability_common import register_tiny_synthetic, unregister
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -86,13 +86,13 @@ def test_resume_with_no_iteration_left_is_an_error(run_copy, max_iter, says):
     assert _snapshot(run_copy) == before
 
 
-_TO_SGD = ("SOLVER.MAX_ITER", "4", "MODEL.PANOPTIC_EXT.SOLVER.OPTIMIZER", "SGD")
+_TO_SGD = ("SOLVER.MAX_ITER", "4", "SOLVER.OPTIMIZER", "SGD")
 
 
 def test_resume_with_another_optimizer_is_refused(run_copy):
     with pytest.raises(ResumeConfigError) as e:
         _run(run_copy, *_TO_SGD, resume=True)
-    assert "MODEL.PANOPTIC_EXT.SOLVER.OPTIMIZER: 'AdamW' -> 'SGD'" in str(e.value), str(e.value)
+    assert "SOLVER.OPTIMIZER: 'AdamW' -> 'SGD'" in str(e.value), str(e.value)
 
 
 def test_resume_of_a_checkpoint_without_saved_config_checks_the_optimizer_state(run_copy):
@@ -105,7 +105,7 @@ def test_resume_of_a_checkpoint_without_saved_config_checks_the_optimizer_state(
         _run(run_copy, *_TO_SGD, resume=True)
     msg = str(e.value)
     assert "--resume cannot continue" in msg and "another optimizer's" in msg, msg
-    assert "momentum" in msg and "MODEL.PANOPTIC_EXT.SOLVER.OPTIMIZER" in msg
+    assert "momentum" in msg and "SOLVER.OPTIMIZER" in msg
 
 
 def test_resume_with_another_model_is_refused_even_with_partial_weights(run_copy):
@@ -113,7 +113,7 @@ def test_resume_with_another_model_is_refused_even_with_partial_weights(run_copy
         _run(
             run_copy,
             *("SOLVER.MAX_ITER", "4", "MODEL.SEM_SEG_HEAD.CONVS_DIM", "64"),
-            *("MODEL.PANOPTIC_EXT.ALLOW_PARTIAL_WEIGHTS", "True"),
+            *("RUN.ALLOW_PARTIAL_WEIGHTS", "True"),
             resume=True,
         )
     msg = str(e.value)
@@ -125,7 +125,7 @@ def test_resume_lists_and_applies_config_changes(run_copy):
     _run(
         run_copy,
         *("SOLVER.MAX_ITER", "4", "SOLVER.BASE_LR", "0.004"),
-        *("MODEL.PANOPTIC_EXT.CHECKPOINT.MAX_TO_KEEP", "1"),
+        *("SOLVER.CHECKPOINT_MAX_TO_KEEP", "1"),
         resume=True,
     )
     log = (run_copy / "log.txt").read_text()

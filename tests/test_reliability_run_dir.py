@@ -12,15 +12,15 @@ import textwrap
 import pytest
 
 from panoptic_ext.config import add_panoptic_ext_config
-from panoptic_ext.engine.output_lock import LOCK_NAME, OutputDirBusyError, OutputDirLock
-from panoptic_ext.engine.run_dir import OutputDirError, prepare_output_dir
+from panoptic_ext.apps.train.output_lock import LOCK_NAME, OutputDirBusyError, OutputDirLock
+from panoptic_ext.apps.train.run_dir import OutputDirError, prepare_output_dir
 from tests.common import get_model_zoo_cfg
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 _HOLD_LOCK = textwrap.dedent("""
     import sys, time
-    from panoptic_ext.engine.output_lock import OutputDirLock
+    from panoptic_ext.apps.train.output_lock import OutputDirLock
     OutputDirLock(sys.argv[1]).acquire()
     print("locked", flush=True)
     time.sleep(120)
@@ -31,7 +31,7 @@ def _cfg(output_dir, existing="refuse"):
     cfg = get_model_zoo_cfg()
     add_panoptic_ext_config(cfg)
     cfg.OUTPUT_DIR = str(output_dir)
-    cfg.MODEL.PANOPTIC_EXT.EXISTING_OUTPUT = existing
+    cfg.RUN.EXISTING_OUTPUT = existing
     return cfg
 
 
@@ -99,7 +99,7 @@ def test_new_run_refuses_to_replace_a_previous_run(tmp_path):
         prepare_output_dir(_cfg(output_dir))
     msg = str(e.value)
     assert str(output_dir) in msg and "last_checkpoint -> model_final.pth" in msg, msg
-    assert "add --resume" in msg and "MODEL.PANOPTIC_EXT.EXISTING_OUTPUT move" in msg
+    assert "add --resume" in msg and "RUN.EXISTING_OUTPUT move" in msg
     assert sorted(os.listdir(output_dir)) == files  # untouched, and the lock released
 
 
@@ -143,7 +143,7 @@ def test_main_job_run_again_keeps_the_previous_run(tmp_path, monkeypatch):
         *("--num-vis", "1"),
         *("DATASETS.TRAIN", f"('{names['train']}',)", "DATASETS.TEST", f"('{names['val']}',)"),
         *("SOLVER.MAX_ITER", "1", "TEST.EVAL_PERIOD", "0", "MODEL.BACKBONE.FREEZE_AT", "5"),
-        *("MODEL.PANOPTIC_EXT.EVAL.TASKS", "['panoptic_seg']", "OUTPUT_DIR", str(output_dir)),
+        *("TEST.EVAL_TASKS", "['panoptic_seg']", "OUTPUT_DIR", str(output_dir)),
     ]
     try:
         for _ in range(2):

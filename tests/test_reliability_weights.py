@@ -7,7 +7,7 @@ import pickle
 import pytest
 import torch
 
-from panoptic_ext.engine.checkpoint import CheckpointError, PanopticCheckpointer
+from panoptic_ext.apps.train.checkpoint import CheckpointError, PanopticCheckpointer
 
 
 def _net(num_classes: int = 3) -> torch.nn.Module:

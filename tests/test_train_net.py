@@ -14,7 +14,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation.testing import flatten_results_dict
 
 from panoptic_ext.data import register_synthetic_panoptic
-from panoptic_ext.engine import Trainer, get_panoptic_cfg, main, parse_args, read_metrics
+from panoptic_ext.apps.train import Trainer, get_panoptic_cfg, main, parse_args, read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK_CONFIG = os.path.join(

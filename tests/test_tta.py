@@ -15,9 +15,9 @@ from detectron2.evaluation.testing import flatten_results_dict
 from detectron2.modeling import build_model
 
 import panoptic_ext  # noqa: F401  (registers the plugins)
-from panoptic_ext.engine import main, parse_args
-from panoptic_ext.engine.config_check import ConfigError, check_config
-from panoptic_ext.engine.predictor import PanopticPredictor
+from panoptic_ext.apps.train import main, parse_args
+from panoptic_ext.apps.train.config_check import ConfigError, check_config
+from panoptic_ext.apps.predict.predictor import PanopticPredictor
 from panoptic_ext.modeling import PanopticFPNWithTTA
 from tests.common import (
     assert_same_outputs,
@@ -181,7 +181,7 @@ def test_eval_only_reports_results_with_and_without_tta(dataset, weights, tmp_pa
         + ["DATASETS.TRAIN", f"('{dataset['train']}',)", "DATASETS.TEST", f"('{dataset['val']}',)"]
         + ["OUTPUT_DIR", str(tmp_path), "MODEL.WEIGHTS", weights, "TEST.AUG.ENABLED", "True"]
         + ["TEST.AUG.MIN_SIZES", "(64,)", "TEST.AUG.MAX_SIZE", "64", "TEST.AUG.FLIP", "False"]
-        + ["MODEL.PANOPTIC_EXT.EVAL.TASKS", "['panoptic_seg', 'sem_seg']"]
+        + ["TEST.EVAL_TASKS", "['panoptic_seg', 'sem_seg']"]
     )
     results = flatten_results_dict(main(args))
     plain = {k: v for k, v in results.items() if "_TTA/" not in k}

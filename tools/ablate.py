@@ -9,7 +9,7 @@ and parameters.
 
 ``--sweep`` takes built-in sweeps (lambda_s, lambda_i, sem_seg_things, losses, networks, seeds;
 "paper" for all), sweep YAML files or inline sweeps ``KEY=v1,v2`` (see
-``panoptic_ext/ablation/spec.py``). Run it again to finish an interrupted sweep: finished runs
+``panoptic_ext/apps/ablation/spec.py``). Run it again to finish an interrupted sweep: finished runs
 are not run again, an interrupted one resumes from its last checkpoint.
 """
 
@@ -19,7 +19,7 @@ import os
 # Sleeping OpenMP waits: spinning ones make torch much slower on a shared CPU (see main_job.py).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from panoptic_ext.ablation import main
+from panoptic_ext.apps.ablation import main
 
 if __name__ == "__main__":
     main()

@@ -9,7 +9,7 @@ Evaluate an exported model (``tools/export_model.py``) with the project's evalua
 
 import sys
 
-from panoptic_ext.export.commands import evaluate_main
+from panoptic_ext.apps.export.commands import evaluate_main
 
 if __name__ == "__main__":
     try:

@@ -7,13 +7,13 @@ Export a trained panoptic_ext model for ONNX Runtime or TorchScript:
 
 The directory gets ``model.onnx`` (or ``model.ts``), ``export.json`` (input format and sizes,
 classes, label space, post-processor options) and ``config.yaml``. Run it with
-``panoptic_ext.export.PanopticONNXPredictor(dir)``, ``demo/demo.py --onnx dir`` or evaluate it
+``panoptic_ext.apps.export.PanopticONNXPredictor(dir)``, ``demo/demo.py --onnx dir`` or evaluate it
 with ``tools/evaluate_export.py --model-dir dir``.
 """
 
 import sys
 
-from panoptic_ext.export.commands import export_main
+from panoptic_ext.apps.export.commands import export_main
 
 if __name__ == "__main__":
     try:

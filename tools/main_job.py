@@ -17,7 +17,7 @@ config reproduces the final evaluation.
 
 OUTPUT_DIR is locked while the job runs (a second one stops at once, naming the first). Without
 ``--resume``, a previous run found there is moved to ``OUTPUT_DIR.previous-<date>-<time>``
-(``MODEL.PANOPTIC_EXT.EXISTING_OUTPUT refuse|overwrite`` as an override changes that).
+(``RUN.EXISTING_OUTPUT refuse|overwrite`` as an override changes that).
 """
 
 # ruff: noqa: E402  (imports after setting OMP_WAIT_POLICY)
@@ -41,21 +41,13 @@ from detectron2.data.detection_utils import read_image
 from detectron2.utils.visualizer import Visualizer
 from PIL import Image
 
-from panoptic_ext.engine import (
-    ProgressHook,
-    Trainer,
-    class_layout_for_cfg,
-    default_setup,
-    get_panoptic_cfg,
-    plot_training_curves,
-    predict_images,
-    record_to_panoptic,
-)
-from panoptic_ext.engine.run_dir import prepare_output_dir
+from panoptic_ext.apps.train import ProgressHook, Trainer, default_setup, get_panoptic_cfg, plot_training_curves
+from panoptic_ext.apps.predict import class_layout_for_cfg, predict_images, record_to_panoptic
+from panoptic_ext.apps.train.run_dir import prepare_output_dir
 
 DEFAULT_CONFIG = "configs/Synthetic-PanopticSegmentation/panoptic_fpn_R_18_scratch_cpu.yaml"
 logger = logging.getLogger("panoptic_ext.main_job")
-_EXISTING_OUTPUT_KEY = "MODEL.PANOPTIC_EXT.EXISTING_OUTPUT"
+_EXISTING_OUTPUT_KEY = "RUN.EXISTING_OUTPUT"
 
 
 def parse_args() -> argparse.Namespace:
@@ -115,7 +107,7 @@ def main() -> None:
     cfg = get_panoptic_cfg(args.config_file, args.opts)
     if _EXISTING_OUTPUT_KEY not in args.opts[::2]:
         # Running `make train` again keeps the previous run, moved aside (with a log line).
-        cfg.MODEL.PANOPTIC_EXT.EXISTING_OUTPUT = "move"
+        cfg.RUN.EXISTING_OUTPUT = "move"
     cfg.freeze()
     lock, messages = prepare_output_dir(cfg, resume=args.resume)
     try:

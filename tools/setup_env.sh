@@ -117,7 +117,7 @@ install_all() {
     # for the tests that check the outputs against it; its metadata asks for a Pillow that
     # detectron2 v0.6 cannot import, hence --no-deps (it needs only numpy and Pillow).
     "${pip[@]}" --no-deps "panopticapi-lite==0.2.0" || return 1
-    # ONNX export and ONNX Runtime (panoptic_ext.export), at the pins of the constraints file,
+    # ONNX export and ONNX Runtime (panoptic_ext.apps.export), at the pins of the constraints file,
     # versions that work with detectron2 v0.6's numpy<1.24 (ml_dtypes 0.6 needs numpy 2) and
     # with numpy 2; --no-deps as verified: their other dependencies (protobuf, packaging,
     # typing_extensions) come with the requirements above, bounded in the constraints file.

@@ -1,9 +1,9 @@
 # Optimizers with the project's parameter groups (detectron2's per-parameter settings; no weight
 # decay on loss-weight schedule parameters) and gradient clipping: SOLVER.* and
-# MODEL.PANOPTIC_EXT.SOLVER.* of the YAML configs. `params.model` is set by the trainer.
+# SOLVER.OPTIMIZER / SOLVER.BETAS of the YAML configs. `params.model` is set by the trainer.
 from detectron2.config import LazyCall as L
 
-from panoptic_ext.engine.solver import panoptic_optimizer, panoptic_param_groups
+from panoptic_ext.apps.train.solver import panoptic_optimizer, panoptic_param_groups
 
 SGD = L(panoptic_optimizer)(
     params=L(panoptic_param_groups)(

@@ -2,7 +2,7 @@
 # (iterations, not fractions: they follow train.max_iter).
 from detectron2.config import LazyCall as L
 
-from panoptic_ext.engine.solver import warmup_lr_multiplier
+from panoptic_ext.apps.train.solver import warmup_lr_multiplier
 
 
 def multistep(steps, warmup_iters=1000, warmup_factor=0.001, gamma=0.1):

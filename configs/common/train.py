@@ -1,5 +1,5 @@
 # Training options (detectron2's configs/common/train.py plus the project's run options; keys
-# left out of a config take panoptic_ext.engine.lazy_config.DEFAULT_TRAIN's values).
+# left out of a config take panoptic_ext.apps.train.lazy_config.DEFAULT_TRAIN's values).
 train = dict(
     output_dir="./output",
     init_checkpoint="",  # MODEL.WEIGHTS
@@ -13,7 +13,7 @@ train = dict(
     device="cuda",
     seed=-1,
     cudnn_benchmark=False,
-    allow_partial_weights=False,  # MODEL.PANOPTIC_EXT.ALLOW_PARTIAL_WEIGHTS
-    download_timeout=60.0,  # MODEL.PANOPTIC_EXT.CHECKPOINT.DOWNLOAD_TIMEOUT
-    existing_output="refuse",  # MODEL.PANOPTIC_EXT.EXISTING_OUTPUT: refuse, move or overwrite
+    allow_partial_weights=False,  # RUN.ALLOW_PARTIAL_WEIGHTS
+    download_timeout=60.0,  # RUN.WEIGHTS_DOWNLOAD_TIMEOUT
+    existing_output="refuse",  # RUN.EXISTING_OUTPUT: refuse, move or overwrite
 )

@@ -12,6 +12,7 @@ from detectron2.data import transforms as T
 from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.file_io import PathManager
 
+from ..config import get_key
 from .class_layout import PanopticClassLayout
 from .exif import exif_note, image_size_as_read
 from .label_space import dataset_class_layout
@@ -81,7 +82,7 @@ class PanopticFPNDatasetMapper:
         """
         if on_bad_record not in ON_BAD_RECORD_CHOICES:
             raise ValueError(
-                f"MODEL.PANOPTIC_EXT.DATA.ON_BAD_RECORD must be one of {ON_BAD_RECORD_CHOICES}, "
+                f"DATALOADER.ON_BAD_RECORD must be one of {ON_BAD_RECORD_CHOICES}, "
                 f"got {on_bad_record!r}"
             )
         if is_train and layout is None:
@@ -124,7 +125,7 @@ class PanopticFPNDatasetMapper:
             "augmentations": augs,
             "image_format": cfg.INPUT.FORMAT,
             "layout": layout,
-            "on_bad_record": cfg.MODEL.PANOPTIC_EXT.DATA.ON_BAD_RECORD,
+            "on_bad_record": get_key(cfg, "DATALOADER.ON_BAD_RECORD"),
             "recompute_boxes": is_train and cfg.INPUT.CROP.ENABLED,
         }
 

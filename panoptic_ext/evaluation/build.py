@@ -8,6 +8,7 @@ from detectron2.data import MetadataCatalog
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, SemSegEvaluator
 
 from ..compat import detectron2_has_compiled_ops
+from ..config import get_key
 from ..data.class_layout import PanopticClassLayout
 from .instance_evaluation import PanopticInstanceEvaluator
 from .panoptic_evaluation import PanopticQualityEvaluator
@@ -21,13 +22,11 @@ EVAL_TASKS = ("panoptic_seg", "sem_seg", "instances")
 PANOPTIC_EVALUATOR_TYPES = ("coco_panoptic_seg", "cityscapes_panoptic_seg")
 
 
-def _ext_option(cfg: CfgNode, path: str, default):
-    node = cfg.MODEL.get("PANOPTIC_EXT")
-    for key in path.split("."):
-        if node is None or key not in node:
-            return default
-        node = node[key]
-    return node
+def _option(cfg: CfgNode, key: str, default):
+    """``key`` of a config that may lack panoptic_ext's keys (detectron2's own config)."""
+    if "PANOPTIC_EXT" not in cfg.MODEL:
+        return default
+    return get_key(cfg, key)
 
 
 def build_panoptic_evaluators(
@@ -47,23 +46,23 @@ def build_panoptic_evaluators(
       (fast path only with compiled ops).
 
     Args:
-        cfg (CfgNode): the config; reads MODEL.PANOPTIC_EXT.SEM_SEG_THINGS, EVAL.TASKS,
-            EVAL.SAVE_PANOPTIC_PNGS (optional, default False: see
+        cfg (CfgNode): the config; reads MODEL.PANOPTIC_EXT.SEM_SEG_THINGS, TEST.EVAL_TASKS,
+            TEST.SAVE_PANOPTIC_PNGS (optional, default False: see
             :class:`PanopticQualityEvaluator`'s ``save_pngs``) and POSTPROCESS.RETURN_SEM_SEG /
             RETURN_INSTANCES (what the model outputs).
         dataset_name (str): a registered dataset.
         output_dir (str): where evaluators save predictions and results.
         tasks (list[str]): subset of ("panoptic_seg", "sem_seg", "instances"); default
-            MODEL.PANOPTIC_EXT.EVAL.TASKS.
+            TEST.EVAL_TASKS.
     """
     return panoptic_evaluators(
         dataset_name,
         output_dir,
-        tasks=tasks if tasks is not None else _ext_option(cfg, "EVAL.TASKS", EVAL_TASKS),
-        sem_seg_things=_ext_option(cfg, "SEM_SEG_THINGS", "merged"),
-        returns_sem_seg=_ext_option(cfg, "POSTPROCESS.RETURN_SEM_SEG", True),
-        returns_instances=_ext_option(cfg, "POSTPROCESS.RETURN_INSTANCES", True),
-        save_pngs=bool(_ext_option(cfg, "EVAL.SAVE_PANOPTIC_PNGS", False)),
+        tasks=tasks if tasks is not None else _option(cfg, "TEST.EVAL_TASKS", EVAL_TASKS),
+        sem_seg_things=_option(cfg, "MODEL.PANOPTIC_EXT.SEM_SEG_THINGS", "merged"),
+        returns_sem_seg=_option(cfg, "MODEL.PANOPTIC_EXT.POSTPROCESS.RETURN_SEM_SEG", True),
+        returns_instances=_option(cfg, "MODEL.PANOPTIC_EXT.POSTPROCESS.RETURN_INSTANCES", True),
+        save_pngs=bool(_option(cfg, "TEST.SAVE_PANOPTIC_PNGS", False)),
     )
 
 

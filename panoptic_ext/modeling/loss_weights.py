@@ -1,10 +1,13 @@
 """
-Loss-weight schedules: lambda_i (instance losses) and lambda_s (semantic loss) per iteration.
+Loss-weight schedules: factors on lambda_i (instance losses) and lambda_s (semantic loss) per
+iteration.
 
 Panoptic FPN's loss is ``lambda_i * (L_cls + L_box + L_mask) + lambda_s * L_sem`` (+ the RPN
-losses, scaled by lambda_i only when ``MODEL.PANOPTIC_EXT.LOSS_WEIGHTS.SCALE_RPN`` is true). The
-paper and detectron2 use constant weights (1.0, 0.5); the schedules here also vary them over
-training or learn them.
+losses, scaled by lambda_i only when ``MODEL.PANOPTIC_EXT.LOSS_WEIGHTS.SCALE_RPN`` is true).
+lambda_i and lambda_s are detectron2's keys ``MODEL.PANOPTIC_FPN.INSTANCE_LOSS_WEIGHT`` and
+``MODEL.SEM_SEG_HEAD.LOSS_WEIGHT`` (the paper and detectron2: 1.0 and 0.5). A schedule gives the
+factors (f_i, f_s) that multiply them at each iteration: (1, 1) throughout for "constant", so that
+detectron2's configs train detectron2's model; the others vary them over training or learn them.
 """
 
 import math
@@ -35,8 +38,9 @@ Registry for loss-weight schedules, selected by ``MODEL.PANOPTIC_EXT.LOSS_WEIGHT
 
 A schedule is an ``nn.Module`` (a :class:`LossWeightSchedule`) built as ``cls(cfg)``:
 
-* ``schedule(iteration: int) -> LossWeights(instance, semantic)``: lambda_i and lambda_s for that
-  training iteration (floats, or scalar tensors that carry gradients for learned weights);
+* ``schedule(iteration: int) -> LossWeights(instance, semantic)``: the factors (f_i, f_s) on
+  lambda_i and lambda_s for that training iteration (floats, or scalar tensors that carry
+  gradients for learned weights);
 * ``schedule.extra_losses() -> dict[str, Tensor]``: terms added to the loss dict (the learned
   schedule's regularizer), ``{}`` for the others.
 
@@ -48,7 +52,7 @@ Weight = Union[float, torch.Tensor]
 
 
 class LossWeights(NamedTuple):
-    """The loss weights in force: lambda_i for the instance losses, lambda_s for the semantic."""
+    """Factors on the loss weights: on lambda_i (instance losses) and on lambda_s (semantic)."""
 
     instance: Weight
     semantic: Weight
@@ -56,6 +60,14 @@ class LossWeights(NamedTuple):
 
 class LossWeightSchedule(nn.Module):
     """Base class: subclasses implement :meth:`forward`; no parameters unless learned."""
+
+    @configurable
+    def __init__(self):
+        super().__init__()
+
+    @classmethod
+    def from_config(cls, cfg) -> dict:
+        return {}
 
     def forward(self, iteration: int) -> LossWeights:
         raise NotImplementedError
@@ -67,25 +79,15 @@ class LossWeightSchedule(nn.Module):
 
 @LOSS_WEIGHT_SCHEDULE_REGISTRY.register_as("constant")
 class ConstantLossWeights(LossWeightSchedule):
-    """lambda_i and lambda_s fixed (the paper and detectron2: 1.0 and 0.5)."""
-
-    @configurable
-    def __init__(self, *, instance: float = 1.0, semantic: float = 0.5):
-        super().__init__()
-        self.weights = LossWeights(float(instance), float(semantic))
-
-    @classmethod
-    def from_config(cls, cfg) -> dict:
-        lw = cfg.MODEL.PANOPTIC_EXT.LOSS_WEIGHTS
-        return {"instance": lw.INSTANCE, "semantic": lw.SEMANTIC}
+    """lambda_i and lambda_s as configured (factors 1.0, the paper and detectron2)."""
 
     def forward(self, iteration: int) -> LossWeights:
-        return self.weights
+        return LossWeights(1.0, 1.0)
 
 
 class _InterpolatedLossWeights(LossWeightSchedule):
     """
-    From (start_instance, start_semantic) at iteration 0 to (instance, semantic) at iteration
+    Factors from (start_instance, start_semantic) at iteration 0 to (1, 1) at iteration
     ``num_iters`` along :meth:`curve`, constant afterwards.
     """
 
@@ -94,25 +96,18 @@ class _InterpolatedLossWeights(LossWeightSchedule):
         *,
         start_instance: float,
         start_semantic: float,
-        instance: float,
-        semantic: float,
         num_iters: int,
     ):
         super().__init__()
         self.start = (float(start_instance), float(start_semantic))
-        self.end = (float(instance), float(semantic))
+        self.end = (1.0, 1.0)
         self.num_iters = int(num_iters)
 
     @staticmethod
     def weights_from_config(cfg) -> Dict[str, float]:
-        """The start and end weights of ``cfg.MODEL.PANOPTIC_EXT.LOSS_WEIGHTS``."""
+        """The start factors of ``cfg.MODEL.PANOPTIC_EXT.LOSS_WEIGHTS``."""
         lw = cfg.MODEL.PANOPTIC_EXT.LOSS_WEIGHTS
-        return {
-            "start_instance": lw.START_INSTANCE,
-            "start_semantic": lw.START_SEMANTIC,
-            "instance": lw.INSTANCE,
-            "semantic": lw.SEMANTIC,
-        }
+        return {"start_instance": lw.START_INSTANCE, "start_semantic": lw.START_SEMANTIC}
 
     def curve(self, progress: float) -> float:
         """How far from start to end (0..1) at ``progress`` (0..1) of the ``num_iters``."""
@@ -127,15 +122,15 @@ class _InterpolatedLossWeights(LossWeightSchedule):
 
 @LOSS_WEIGHT_SCHEDULE_REGISTRY.register_as("linear_warmup")
 class LinearWarmupLossWeights(_InterpolatedLossWeights):
-    """Linear from (start_instance, start_semantic) at iteration 0 to (instance, semantic) at
+    """Factors linear from (start_instance, start_semantic) at iteration 0 to (1, 1) at
     ``warmup_iters``, constant afterwards."""
 
     @configurable
     def __init__(self, *, warmup_iters: int, **weights: float):
         """
         Args:
-            warmup_iters (int): iterations of the ramp (0: (instance, semantic) throughout).
-            weights: start_instance, start_semantic, instance, semantic (float).
+            warmup_iters (int): iterations of the ramp (0: factors 1 throughout).
+            weights: start_instance, start_semantic (float): the factors at iteration 0.
         """
         if warmup_iters < 0:
             raise ValueError(
@@ -154,7 +149,7 @@ class LinearWarmupLossWeights(_InterpolatedLossWeights):
 
 @LOSS_WEIGHT_SCHEDULE_REGISTRY.register_as("cosine")
 class CosineLossWeights(_InterpolatedLossWeights):
-    """Half-cosine from (start_instance, start_semantic) at iteration 0 to (instance, semantic)
+    """Factors along a half-cosine from (start_instance, start_semantic) at iteration 0 to (1, 1)
     at ``max_iter``, constant afterwards."""
 
     @configurable
@@ -162,7 +157,7 @@ class CosineLossWeights(_InterpolatedLossWeights):
         """
         Args:
             max_iter (int): iterations of the half-cosine (> 0).
-            weights: start_instance, start_semantic, instance, semantic (float).
+            weights: start_instance, start_semantic (float): the factors at iteration 0.
         """
         if max_iter <= 0:
             raise ValueError(
@@ -182,15 +177,13 @@ class CosineLossWeights(_InterpolatedLossWeights):
 
 @LOSS_WEIGHT_SCHEDULE_REGISTRY.register_as("step")
 class StepLossWeights(LossWeightSchedule):
-    """(instance, semantic), multiplied by ``factors[j]`` = [instance_factor, semantic_factor]
-    from iteration ``steps[j]`` on (cumulatively, like the learning-rate steps)."""
+    """Factors (1, 1), multiplied by ``factors[j]`` = [instance_factor, semantic_factor] from
+    iteration ``steps[j]`` on (cumulatively, like the learning-rate steps)."""
 
     @configurable
     def __init__(
         self,
         *,
-        instance: float,
-        semantic: float,
         steps: Sequence[int],
         factors: Sequence[Sequence[float]],
     ):
@@ -203,22 +196,16 @@ class StepLossWeights(LossWeightSchedule):
             )
         if list(steps) != sorted(steps):
             raise ValueError(f"MODEL.PANOPTIC_EXT.LOSS_WEIGHTS.STEPS must increase, got {steps}")
-        self.base = (float(instance), float(semantic))
         self.steps: List[int] = [int(s) for s in steps]
         self.factors = [(float(a), float(b)) for a, b in factors]
 
     @classmethod
     def from_config(cls, cfg) -> dict:
         lw = cfg.MODEL.PANOPTIC_EXT.LOSS_WEIGHTS
-        return {
-            "instance": lw.INSTANCE,
-            "semantic": lw.SEMANTIC,
-            "steps": lw.STEPS,
-            "factors": lw.FACTORS,
-        }
+        return {"steps": lw.STEPS, "factors": lw.FACTORS}
 
     def forward(self, iteration: int) -> LossWeights:
-        instance, semantic = self.base
+        instance, semantic = 1.0, 1.0
         for step, (fi, fs) in zip(self.steps, self.factors):
             if iteration >= step:
                 instance, semantic = instance * fi, semantic * fs
@@ -228,52 +215,31 @@ class StepLossWeights(LossWeightSchedule):
 @LOSS_WEIGHT_SCHEDULE_REGISTRY.register_as("alternating")
 class AlternatingLossWeights(LossWeightSchedule):
     """
-    One loss per minibatch (the paper's "alternate" training, Table 3c): (instance, 0) on even
-    iterations, (0, semantic) on odd ones. With ``SCALE_RPN`` the RPN losses follow the instance
+    One loss per minibatch (the paper's "alternate" training, Table 3c): factors (1, 0) on even
+    iterations, (0, 1) on odd ones. With ``SCALE_RPN`` the RPN losses follow the instance
     losses; otherwise the RPN trains in every iteration.
     """
 
-    @configurable
-    def __init__(self, *, instance: float = 1.0, semantic: float = 0.5):
-        super().__init__()
-        self.instance, self.semantic = float(instance), float(semantic)
-
-    @classmethod
-    def from_config(cls, cfg) -> dict:
-        lw = cfg.MODEL.PANOPTIC_EXT.LOSS_WEIGHTS
-        return {"instance": lw.INSTANCE, "semantic": lw.SEMANTIC}
-
     def forward(self, iteration: int) -> LossWeights:
         if iteration % 2 == 0:
-            return LossWeights(self.instance, 0.0)
-        return LossWeights(0.0, self.semantic)
+            return LossWeights(1.0, 0.0)
+        return LossWeights(0.0, 1.0)
 
 
 @LOSS_WEIGHT_SCHEDULE_REGISTRY.register_as("learned")
 class LearnedLossWeights(LossWeightSchedule):
     """
     Homoscedastic-uncertainty weighting (Kendall, Gal & Cipolla, CVPR 2018): each task t has a
-    learned log-variance s_t; its loss is weighted by lambda_t = exp(-s_t) and the regularizer
-    ``loss_uncertainty = s_i + s_s`` keeps the weights from collapsing to 0. s_t starts at
-    -log(initial weight) (``INSTANCE`` / ``SEMANTIC``) and is trained with the model (it is a
+    learned log-variance s_t; its loss weight is multiplied by the factor exp(-s_t) and the
+    regularizer ``loss_uncertainty = s_i + s_s`` keeps the factors from collapsing to 0. s_t
+    starts at 0 (the configured lambda_i / lambda_s) and is trained with the model (it is a
     parameter, hence in checkpoints as ``loss_weight_schedule.log_variances``).
     """
 
     @configurable
-    def __init__(self, *, instance: float = 1.0, semantic: float = 0.5):
+    def __init__(self):
         super().__init__()
-        if instance <= 0 or semantic <= 0:
-            raise ValueError(
-                "The learned schedule starts from MODEL.PANOPTIC_EXT.LOSS_WEIGHTS.INSTANCE and "
-                f"SEMANTIC, which must be > 0; got {instance} and {semantic}"
-            )
-        init = torch.tensor([-math.log(instance), -math.log(semantic)], dtype=torch.float32)
-        self.log_variances = nn.Parameter(init)
-
-    @classmethod
-    def from_config(cls, cfg) -> dict:
-        lw = cfg.MODEL.PANOPTIC_EXT.LOSS_WEIGHTS
-        return {"instance": lw.INSTANCE, "semantic": lw.SEMANTIC}
+        self.log_variances = nn.Parameter(torch.zeros(2, dtype=torch.float32))
 
     def forward(self, iteration: int) -> LossWeights:
         weights = torch.exp(-self.log_variances)

@@ -11,12 +11,21 @@ from detectron2.utils.events import get_event_storage
 from torch import nn
 
 from ..compat import pad_to_backbone
+from ..config import get_key
 from .loss_weights import LossWeightSchedule, build_loss_weight_schedule
 from .panoptic_postprocessor import build_panoptic_postprocessor
 
 __all__ = ["PanopticFPNExt"]
 
 logger = logging.getLogger(__name__)
+
+
+def _times(x, weight):
+    """``x * weight``, leaving ``x`` itself where the weight is the float 1.0 (detectron2 does not
+    multiply by 1, so its losses stay bit-identical)."""
+    if isinstance(weight, float) and weight == 1.0:
+        return x
+    return x * weight
 
 
 @META_ARCH_REGISTRY.register()
@@ -41,6 +50,8 @@ class PanopticFPNExt(GeneralizedRCNN):
         sem_seg_head: nn.Module,
         loss_weight_schedule: LossWeightSchedule,
         postprocessor,
+        instance_loss_weight: float = 1.0,
+        semantic_loss_factor: float = 1.0,
         scale_rpn_losses: bool = False,
         **kwargs,
     ):
@@ -49,8 +60,14 @@ class PanopticFPNExt(GeneralizedRCNN):
             sem_seg_head (nn.Module): semantic head with ``forward(features, targets)``,
                 ``layers(features)`` (logits at 1/``common_stride``), ``common_stride`` and
                 ``ignore_value``, like detectron2's ``SemSegFPNHead``.
-            loss_weight_schedule (LossWeightSchedule): gives lambda_i and lambda_s per iteration.
+            loss_weight_schedule (LossWeightSchedule): the factors on lambda_i and lambda_s per
+                iteration.
             postprocessor: a panoptic post-processor (see ``PANOPTIC_POSTPROCESSOR_REGISTRY``).
+            instance_loss_weight (float): lambda_i, on the box and mask losses (detectron2's
+                ``MODEL.PANOPTIC_FPN.INSTANCE_LOSS_WEIGHT``).
+            semantic_loss_factor (float): multiplies the semantic head's loss, which already
+                holds lambda_s (the head's ``loss_weight``, ``MODEL.SEM_SEG_HEAD.LOSS_WEIGHT``);
+                1.0 but for configs that still set the deprecated lambda_s key.
             scale_rpn_losses (bool): multiply the RPN losses by lambda_i too.
             kwargs: the arguments of :class:`GeneralizedRCNN`.
         """
@@ -64,6 +81,8 @@ class PanopticFPNExt(GeneralizedRCNN):
         self.sem_seg_head = sem_seg_head
         self.loss_weight_schedule = loss_weight_schedule
         self.postprocessor = postprocessor
+        self.instance_loss_weight = float(instance_loss_weight)
+        self.semantic_loss_factor = float(semantic_loss_factor)
         self.scale_rpn_losses = scale_rpn_losses
 
     @classmethod
@@ -73,17 +92,15 @@ class PanopticFPNExt(GeneralizedRCNN):
         ret["loss_weight_schedule"] = build_loss_weight_schedule(cfg)
         ret["postprocessor"] = build_panoptic_postprocessor(cfg)
         ret["scale_rpn_losses"] = cfg.MODEL.PANOPTIC_EXT.LOSS_WEIGHTS.SCALE_RPN
-        if cfg.MODEL.SEM_SEG_HEAD.LOSS_WEIGHT != 1.0:
+        ret["instance_loss_weight"] = get_key(cfg, "MODEL.PANOPTIC_FPN.INSTANCE_LOSS_WEIGHT")
+        # the deprecated lambda_s multiplied SEM_SEG_HEAD.LOSS_WEIGHT, which the head applies
+        old_semantic = cfg.MODEL.PANOPTIC_EXT.LOSS_WEIGHTS.get("SEMANTIC")
+        if old_semantic is not None:
             logger.warning(
-                "MODEL.SEM_SEG_HEAD.LOSS_WEIGHT=%s multiplies lambda_s "
-                "(MODEL.PANOPTIC_EXT.LOSS_WEIGHTS); set it to 1.0 to use lambda_s alone.",
-                cfg.MODEL.SEM_SEG_HEAD.LOSS_WEIGHT,
+                "Config key MODEL.PANOPTIC_EXT.LOSS_WEIGHTS.SEMANTIC is deprecated: use "
+                "MODEL.SEM_SEG_HEAD.LOSS_WEIGHT (lambda_s = their product here)"
             )
-        if cfg.MODEL.PANOPTIC_FPN.INSTANCE_LOSS_WEIGHT != 1.0:
-            logger.warning(
-                "MODEL.PANOPTIC_FPN.INSTANCE_LOSS_WEIGHT is ignored by PanopticFPNExt; use "
-                "MODEL.PANOPTIC_EXT.LOSS_WEIGHTS.INSTANCE."
-            )
+            ret["semantic_loss_factor"] = float(old_semantic)
         return ret
 
     def forward(self, batched_inputs: List[Dict]) -> Union[Dict[str, torch.Tensor], List[Dict]]:
@@ -121,15 +138,22 @@ class PanopticFPNExt(GeneralizedRCNN):
         proposal_losses: Dict[str, torch.Tensor],
         detector_losses: Dict[str, torch.Tensor],
     ) -> Dict[str, torch.Tensor]:
-        """Apply the schedule's lambda_i / lambda_s and record them in the EventStorage."""
+        """
+        Weigh the losses as detectron2's PanopticFPN does (the semantic head applies lambda_s,
+        the box and mask losses get lambda_i, the RPN's none), times the schedule's factors;
+        record the lambdas in force in the EventStorage.
+        """
         storage = get_event_storage()
-        weights = self.loss_weight_schedule(storage.iter)
-        storage.put_scalar("lambda_instance", float(torch.as_tensor(weights.instance).detach()))
-        storage.put_scalar("lambda_semantic", float(torch.as_tensor(weights.semantic).detach()))
-        rpn_weight = weights.instance if self.scale_rpn_losses else 1.0
-        losses = {k: v * weights.semantic for k, v in sem_seg_losses.items()}
-        losses.update({k: v * rpn_weight for k, v in proposal_losses.items()})
-        losses.update({k: v * weights.instance for k, v in detector_losses.items()})
+        factors = self.loss_weight_schedule(storage.iter)
+        semantic = _times(factors.semantic, self.semantic_loss_factor)
+        instance = _times(factors.instance, self.instance_loss_weight)
+        lambda_s = _times(semantic, getattr(self.sem_seg_head, "loss_weight", 1.0))
+        storage.put_scalar("lambda_instance", float(torch.as_tensor(instance).detach()))
+        storage.put_scalar("lambda_semantic", float(torch.as_tensor(lambda_s).detach()))
+        rpn_weight = instance if self.scale_rpn_losses else 1.0
+        losses = {k: _times(v, semantic) for k, v in sem_seg_losses.items()}
+        losses.update({k: _times(v, rpn_weight) for k, v in proposal_losses.items()})
+        losses.update({k: _times(v, instance) for k, v in detector_losses.items()})
         losses.update(self.loss_weight_schedule.extra_losses())
         return losses
 

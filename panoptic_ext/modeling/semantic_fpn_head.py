@@ -53,8 +53,8 @@ class SemanticFPNHead(SemSegFPNHead):
             num_classes (int): number of semantic classes predicted.
             conv_dims (int): channels of the intermediate convolutions.
             common_stride (int): stride the levels are brought to before summing.
-            loss_weight (float): multiplies the loss (the meta-architecture's loss-weight
-                schedule applies lambda_s on top).
+            loss_weight (float): lambda_s, multiplies the loss (detectron2's SemSegFPNHead; the
+                meta-architecture's loss-weight schedule multiplies it by a factor).
             norm (str or callable): normalization of the convolutions ("GN" in the paper).
             ignore_value (int): target label that the loss skips.
             loss_on (str): "upsampled" or "downsampled", see the class docstring.
@@ -110,7 +110,7 @@ class SemanticFPNHead(SemSegFPNHead):
         # a scan of the targets every step; a NaN with labelled pixels is left for the NaN guard.
         if bool(loss.isnan()) and bool((targets == self.ignore_value).all()):
             return {"loss_sem_seg": predictions.sum() * 0.0}
-        if self.loss_weight != 1.0:  # x * 1.0 == x: skip the op (lambda_s is applied later)
+        if self.loss_weight != 1.0:  # x * 1.0 == x: skip the op
             loss = loss * self.loss_weight
         return {"loss_sem_seg": loss}
 

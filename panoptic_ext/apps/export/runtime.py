@@ -1,0 +1,169 @@
+"""
+``ExportedPanopticModel``: run an exported network (ONNX Runtime or TorchScript) and its
+host-side part, the project's own panoptic post-processor (the one the eager model calls), on
+detectron2-style inputs.
+"""
+
+import json
+import logging
+import os
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from detectron2.structures import Boxes, Instances
+
+from panoptic_ext.modeling.panoptic_postprocessor import PANOPTIC_POSTPROCESSOR_REGISTRY
+from panoptic_ext.apps.export.metadata import IDENTITY_KEY, ExportError, check_identity, read_export_meta
+
+__all__ = ["ExportedPanopticModel", "import_onnxruntime"]
+
+logger = logging.getLogger(__name__)
+
+_ORT_HINT = (
+    "pip install onnxruntime==1.32.0 (CPU), or onnxruntime-gpu for CUDA "
+    "(the versions are pinned in constraints.txt)"
+)
+
+
+def import_onnxruntime():
+    """``onnxruntime``, or an ImportError that says what to install."""
+    try:
+        import onnxruntime
+    except ImportError as e:
+        raise ImportError(f"running an ONNX export needs onnxruntime: {_ORT_HINT}") from e
+    return onnxruntime
+
+
+def _onnx_session(path: str, providers: Optional[Sequence[str]], num_threads: Optional[int]):
+    ort = import_onnxruntime()
+    available = ort.get_available_providers()
+    if providers is None:
+        providers = [p for p in ("CUDAExecutionProvider",) if p in available]
+        providers.append("CPUExecutionProvider")
+    missing = [p for p in providers if p not in available]
+    if missing:
+        raise ValueError(f"ONNX Runtime providers {missing} are not available; have {available}")
+    options = ort.SessionOptions()
+    if num_threads:
+        options.intra_op_num_threads = int(num_threads)
+        options.inter_op_num_threads = 1
+    if os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":
+        # as torch's OpenMP threads: no spin-waiting, which is slow on a busy machine
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    try:
+        return ort.InferenceSession(path, options, providers=list(providers))
+    except Exception as e:  # ORT raises its own exception types for unreadable models
+        raise ExportError(f"{path} is not an ONNX model that ONNX Runtime can load: {e}") from e
+
+
+class ExportedPanopticModel:
+    """
+    An exported model directory (``tools/export_model.py``) as a detectron2 model: called with a
+    list of one input dict ("image": (3, H, W) tensor in ``INPUT.FORMAT``, optional "height" /
+    "width") it returns ``[outputs]`` as ``PanopticFPNExt`` does (``panoptic_seg`` with the
+    dataset's category ids, and ``sem_seg`` / ``instances`` when the exported config returns
+    them), so detectron2's ``inference_on_dataset`` and the project's evaluators take it.
+
+    Args:
+        model_dir (str): the export directory.
+        providers (list[str]): ONNX Runtime providers (default: CUDA when available, then CPU).
+        num_threads (int): ONNX Runtime intra-op threads (default: ONNX Runtime's choice).
+        device (str): TorchScript exports: the torch device to run on (default "cpu").
+    """
+
+    def __init__(
+        self,
+        model_dir: str,
+        providers: Optional[Sequence[str]] = None,
+        num_threads: Optional[int] = None,
+        device: str = "cpu",
+    ):
+        self.meta = read_export_meta(model_dir)
+        self.model_dir = model_dir
+        path = os.path.join(model_dir, self.meta["file"])
+        if not os.path.isfile(path):
+            raise ExportError(f"{model_dir}: the model file {self.meta['file']} is missing")
+        if self.meta["format"] == "onnx":
+            self._session = _onnx_session(path, providers, num_threads)
+            record = self._session.get_modelmeta().custom_metadata_map.get(IDENTITY_KEY)
+        else:
+            extra = {IDENTITY_KEY: ""}
+            try:
+                self._module = torch.jit.load(path, map_location=device, _extra_files=extra)
+            except Exception as e:  # torch raises RuntimeError/ValueError for foreign files
+                raise ExportError(f"{path} is not a TorchScript model: {e}") from e
+            self._device = torch.device(device)
+            record = extra[IDENTITY_KEY] or None
+        if record is None:
+            raise ExportError(f"{path} was not exported by panoptic_ext (no export record)")
+        check_identity(self.meta, json.loads(record), path)
+        spec = self.meta["postprocessor"]
+        self.postprocessor = PANOPTIC_POSTPROCESSOR_REGISTRY.get(spec["name"])(**spec["kwargs"])
+        self.max_size = int(self.meta["input"]["max_size"])
+        self.input_format = self.meta["input"]["format"]
+        self.stride = int(self.meta["sem_seg_stride"])
+
+    @property
+    def providers(self) -> List[str]:
+        """The ONNX Runtime providers in use (["torch:<device>"] for TorchScript)."""
+        if self.meta["format"] == "onnx":
+            return self._session.get_providers()
+        return [f"torch:{self._device}"]
+
+    def run_network(self, image) -> Dict[str, torch.Tensor]:
+        """
+        The exported graph on one (3, H, W) image (numpy array or tensor, any real dtype):
+        its outputs by name (see :class:`~panoptic_ext.apps.export.network.ExportableNetwork`),
+        as CPU tensors.
+        """
+        image = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else image
+        image = np.ascontiguousarray(image, dtype=np.float32)
+        if image.ndim != 3 or image.shape[0] != 3:
+            raise ValueError(f"the image must be (3, H, W), got shape {image.shape}")
+        if max(image.shape[1:]) > self.max_size or min(image.shape[1:]) < 1:
+            raise ValueError(
+                f"image of {image.shape[1]}x{image.shape[2]} pixels: this export accepts heights "
+                f"and widths from 1 to {self.max_size} (export.json input.max_size; export "
+                "again with a larger --max-size, or resize the image)"
+            )
+        if self.meta["format"] == "onnx":
+            outputs = self._session.run(None, {self.meta["input"]["name"]: image})
+            outputs = [torch.from_numpy(x) for x in outputs]
+        else:
+            with torch.no_grad():
+                outputs = self._module(torch.from_numpy(image).to(self._device))
+            outputs = [x.cpu() for x in outputs]
+        return dict(zip(self.meta["outputs"], outputs))
+
+    def postprocess(
+        self, raw: Dict[str, torch.Tensor], image_size: Tuple[int, int], output_size
+    ) -> Dict[str, Any]:
+        """The host-side part: detections and masks as the ROI heads' Instances, then the
+        model's panoptic post-processor (fusion, label space) at ``output_size``."""
+        boxes, masks, rows = raw["boxes"], raw["masks"], raw["mask_rows"]
+        pred_masks = masks.new_zeros((len(boxes),) + tuple(masks.shape[1:]))
+        pred_masks[rows] = masks  # detections the graph skipped (below threshold) get 0
+        instances = Instances(
+            tuple(image_size),
+            pred_boxes=Boxes(boxes),
+            scores=raw["scores"],
+            pred_classes=raw["classes"],
+            pred_masks=pred_masks,
+        )
+        return self.postprocessor(
+            raw["sem_seg"][0],
+            instances,
+            stride=self.stride,
+            image_size=tuple(image_size),
+            output_size=output_size,
+        )
+
+    def __call__(self, batched_inputs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+        results = []
+        for inputs in batched_inputs:  # the graph takes one image
+            image = inputs["image"]
+            size = (int(image.shape[-2]), int(image.shape[-1]))
+            output_size = (inputs.get("height", size[0]), inputs.get("width", size[1]))
+            results.append(self.postprocess(self.run_network(image), size, output_size))
+        return results
