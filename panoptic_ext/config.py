@@ -80,6 +80,8 @@ def add_panoptic_ext_config(cfg: CN) -> None:
     # time. Without "instances", PanopticROIHeads predicts only the masks the fusion reads.
     _C.MODEL.PANOPTIC_EXT.POSTPROCESS.RETURN_SEM_SEG = True
     _C.MODEL.PANOPTIC_EXT.POSTPROCESS.RETURN_INSTANCES = True
+    # segments_info category ids: "dataset" (DATASETS.TEST[0]'s metadata) or "detectron2".
+    _C.MODEL.PANOPTIC_EXT.POSTPROCESS.CATEGORY_IDS = "dataset"
 
     # Semantic head (keys that SemanticFPNHead reads from MODEL.SEM_SEG_HEAD):
     # "upsampled": cross-entropy on logits upsampled to the input size (detectron2);
