@@ -1,6 +1,7 @@
 """Export (ONNX Runtime, TorchScript) of a tiny model end to end: the exported model and its
 host-side fusion give the eager model's panoptic outputs; bad input fails clearly."""
 
+import hashlib
 import json
 import os
 import sys
@@ -11,7 +12,6 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
-from panoptic_ext.apps.predict.predictor import PanopticPredictor
 from panoptic_ext.apps.export import (
     ExportedPanopticModel,
     ExportError,
@@ -19,6 +19,7 @@ from panoptic_ext.apps.export import (
     export_model,
 )
 from panoptic_ext.apps.export.commands import evaluate_main, export_main
+from panoptic_ext.apps.predict.predictor import PanopticPredictor
 from tests.reliability_common import register_tiny_synthetic, tiny_cfg, unregister
 
 pytest.importorskip("onnxruntime")
@@ -185,6 +186,10 @@ def test_clear_errors(setup, tmp_path, monkeypatch):
     meta = json.load(open(root / "onnx" / "export.json"))
     (fake / "export.json").write_text(json.dumps(meta))
     (fake / "model.onnx").write_bytes(b"not a model")
+    with pytest.raises(ExportError, match="not the model file"):
+        ExportedPanopticModel(str(fake))
+    digest = {"sha256": hashlib.sha256(b"not a model").hexdigest(), "bytes": 11}
+    (fake / "export.json").write_text(json.dumps({**meta, "model_file": digest}))
     with pytest.raises(ExportError, match="not an ONNX model"):
         ExportedPanopticModel(str(fake))
     (fake / "model.onnx").write_bytes((root / "onnx" / "model.onnx").read_bytes())
@@ -202,6 +207,189 @@ def test_clear_errors(setup, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(ImportError, match="pip install onnxruntime"):
         ExportedPanopticModel(str(root / "onnx"))
+
+
+def _export_with_digest_failure(cfg, output_dir, monkeypatch):
+    """An export interrupted after the model file was written, before export.json."""
+    import panoptic_ext.apps.export.exporter as exporter
+
+    def interrupted(path):
+        raise KeyboardInterrupt("interrupted")
+
+    monkeypatch.setattr(exporter, "file_digest", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        export_model(cfg, output_dir, "onnx")
+    monkeypatch.undo()
+
+
+def test_interrupted_reexport_keeps_the_earlier_export_whole(setup, tmp_path, monkeypatch):
+    cfg, _, root = setup
+    out = tmp_path / "exported"
+    first = export_model(cfg, str(out), "onnx")
+    before = {name: (out / name).read_bytes() for name in os.listdir(out)}
+    changed = cfg.clone()
+    changed.MODEL.PANOPTIC_FPN.COMBINE.STUFF_AREA_LIMIT = 999  # new post-processing settings
+    _export_with_digest_failure(changed, str(out), monkeypatch)
+    assert {name: (out / name).read_bytes() for name in os.listdir(out)} == before
+    assert os.listdir(tmp_path) == ["exported"]  # no temporary folder left behind
+    model = ExportedPanopticModel(str(out))
+    assert model.meta["postprocessor"] == first["postprocessor"]
+    # a completed re-export replaces the whole folder
+    second = export_model(changed, str(out), "onnx")
+    assert second["postprocessor"]["kwargs"]["stuff_area_threshold"] == 999
+    assert ExportedPanopticModel(str(out)).meta["model_file"] == second["model_file"]
+    assert sorted(os.listdir(tmp_path)) == ["exported"]
+
+
+def test_model_file_from_another_export_is_refused(setup, tmp_path):
+    import onnx
+
+    _, _, root = setup
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for name in ("export.json", "config.yaml"):
+        (mixed / name).write_bytes((root / "onnx" / name).read_bytes())
+    other = onnx.load(str(root / "onnx" / "model.onnx"))
+    other.doc_string = "another export of the same network"
+    onnx.save(other, str(mixed / "model.onnx"))
+    with pytest.raises(
+        ExportError, match=r"model.onnx .* is not the model file that .*export.json"
+    ):
+        ExportedPanopticModel(str(mixed))
+
+
+def test_output_folder_with_other_files_is_refused(setup, tmp_path):
+    cfg, _, _ = setup
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ExportError, match="holds files that are not an export.*notes.txt"):
+        export_model(cfg, str(tmp_path), "onnx")
+    assert os.listdir(tmp_path) == ["notes.txt"]
+
+
+def test_export_without_weights_is_refused_unless_allowed(setup, tmp_path, caplog):
+    cfg, _, root = setup
+    config = tmp_path / "cfg.yaml"
+    random_cfg = cfg.clone()
+    random_cfg.MODEL.WEIGHTS = ""
+    config.write_text(random_cfg.dump())
+    out = tmp_path / "random"
+    argv = ["--config-file", str(config), "--format", "torchscript", "--output", str(out)]
+    with pytest.raises(ExportError, match="MODEL.WEIGHTS is empty.*--allow-random-weights"):
+        export_main(argv)
+    assert not out.exists()
+    meta = export_main(argv + ["--allow-random-weights"])
+    assert meta["random_weights"] is True
+    with caplog.at_level("WARNING"):
+        predictor = PanopticONNXPredictor(str(out))
+    assert predictor.random_weights
+    assert "RANDOMLY INITIALIZED" in caplog.text
+    assert not PanopticONNXPredictor(str(root / "onnx")).random_weights
+
+    import runpy
+
+    tool = os.path.join(os.path.dirname(__file__), "..", "tools", "evaluate_export.py")
+    saved = sys.argv
+    sys.argv = [tool, "--model-dir", str(out), "--compare-eager"]
+    try:
+        with pytest.raises(SystemExit) as exited:
+            runpy.run_path(tool, run_name="__main__")
+    finally:
+        sys.argv = saved
+    assert "randomly initialized" in str(exited.value.code)
+
+
+def test_max_size_below_the_test_size_is_refused(setup, tmp_path):
+    cfg, _, _ = setup
+    with pytest.raises(ValueError, match="--max-size 200 .*INPUT.MAX_SIZE_TEST = 256"):
+        export_model(cfg, str(tmp_path / "small"), "onnx", max_size=200)
+    assert not (tmp_path / "small").exists()
+
+
+@pytest.mark.parametrize("shape", [(1, 1000), (1000, 1), (10000, 10), (3, 4)])
+def test_onnx_predictor_takes_thin_and_tiny_images(setup, shape):
+    _, _, root = setup
+    image = np.full(shape + (3,), 128, dtype=np.uint8)
+    outputs = PanopticONNXPredictor(str(root / "onnx"))(image)
+    assert tuple(outputs["panoptic_seg"][0].shape) == shape
+
+
+def test_too_large_image_error_names_the_image(setup):
+    _, _, root = setup
+    model = ExportedPanopticModel(str(root / "onnx"))
+    with pytest.raises(ValueError, match="img_7.png: image of 300x40 pixels"):
+        model([{"image": torch.zeros(3, 300, 40), "file_name": "img_7.png"}])
+
+
+def test_python_config_exports_what_it_trains(tmp_path):
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.config import instantiate
+
+    from panoptic_ext.apps.train.lazy_config import load_lazy_config
+
+    quick = os.path.join(
+        os.path.dirname(__file__),
+        "..",
+        "configs",
+        "quick_schedules",
+        "panoptic_fpn_R_18_synthetic_instant_test.py",
+    )
+    cfg = load_lazy_config(quick)
+    torch.manual_seed(0)
+    eager = instantiate(cfg.model).eval()
+    DetectionCheckpointer(eager, save_dir=str(tmp_path)).save("lazy")
+    out = tmp_path / "exported"
+    meta = export_main(
+        ["--config-file", quick, "--output", str(out), "--weights", str(tmp_path / "lazy.pth")]
+    )
+    assert meta["config"]["language"] == "python" and not meta["random_weights"]
+    assert meta["input"]["max_size_test"] == 64
+    image = _image((48, 64), 7)
+    inputs = [{"image": image, "height": 48, "width": 64}]
+    with torch.no_grad():
+        expected = eager(inputs)[0]
+    actual = ExportedPanopticModel(str(out))(inputs)[0]
+    assert_same_panoptic(expected, actual)
+    from panoptic_ext.apps.export.commands import exported_cfg
+
+    assert exported_cfg(str(out)).train.init_checkpoint == str(tmp_path / "lazy.pth")
+
+
+def test_python_config_without_weights_names_its_key(tmp_path):
+    quick = os.path.join(
+        os.path.dirname(__file__),
+        "..",
+        "configs",
+        "quick_schedules",
+        "panoptic_fpn_R_18_synthetic_instant_test.py",
+    )
+    with pytest.raises(ExportError, match="train.init_checkpoint is empty"):
+        export_main(["--config-file", quick, "--output", str(tmp_path / "x")])
+
+
+def test_frozen_batchnorm_folding_is_exact(setup):
+    from detectron2.layers import FrozenBatchNorm2d
+
+    from panoptic_ext.apps.export.folding import fold_frozen_batchnorm
+
+    cfg, _, _ = setup
+    cfg = cfg.clone()
+    cfg.MODEL.RESNETS.NORM = "FrozenBN"
+    model = build_model(cfg).eval()
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, FrozenBatchNorm2d):
+            for buffer in (m.weight, m.bias, m.running_mean):
+                buffer.copy_(torch.randn(buffer.shape, generator=g))
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+    image = _image((64, 96), 8)[None] - 128
+    with torch.no_grad():
+        before = model.backbone(image)
+        assert fold_frozen_batchnorm(model) == 20  # stem + 4 stages x 2 blocks x 2 + 3 shortcuts
+        after = model.backbone(image)
+    assert not any(isinstance(m, FrozenBatchNorm2d) for m in model.modules())
+    for name in before:
+        scale = before[name].abs().max()
+        assert (before[name] - after[name]).abs().max() <= 1e-5 * scale, name
 
 
 def test_panoptic_agreement_by_hand():

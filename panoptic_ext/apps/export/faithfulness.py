@@ -7,6 +7,9 @@ from typing import Any, Dict, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
+from detectron2.config import CfgNode
+
+from panoptic_ext.apps.export.metadata import ExportError
 
 __all__ = ["panoptic_agreement", "compare_with_eager"]
 
@@ -63,22 +66,27 @@ def compare_with_eager(
     from detectron2.evaluation import inference_context
     from detectron2.modeling import build_model
 
+    from panoptic_ext.apps.export.commands import exported_cfg, refuse_random_weights
+    from panoptic_ext.apps.export.runtime import ExportedPanopticModel
     from panoptic_ext.apps.train.checkpoint import PanopticCheckpointer
     from panoptic_ext.apps.train.trainer import Trainer
     from panoptic_ext.modeling import optimize_for_cpu_inference
-    from panoptic_ext.apps.export.commands import exported_cfg
-    from panoptic_ext.apps.export.runtime import ExportedPanopticModel
 
+    refuse_random_weights(model_dir, "comparing it with the eager model")
     cfg = exported_cfg(model_dir)
+    if not isinstance(cfg, CfgNode):
+        raise ExportError(
+            f"{model_dir} is an export of a Python config: --compare-eager handles exports of "
+            "YAML configs; evaluate it without --compare-eager, and the eager model with "
+            "train_net.py --eval-only"
+        )
     cfg.MODEL.DEVICE = "cpu"
     cfg.OUTPUT_DIR = output_dir or os.path.join(model_dir, "inference")
     if dataset_names:
         cfg.DATASETS.TEST = tuple(dataset_names)
     cfg.freeze()
     eager = build_model(cfg).eval()
-    PanopticCheckpointer(eager, allow_partial=cfg.RUN.ALLOW_PARTIAL_WEIGHTS).load(
-        cfg.MODEL.WEIGHTS
-    )
+    PanopticCheckpointer(eager, allow_partial=cfg.RUN.ALLOW_PARTIAL_WEIGHTS).load(cfg.MODEL.WEIGHTS)
     optimize_for_cpu_inference(eager)
     exported = ExportedPanopticModel(model_dir, providers, num_threads)
     results: Dict[str, Any] = {}

@@ -1,6 +1,7 @@
 """What an export directory holds and how it is checked: ``export.json`` and the identity that
 the model file records (project version, export schema, format, opset)."""
 
+import hashlib
 import json
 import os
 from typing import Any, Dict
@@ -15,11 +16,14 @@ __all__ = [
     "project_version",
     "read_export_meta",
     "check_identity",
+    "check_model_file",
+    "file_digest",
 ]
 
 EXPORT_FILE = "export.json"
 # Bumped when the exported graph's inputs/outputs or export.json's keys change.
-EXPORT_SCHEMA = 1
+# 2: export.json records the model file's sha256 and size, random weights, the config language.
+EXPORT_SCHEMA = 2
 # format -> model file name
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.ts"}
 # ONNX RoiAlign has coordinate_transformation_mode (aligned=True) from opset 16 on.
@@ -85,3 +89,39 @@ def check_identity(meta: Dict[str, Any], found: Dict[str, Any], where: str) -> N
         isinstance(meta.get("opset"), int) and meta["opset"] >= MIN_OPSET
     ):
         raise ExportError(f"{where}: ONNX opset {meta.get('opset')} < {MIN_OPSET} is unsupported")
+
+
+def file_digest(path: str) -> Dict[str, Any]:
+    """``{"sha256": hex digest, "bytes": size}`` of a file, as export.json records the model's."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+            size += len(block)
+    return {"sha256": digest.hexdigest(), "bytes": size}
+
+
+def check_model_file(model_dir: str, meta: Dict[str, Any]) -> str:
+    """
+    The path of the model file of the export in ``model_dir``; raise :class:`ExportError` if it
+    is missing or is not the file export.json was written with (size and sha256), i.e. the two
+    files come from different exports.
+    """
+    path = os.path.join(model_dir, meta["file"])
+    meta_path = os.path.join(model_dir, EXPORT_FILE)
+    if not os.path.isfile(path):
+        raise ExportError(f"{model_dir}: the model file {meta['file']} is missing")
+    recorded = meta.get("model_file")
+    if not isinstance(recorded, dict) or not {"sha256", "bytes"} <= set(recorded):
+        raise ExportError(f"{meta_path} records no model_file sha256: export the model again")
+    size = os.path.getsize(path)
+    found = file_digest(path) if size == recorded["bytes"] else {"bytes": size}
+    if found != {"sha256": recorded["sha256"], "bytes": recorded["bytes"]}:
+        raise ExportError(
+            f"{path} ({found['bytes']} bytes, sha256 {found.get('sha256', 'not computed')}) is not "
+            f"the model file that {meta_path} describes ({recorded['bytes']} bytes, sha256 "
+            f"{recorded['sha256']}): the two come from different exports (an interrupted or "
+            "mixed copy?); export the model again"
+        )
+    return path

@@ -1,12 +1,12 @@
 """``PanopticONNXPredictor``: ``DefaultPredictor`` for an exported model."""
 
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 from detectron2.data import transforms as T
 
-from panoptic_ext.apps.predict.image_input import as_bgr_uint8
 from panoptic_ext.apps.export.runtime import ExportedPanopticModel
+from panoptic_ext.apps.predict.image_input import as_bgr_uint8
 
 __all__ = ["PanopticONNXPredictor"]
 
@@ -19,7 +19,8 @@ class PanopticONNXPredictor:
     out at the image's size: ``panoptic_seg`` (panoptic_seg, segments_info with the dataset's
     category ids), plus ``sem_seg`` / ``instances`` when the config returns them. ONNX exports
     run on ONNX Runtime (CUDA when onnxruntime-gpu and a GPU are present, else CPU); TorchScript
-    exports on torch.
+    exports on torch. Images of any shape are accepted: a side that the resize would round to
+    0 pixels (a very thin image) is given 1 pixel, so the resized image always fits the export.
 
     Args:
         model_dir (str): the export directory.
@@ -38,9 +39,18 @@ class PanopticONNXPredictor:
         self.model = ExportedPanopticModel(model_dir, providers, num_threads, device)
         size = self.model.meta["input"]
         self.input_format = size["format"]
-        self.aug = T.ResizeShortestEdge(
-            [size["min_size_test"], size["min_size_test"]], size["max_size_test"]
-        )
+        self.min_size, self.max_size = int(size["min_size_test"]), int(size["max_size_test"])
+
+    @property
+    def random_weights(self) -> bool:
+        """Whether the export holds a randomly initialized model (exported with
+        ``--allow-random-weights``): callers such as the demo should warn."""
+        return self.model.random_weights
+
+    def resized_shape(self, height: int, width: int) -> Tuple[int, int]:
+        """The (height, width) an image of ``height`` x ``width`` is resized to (each >= 1)."""
+        h, w = T.ResizeShortestEdge.get_output_shape(height, width, self.min_size, self.max_size)
+        return max(int(h), 1), max(int(w), 1)
 
     def __call__(self, original_image: np.ndarray) -> Dict[str, Any]:
         """
@@ -54,6 +64,7 @@ class PanopticONNXPredictor:
         if self.input_format == "RGB":
             original_image = original_image[:, :, ::-1]
         height, width = original_image.shape[:2]
-        image = self.aug.get_transform(original_image).apply_image(original_image)
+        new_h, new_w = self.resized_shape(height, width)
+        image = T.ResizeTransform(height, width, new_h, new_w).apply_image(original_image)
         image = image.astype("float32").transpose(2, 0, 1)
         return self.model([{"image": image, "height": height, "width": width}])[0]

@@ -13,8 +13,14 @@ import numpy as np
 import torch
 from detectron2.structures import Boxes, Instances
 
+from panoptic_ext.apps.export.metadata import (
+    IDENTITY_KEY,
+    ExportError,
+    check_identity,
+    check_model_file,
+    read_export_meta,
+)
 from panoptic_ext.modeling.panoptic_postprocessor import PANOPTIC_POSTPROCESSOR_REGISTRY
-from panoptic_ext.apps.export.metadata import IDENTITY_KEY, ExportError, check_identity, read_export_meta
 
 __all__ = ["ExportedPanopticModel", "import_onnxruntime"]
 
@@ -81,9 +87,13 @@ class ExportedPanopticModel:
     ):
         self.meta = read_export_meta(model_dir)
         self.model_dir = model_dir
-        path = os.path.join(model_dir, self.meta["file"])
-        if not os.path.isfile(path):
-            raise ExportError(f"{model_dir}: the model file {self.meta['file']} is missing")
+        path = check_model_file(model_dir, self.meta)  # the model file export.json describes
+        if self.random_weights:
+            logger.warning(
+                "%s holds a RANDOMLY INITIALIZED model (exported with --allow-random-weights): "
+                "its predictions mean nothing",
+                model_dir,
+            )
         if self.meta["format"] == "onnx":
             self._session = _onnx_session(path, providers, num_threads)
             record = self._session.get_modelmeta().custom_metadata_map.get(IDENTITY_KEY)
@@ -105,27 +115,38 @@ class ExportedPanopticModel:
         self.stride = int(self.meta["sem_seg_stride"])
 
     @property
+    def random_weights(self) -> bool:
+        """Whether the export holds a randomly initialized model (exported without weights)."""
+        return bool(self.meta.get("random_weights", False))
+
+    @property
     def providers(self) -> List[str]:
         """The ONNX Runtime providers in use (["torch:<device>"] for TorchScript)."""
         if self.meta["format"] == "onnx":
             return self._session.get_providers()
         return [f"torch:{self._device}"]
 
-    def run_network(self, image) -> Dict[str, torch.Tensor]:
+    def run_network(self, image, name: Optional[str] = None) -> Dict[str, torch.Tensor]:
         """
         The exported graph on one (3, H, W) image (numpy array or tensor, any real dtype):
         its outputs by name (see :class:`~panoptic_ext.apps.export.network.ExportableNetwork`),
-        as CPU tensors.
+        as CPU tensors. ``name`` (e.g. the file name) is named in errors about the image.
+
+        Raises:
+            ValueError: the image is not (3, H, W) or a side is outside 1..``max_size``
+                (:class:`PanopticONNXPredictor` resizes images so that they fit).
         """
         image = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else image
         image = np.ascontiguousarray(image, dtype=np.float32)
+        which = f"{name}: " if name else ""
         if image.ndim != 3 or image.shape[0] != 3:
-            raise ValueError(f"the image must be (3, H, W), got shape {image.shape}")
+            raise ValueError(f"{which}the image must be (3, H, W), got shape {image.shape}")
         if max(image.shape[1:]) > self.max_size or min(image.shape[1:]) < 1:
             raise ValueError(
-                f"image of {image.shape[1]}x{image.shape[2]} pixels: this export accepts heights "
-                f"and widths from 1 to {self.max_size} (export.json input.max_size; export "
-                "again with a larger --max-size, or resize the image)"
+                f"{which}image of {image.shape[1]}x{image.shape[2]} pixels: this export accepts "
+                f"heights and widths from 1 to {self.max_size} (export.json input.max_size; "
+                "export again with a larger --max-size, or resize the image as "
+                "PanopticONNXPredictor does)"
             )
         if self.meta["format"] == "onnx":
             outputs = self._session.run(None, {self.meta["input"]["name"]: image})
@@ -165,5 +186,6 @@ class ExportedPanopticModel:
             image = inputs["image"]
             size = (int(image.shape[-2]), int(image.shape[-1]))
             output_size = (inputs.get("height", size[0]), inputs.get("width", size[1]))
-            results.append(self.postprocess(self.run_network(image), size, output_size))
+            raw = self.run_network(image, inputs.get("file_name"))
+            results.append(self.postprocess(raw, size, output_size))
         return results
