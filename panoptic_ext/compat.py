@@ -230,3 +230,16 @@ def fix_map_dataset_retry(dataset) -> bool:
         return False
     dataset._fallback_candidates = _IndexPool(sorted(pool))
     return True
+
+
+def simple_trainer_of(trainer):
+    """The ``SimpleTrainer`` (optimizer, AMP grad scaler) inside a ``DefaultTrainer`` or the
+    project's ``LazyTrainer``: detectron2 keeps it private (``_trainer``, no accessor), and v0.6's
+    ``DefaultTrainer.state_dict`` leaves its state out (main saves it as ``"_trainer"``)."""
+    return trainer._trainer
+
+
+def default_trainer_results(trainer):
+    """The results of a ``DefaultTrainer``'s last evaluation (None if none ran): detectron2 keeps
+    them private (``_last_eval_results``) and returns them only with TEST.EXPECTED_RESULTS."""
+    return getattr(trainer, "_last_eval_results", None)
