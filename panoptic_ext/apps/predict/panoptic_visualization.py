@@ -4,7 +4,7 @@ import glob
 import json
 import logging
 import os
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -14,15 +14,17 @@ from detectron2.data.catalog import Metadata
 from detectron2.utils.visualizer import Visualizer
 from PIL import Image
 
+from panoptic_ext.apps.predict.image_input import read_image_bgr
+from panoptic_ext.apps.predict.predictor import LazyPanopticPredictor, PanopticPredictor
 from panoptic_ext.data.class_layout import PanopticClassLayout
 from panoptic_ext.data.panoptic_ids import id_to_rgb, rgb_to_id
-from panoptic_ext.apps.predict.image_input import read_image_bgr
-from panoptic_ext.apps.predict.predictor import PanopticPredictor
 
 __all__ = [
     "IMAGE_EXTENSIONS",
     "class_layout_for_cfg",
     "collect_images",
+    "describe_failure",
+    "draw_panoptic",
     "id_to_rgb",
     "save_panoptic_prediction",
     "visualization_metadata",
@@ -92,21 +94,42 @@ def collect_images(inputs: Sequence[str], output_dir: Optional[str] = None) -> L
     return paths
 
 
-def class_layout_for_cfg(cfg: CfgNode) -> PanopticClassLayout:
+def _model_classes(cfg: Any) -> Tuple[Optional[str], str, int, int]:
+    """(test dataset name or None, sem_seg_things, thing classes, semantic classes) of the model
+    of a yacs config (``CfgNode``) or a Python config (LazyConfig ``DictConfig``)."""
+    if isinstance(cfg, CfgNode):
+        test = cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else None
+        return (
+            test,
+            cfg.MODEL.PANOPTIC_EXT.SEM_SEG_THINGS,
+            cfg.MODEL.ROI_HEADS.NUM_CLASSES,
+            cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
+        )
+    from omegaconf import OmegaConf
+
+    names = OmegaConf.select(cfg, "dataloader.test.dataset.names", default=None)
+    names = [names] if isinstance(names, str) else list(names or [])
+    return (
+        names[0] if names else None,
+        OmegaConf.select(cfg, "model.postprocessor.sem_seg_things", default="merged"),
+        int(cfg.model.roi_heads.num_classes),
+        int(cfg.model.sem_seg_head.num_classes),
+    )
+
+
+def class_layout_for_cfg(cfg: Any) -> PanopticClassLayout:
     """
-    The class layout of the model of ``cfg``: from the metadata of ``DATASETS.TEST[0]`` when it
-    is a registered panoptic dataset, otherwise generic names ("thing0", "stuff0", ...) sized by
-    ``ROI_HEADS.NUM_CLASSES`` and ``SEM_SEG_HEAD.NUM_CLASSES``, in detectron2's PanopticFPN output
+    The class layout of the model of ``cfg`` (a yacs ``CfgNode`` or a Python config): from the
+    metadata of its test dataset (``DATASETS.TEST[0]`` / ``dataloader.test.dataset.names``) when
+    it is a registered panoptic dataset, otherwise generic names ("thing0", "stuff0", ...) sized
+    by the model's thing and semantic class counts, in detectron2's PanopticFPN output
     convention (instance class; merged stuff label), which the post-processor then uses.
     """
-    sem_seg_things = cfg.MODEL.PANOPTIC_EXT.SEM_SEG_THINGS
+    _, sem_seg_things, num_things, num_sem_seg = _model_classes(cfg)
     metadata = _panoptic_metadata(cfg)
     if metadata is not None:
         return PanopticClassLayout.from_metadata(metadata, sem_seg_things)
-    num_things = cfg.MODEL.ROI_HEADS.NUM_CLASSES
-    num_stuff = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES - (
-        1 if sem_seg_things == "merged" else num_things
-    )
+    num_stuff = num_sem_seg - (1 if sem_seg_things == "merged" else num_things)
     return PanopticClassLayout(
         thing_record_ids=tuple(range(num_things)),
         stuff_record_ids=tuple(-(1 + j) for j in range(num_stuff)),  # not in any record
@@ -118,19 +141,21 @@ def class_layout_for_cfg(cfg: CfgNode) -> PanopticClassLayout:
     )
 
 
-def _panoptic_metadata(cfg: CfgNode) -> Optional[Metadata]:
-    if len(cfg.DATASETS.TEST) and cfg.DATASETS.TEST[0] in MetadataCatalog.list():
-        metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0])
+def _panoptic_metadata(cfg: Any) -> Optional[Metadata]:
+    test = _model_classes(cfg)[0]
+    if test is not None and test in MetadataCatalog.list():
+        metadata = MetadataCatalog.get(test)
         if hasattr(metadata, "thing_dataset_id_to_contiguous_id"):
             return metadata
     return None
 
 
-def visualization_metadata(cfg: CfgNode) -> Metadata:
+def visualization_metadata(cfg: Any) -> Metadata:
     """
-    Metadata for detectron2's ``Visualizer`` on the outputs of the model of ``cfg``: the
-    metadata of ``DATASETS.TEST[0]`` itself (the outputs speak its label space), or for a model
-    without a registered test dataset, generic class names indexed as its outputs.
+    Metadata for detectron2's ``Visualizer`` on the outputs of the model of ``cfg`` (a yacs
+    ``CfgNode`` or a Python config): the metadata of its test dataset itself (the outputs speak
+    its label space), or for a model without a registered test dataset, generic class names
+    indexed as its outputs.
     """
     metadata = _panoptic_metadata(cfg)
     if metadata is not None:
@@ -165,6 +190,30 @@ def record_to_panoptic(
         keep |= ids == seg["id"]
     ids = np.where(keep, ids, 0)
     return torch.as_tensor(ids.astype(np.int32)), segments_info
+
+
+def draw_panoptic(
+    image_rgb: np.ndarray,
+    panoptic_seg: torch.Tensor,
+    segments_info: List[Dict[str, Any]],
+    metadata: Metadata,
+) -> np.ndarray:
+    """The (H, W, 3) uint8 RGB picture of a panoptic prediction, drawn by detectron2's
+    ``Visualizer.draw_panoptic_seg`` with ``metadata``'s class names and colors."""
+    visualizer = Visualizer(image_rgb, metadata)
+    return visualizer.draw_panoptic_seg(panoptic_seg.to("cpu"), segments_info).get_image()
+
+
+def describe_failure(path: str, image: np.ndarray, error: Exception) -> str:
+    """What went wrong predicting on the image ``path``, naming it and its size."""
+    h, w = image.shape[:2]
+    message = f"{path} ({h}x{w} pixels) could not be predicted: {type(error).__name__}: {error}"
+    if "must be > 0" in str(error):
+        message += (
+            f" (an image this thin, aspect ratio 1:{max(h, w) / max(min(h, w), 1):.0f}, has a "
+            "side below one pixel once resized to the model's input size)"
+        )
+    return message
 
 
 def save_panoptic_prediction(
@@ -202,8 +251,7 @@ def save_panoptic_prediction(
             entry["score"] = float(info["score"])
         segments.append(entry)
 
-    visualizer = Visualizer(image_rgb, metadata)
-    vis = visualizer.draw_panoptic_seg(panoptic_seg, segments_info).get_image()
+    vis = draw_panoptic(image_rgb, panoptic_seg, segments_info, metadata)
     paths = {
         "visualization": output_prefix + "_panoptic.png",
         "ids": output_prefix + "_panoptic_ids.png",
@@ -220,34 +268,43 @@ def save_panoptic_prediction(
 
 
 def predict_images(
-    cfg: CfgNode,
+    cfg: Any,
     inputs: Sequence[str],
-    output_dir: str,
+    output_dir: Optional[str],
     predictor: Optional[Any] = None,
     failed: Optional[List[Tuple[str, str]]] = None,
+    show: Optional[Callable[[str, np.ndarray], bool]] = None,
 ) -> List[Dict[str, str]]:
     """
-    Run a ``PanopticPredictor`` (weights from ``cfg.MODEL.WEIGHTS``) on images and save each
-    prediction with :func:`save_panoptic_prediction` as ``output_dir/<image name>_*``.
+    Run a predictor on images and save each prediction with :func:`save_panoptic_prediction` as
+    ``output_dir/<image name>_*`` (or show it).
 
     Args:
-        cfg (CfgNode): the model's config.
+        cfg (CfgNode or DictConfig): the model's config (yacs, or a Python config).
         inputs (list[str]): image files, directories or glob patterns.
-        output_dir (str): where the outputs go.
+        output_dir (str): where the outputs go; None: nothing is written, ``show`` gets each
+            picture.
         predictor (callable): BGR image -> model outputs; defaults to ``PanopticPredictor(cfg)``
-            (detectron2's ``DefaultPredictor`` with strict weight loading).
-        failed (list): if given, gets (path, error) of each image that could not be read.
-            Unreadable images are logged and skipped, so one corrupt file does not stop a batch.
+            (detectron2's ``DefaultPredictor`` with strict weight loading) or
+            ``LazyPanopticPredictor(cfg)`` for a Python config.
+        failed (list): if given, gets (path, error) of each image that could not be read or
+            predicted (e.g. too thin to be resized). Such images are logged and skipped, so one
+            bad image does not stop a batch.
+        show (callable): ``show(path, picture_bgr)`` after each image; returning False stops.
 
     Returns:
-        list[dict]: per image read, the written paths and "input".
+        list[dict]: per image predicted, the written paths (none without ``output_dir``) and
+        "input".
 
     Raises:
-        OSError: if no image at all could be read.
+        OSError: if no image at all could be read and predicted.
     """
     paths = collect_images(inputs, output_dir)
     failed = [] if failed is None else failed
-    predictor = predictor or PanopticPredictor(cfg)
+    if predictor is None:
+        predictor = (
+            PanopticPredictor(cfg) if isinstance(cfg, CfgNode) else LazyPanopticPredictor(cfg)
+        )
     layout = class_layout_for_cfg(cfg)
     metadata = visualization_metadata(cfg)
     results, used = [], set()
@@ -263,26 +320,42 @@ def predict_images(
             logger.error("skipping %s: %s", path, e)
             failed.append((path, str(e)))
             continue
-        outputs = predictor(image)
+        try:
+            outputs = predictor(image)
+        except Exception as e:  # this image only (e.g. 1x1000 pixels): the batch goes on
+            message = describe_failure(path, image, e)
+            logger.error("skipping %s", message)
+            failed.append((path, message))
+            continue
         if "panoptic_seg" not in outputs:
             raise ValueError(
-                f"the model {cfg.MODEL.META_ARCHITECTURE} returned no 'panoptic_seg' output"
+                f"{type(predictor).__name__} returned no 'panoptic_seg' output for {path} "
+                f"(outputs: {sorted(outputs)}); the demo needs a panoptic model"
             )
         panoptic_seg, segments_info = outputs["panoptic_seg"]
-        written = save_panoptic_prediction(
-            image[:, :, ::-1],
-            panoptic_seg,
-            segments_info,
-            os.path.join(output_dir, name),
-            layout,
-            metadata,
-        )
-        written["input"] = path
-        logger.info("%s: %d segments -> %s", path, len(segments_info), written["visualization"])
+        if output_dir is None:
+            written = {"input": path}
+        else:
+            written = save_panoptic_prediction(
+                image[:, :, ::-1],
+                panoptic_seg,
+                segments_info,
+                os.path.join(output_dir, name),
+                layout,
+                metadata,
+            )
+            written["input"] = path
+            logger.info("%s: %d segments -> %s", path, len(segments_info), written["visualization"])
         results.append(written)
+        if show is not None:
+            picture = draw_panoptic(image[:, :, ::-1], panoptic_seg, segments_info, metadata)
+            if show(path, np.ascontiguousarray(picture[:, :, ::-1])) is False:
+                break
     if failed:
         listed = "\n  ".join(f"{p}: {e}" for p, e in failed[:20])
         if not results:
-            raise OSError(f"none of the {len(failed)} images could be read:\n  {listed}")
-        logger.error("%d of %d images could not be read:\n  %s", len(failed), len(paths), listed)
+            raise OSError(f"none of the {len(failed)} images could be predicted:\n  {listed}")
+        logger.error(
+            "%d of %d images could not be read or predicted:\n  %s", len(failed), len(paths), listed
+        )
     return results
