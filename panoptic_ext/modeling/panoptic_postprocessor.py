@@ -18,7 +18,7 @@ from detectron2.structures import Boxes, Instances
 
 from ..compat import autocast_enabled
 from ..data.class_layout import PanopticClassLayout
-from ..data.label_space import output_stuff_ids, output_thing_ids
+from ..data.label_space import output_category_ids
 from .mask_paster import MaskPaster
 from .named_registry import NamedRegistry
 from .semantic_argmax import upsampled_labels, upsampled_logits
@@ -238,6 +238,7 @@ class PanopticPostprocessorBase:
         )
         test_name = cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else None
         sem_seg_things = cfg.MODEL.PANOPTIC_EXT.SEM_SEG_THINGS
+        thing_ids, stuff_ids = output_category_ids(test_name, sem_seg_things, combine.CATEGORY_IDS)
         return {
             "overlap_threshold": thresholds.OVERLAP_THRESH,
             "stuff_area_threshold": thresholds.STUFF_AREA_LIMIT,
@@ -246,8 +247,8 @@ class PanopticPostprocessorBase:
             "num_thing_classes": cfg.MODEL.ROI_HEADS.NUM_CLASSES,
             "return_sem_seg": combine.RETURN_SEM_SEG,
             "return_instances": combine.RETURN_INSTANCES,
-            "thing_ids": output_thing_ids(test_name, sem_seg_things),
-            "stuff_ids": output_stuff_ids(test_name, sem_seg_things),
+            "thing_ids": thing_ids,
+            "stuff_ids": stuff_ids,
         }
 
     def merged_labels(self, semantic: torch.Tensor) -> torch.Tensor:
