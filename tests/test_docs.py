@@ -179,7 +179,7 @@ def _has_placeholder(args: List[str]) -> bool:
 def _check_args(command: Command, parser: Optional[argparse.ArgumentParser], args: List[str]):
     where = str(command)
     assert parser is not None, f"{where}: the script parsed no command line with argparse"
-    options = set(parser._option_string_actions)  # noqa: SLF001  (argparse has no public list)
+    options = set(re.findall(r"(?<![\w-])(--?[A-Za-z][\w-]*)", parser.format_help()))
     for token in args:
         if token.startswith("--"):
             flag = token.split("=", 1)[0]
@@ -195,13 +195,14 @@ def _check_args(command: Command, parser: Optional[argparse.ArgumentParser], arg
             exit_.code == 0
         ), f"{where}: rejected by its parser: {stderr.getvalue().strip().splitlines()[-1:]}"
         return
-    # An option written after a REMAINDER positional is silently taken as an override.
-    for action in parser._actions:  # noqa: SLF001
-        if action.nargs == argparse.REMAINDER:
-            swallowed = [v for v in getattr(parsed, action.dest) or [] if v in options]
+    # An option written after a REMAINDER positional (KEY VALUE overrides) is silently taken as
+    # an override.
+    for dest, value in vars(parsed).items():
+        if isinstance(value, list):
+            swallowed = [v for v in value if isinstance(v, str) and v in options]
             assert not swallowed, (
-                f"{where}: {swallowed} come after the '{action.dest}' overrides and would be "
-                "read as overrides: put options first"
+                f"{where}: {swallowed} come after the '{dest}' overrides and would be read as "
+                "overrides: put options first"
             )
 
 
