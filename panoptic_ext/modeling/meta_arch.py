@@ -11,13 +11,17 @@ from detectron2.utils.events import get_event_storage
 from torch import nn
 
 from ..compat import pad_to_backbone
-from ..config import get_key
 from .loss_weights import LossWeightSchedule, build_loss_weight_schedule
 from .panoptic_postprocessor import build_panoptic_postprocessor
 
 __all__ = ["PanopticFPNExt"]
 
 logger = logging.getLogger(__name__)
+
+
+# The detector losses that detectron2's PanopticFPN multiplies by INSTANCE_LOSS_WEIGHT (through
+# box_predictor.loss_weight = {"loss_box_reg": ...} and mask_head.loss_weight, v0.6 and main).
+INSTANCE_WEIGHTED_LOSSES = ("loss_box_reg", "loss_mask")
 
 
 def _times(x, weight):
@@ -51,6 +55,7 @@ class PanopticFPNExt(GeneralizedRCNN):
         loss_weight_schedule: LossWeightSchedule,
         postprocessor,
         instance_loss_weight: float = 1.0,
+        instance_loss_factor: float = 1.0,
         semantic_loss_factor: float = 1.0,
         scale_rpn_losses: bool = False,
         **kwargs,
@@ -63,8 +68,12 @@ class PanopticFPNExt(GeneralizedRCNN):
             loss_weight_schedule (LossWeightSchedule): the factors on lambda_i and lambda_s per
                 iteration.
             postprocessor: a panoptic post-processor (see ``PANOPTIC_POSTPROCESSOR_REGISTRY``).
-            instance_loss_weight (float): lambda_i, on the box and mask losses (detectron2's
-                ``MODEL.PANOPTIC_FPN.INSTANCE_LOSS_WEIGHT``).
+            instance_loss_weight (float): detectron2's ``MODEL.PANOPTIC_FPN.INSTANCE_LOSS_WEIGHT``,
+                applied as detectron2 applies it: to the losses in
+                :data:`INSTANCE_WEIGHTED_LOSSES` (detectron2 scales the ROI heads' loss-weight
+                entries, which hold box regression and mask but not classification).
+            instance_loss_factor (float): multiplies all box, mask (and with ``scale_rpn_losses``
+                RPN) losses; 1.0 but for configs that still set the deprecated lambda_i key.
             semantic_loss_factor (float): multiplies the semantic head's loss, which already
                 holds lambda_s (the head's ``loss_weight``, ``MODEL.SEM_SEG_HEAD.LOSS_WEIGHT``);
                 1.0 but for configs that still set the deprecated lambda_s key.
@@ -82,6 +91,7 @@ class PanopticFPNExt(GeneralizedRCNN):
         self.loss_weight_schedule = loss_weight_schedule
         self.postprocessor = postprocessor
         self.instance_loss_weight = float(instance_loss_weight)
+        self.instance_loss_factor = float(instance_loss_factor)
         self.semantic_loss_factor = float(semantic_loss_factor)
         self.scale_rpn_losses = scale_rpn_losses
 
@@ -92,15 +102,21 @@ class PanopticFPNExt(GeneralizedRCNN):
         ret["loss_weight_schedule"] = build_loss_weight_schedule(cfg)
         ret["postprocessor"] = build_panoptic_postprocessor(cfg)
         ret["scale_rpn_losses"] = cfg.MODEL.PANOPTIC_EXT.LOSS_WEIGHTS.SCALE_RPN
-        ret["instance_loss_weight"] = get_key(cfg, "MODEL.PANOPTIC_FPN.INSTANCE_LOSS_WEIGHT")
-        # the deprecated lambda_s multiplied SEM_SEG_HEAD.LOSS_WEIGHT, which the head applies
-        old_semantic = cfg.MODEL.PANOPTIC_EXT.LOSS_WEIGHTS.get("SEMANTIC")
-        if old_semantic is not None:
-            logger.warning(
-                "Config key MODEL.PANOPTIC_EXT.LOSS_WEIGHTS.SEMANTIC is deprecated: use "
-                "MODEL.SEM_SEG_HEAD.LOSS_WEIGHT (lambda_s = their product here)"
-            )
-            ret["semantic_loss_factor"] = float(old_semantic)
+        ret["instance_loss_weight"] = cfg.MODEL.PANOPTIC_FPN.INSTANCE_LOSS_WEIGHT
+        # The deprecated keys keep the model they gave: they multiplied every detector loss and
+        # the semantic loss (times SEM_SEG_HEAD.LOSS_WEIGHT, which the head applies).
+        old = cfg.MODEL.PANOPTIC_EXT.LOSS_WEIGHTS
+        for key, new_key, arg in (
+            ("INSTANCE", "MODEL.PANOPTIC_FPN.INSTANCE_LOSS_WEIGHT", "instance_loss_factor"),
+            ("SEMANTIC", "MODEL.SEM_SEG_HEAD.LOSS_WEIGHT", "semantic_loss_factor"),
+        ):
+            if old.get(key) is not None:
+                logger.warning(
+                    "Config key MODEL.PANOPTIC_EXT.LOSS_WEIGHTS.%s is deprecated: use %s",
+                    key,
+                    new_key,
+                )
+                ret[arg] = float(old[key])
         return ret
 
     def forward(self, batched_inputs: List[Dict]) -> Union[Dict[str, torch.Tensor], List[Dict]]:
@@ -146,14 +162,17 @@ class PanopticFPNExt(GeneralizedRCNN):
         storage = get_event_storage()
         factors = self.loss_weight_schedule(storage.iter)
         semantic = _times(factors.semantic, self.semantic_loss_factor)
-        instance = _times(factors.instance, self.instance_loss_weight)
+        factor_i = _times(factors.instance, self.instance_loss_factor)
+        instance = _times(factor_i, self.instance_loss_weight)
         lambda_s = _times(semantic, getattr(self.sem_seg_head, "loss_weight", 1.0))
         storage.put_scalar("lambda_instance", float(torch.as_tensor(instance).detach()))
         storage.put_scalar("lambda_semantic", float(torch.as_tensor(lambda_s).detach()))
         rpn_weight = instance if self.scale_rpn_losses else 1.0
         losses = {k: _times(v, semantic) for k, v in sem_seg_losses.items()}
         losses.update({k: _times(v, rpn_weight) for k, v in proposal_losses.items()})
-        losses.update({k: _times(v, instance) for k, v in detector_losses.items()})
+        for k, v in detector_losses.items():
+            weight = instance if k in INSTANCE_WEIGHTED_LOSSES else factor_i
+            losses[k] = _times(v, weight)
         losses.update(self.loss_weight_schedule.extra_losses())
         return losses
 
