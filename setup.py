@@ -20,15 +20,13 @@ setup(
         "opencv-python-headless",
         "matplotlib",
         "tqdm",
-        # fast PQ evaluation (PNG inflate, compiled loops); without them a slower path is used
-        "deflate",
-        "numba",
-        # default PQ engine (Rust); without it the pure path above is used
+        # default PQ engine (Rust); without it PQ uses Pillow + numpy (same numbers)
         "hotcoco",
     ],
     extras_require={
         "cityscapes": ["cityscapesscripts"],
-        # panoptic_ext.apps.export (tools/export_model.py, PanopticONNXPredictor); pins: constraints.txt
+        # panoptic_ext.apps.export (tools/export_model.py, PanopticONNXPredictor);
+        # pins: constraints.txt
         "export": ["onnx", "onnxruntime"],
     },
     entry_points={

@@ -16,7 +16,7 @@ Variants:
 - cityscapesscripts ``pq_compute_single_core`` (one process; panopticapi's per-image code) and
   ``pq_compute_multi_core`` (panopticapi's default: one process per CPU; fixed sizes only);
 - ours (the default engine: hotcoco behind this package's JSON checks) and ours with the pure
-  engine (this package's PNG reader and matcher; the fallback);
+  engine (Pillow decoding and this package's numpy matcher; the fallback);
 - ``hotcoco.panoptic.pq_compute`` itself (Rust; single-threaded).
 
 Every variant must give the same PQ / SQ / RQ (to 1e-9) for the row to count. Targets: ours at
@@ -24,8 +24,8 @@ least 10x faster than panopticapi's single-process code and within 2x of hotcoco
 in a fresh process (import of panoptic_ext + first ``pq_compute``) is timed separately, against
 panopticapi's time on the same workload.
 
-The first round is a warm-up (lazy imports; the pure engine loads numba's compiled loops from the
-disk cache that ``make setup`` fills).
+The first round is a warm-up (lazy imports, file cache). The random workloads come from the
+tests' fixtures (tests/pq_fixtures.py; the repository root is put on ``sys.path`` for them).
 """
 
 import argparse
@@ -43,7 +43,11 @@ import numpy as np
 from common import make_row, median
 
 from panoptic_ext.evaluation import pq_compute
-from panoptic_ext.evaluation.testing import random_panoptic_pair, write_panoptic_files
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.append(ROOT)
+from tests.pq_fixtures import random_panoptic_pair, write_panoptic_files  # noqa: E402
 
 DEFAULT_SIZES = ((480, 640), (1024, 2048))  # COCO-like and Cityscapes-like
 DEFAULT_IMAGES = {(480, 640): 300, (1024, 2048): 30}

@@ -20,7 +20,7 @@ from panoptic_ext.evaluation import (
     rgb_to_id,
 )
 from panoptic_ext.evaluation.pq_cli import main as pq_main
-from panoptic_ext.evaluation.testing import (
+from tests.pq_fixtures import (
     DEFAULT_CATEGORIES,
     random_panoptic_pair,
     write_panoptic_files,

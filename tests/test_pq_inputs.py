@@ -11,7 +11,7 @@ import pytest
 
 from panoptic_ext.evaluation import PanopticFormatError, pq_compute
 from panoptic_ext.evaluation.pq_cli import main as pq_main
-from panoptic_ext.evaluation.testing import random_panoptic_pair, write_panoptic_files
+from tests.pq_fixtures import random_panoptic_pair, write_panoptic_files
 
 ENGINES = ["pure", "auto"]
 

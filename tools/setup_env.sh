@@ -132,8 +132,6 @@ install_all() {
     "${pip[@]}" --no-build-isolation --no-deps -e "$ROOT" || return 1
     "$VENV/bin/python" -c 'import torch, torchvision, detectron2, panoptic_ext, pytest' || return 1
     "$VENV/bin/python" -c 'import onnx, onnxruntime' || return 1
-    log "compiling the PQ evaluation's numba loops once (cached on disk)"
-    "$VENV/bin/python" -m panoptic_ext.evaluation.panoptic_files || return 1
 }
 
 if [ -d "$VENV" ] && ! venv_python_ok; then

@@ -5,31 +5,24 @@
     results = pq_compute("panoptic_val2017.json", "predictions.json",
                          gt_folder="panoptic_val2017", pred_folder="predictions")
 
-The command line is :mod:`panoptic_ext.evaluation.pq_cli`.
+PNGs are decoded with Pillow and matched with numpy (:mod:`.segment_matching`); hotcoco is the
+default engine of ``pq_compute`` (:mod:`.hotcoco_engine`). This module and the command line
+(:mod:`panoptic_ext.evaluation.pq_cli`) import neither torch nor detectron2.
 """
 
+import io
 import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
-import cv2
 import numpy as np
-import torch
-from torchvision.io import decode_png
+from PIL import Image, UnidentifiedImageError
 
-from ..data.panoptic_ids import ids_from_planes
 from .hotcoco_engine import hotcoco_available, pq_stat_with_hotcoco
 from .json_checks import categories_by_id, load_panoptic_json_file, pair_annotations
-from .png_reader import decode_panoptic_png, fast_kernels, filter_error, inflate_png
-from .segment_matching import (
-    PanopticFormatError,
-    PQStat,
-    as_int32_ids,
-    pq_image,
-    pq_image_from_pairs,
-)
+from .segment_matching import PQStat, pq_image
 
 __all__ = [
     "pq_compute",
@@ -43,66 +36,53 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 PQ_ENGINES = ("auto", "hotcoco", "pure")
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def _read_file(path: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except (FileNotFoundError, IsADirectoryError):
-        raise FileNotFoundError(f"panoptic PNG {path} does not exist") from None
-
-
-def _decode_general(data: bytes, path: str) -> np.ndarray:
-    """Ids of any other image (or without the fast kernels): torchvision's libpng decoder,
-    then OpenCV's for other formats."""
-    try:
-        planes = decode_png(torch.frombuffer(bytearray(data), dtype=torch.uint8)).numpy()
-    except RuntimeError:
-        planes = None
-    if (
-        planes is None
-        or planes.dtype != np.uint8
-        or planes.ndim != 3
-        or planes.shape[0] not in (3, 4)
-    ):
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-        if image is None or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] < 3:
-            raise ValueError(
-                f"panoptic PNG {path} must be an 8-bit RGB image, got "
-                + ("an unreadable file" if image is None else f"{image.dtype} {image.shape}")
-            )
-        planes = image[..., 2::-1].transpose(2, 0, 1)  # BGR(A) -> RGB planes
-    return ids_from_planes(planes[0], planes[1], planes[2])
+def _rgb_png_bit_depth(data: bytes) -> Optional[int]:
+    """The bit depth of an RGB / RGBA PNG (Pillow reads 16-bit ones as 8-bit), None for other
+    files."""
+    if data.startswith(_PNG_SIGNATURE) and data[12:16] == b"IHDR" and len(data) > 25:
+        return data[24] if data[25] in (2, 6) else None  # color types RGB, RGBA
+    return None
 
 
 def read_panoptic_png(path: str) -> np.ndarray:
     """
     Read a COCO panoptic PNG as an (H, W) int32 map of segment ids (R + 256 G + 256^2 B).
 
+    8-bit RGB, RGBA (alpha ignored) and palette images are accepted (as panopticapi, which reads
+    them with Pillow); the image is decoded with Pillow.
+
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: the file is truncated or corrupt, or not an 8-bit RGB(A) image.
+        ValueError: the file is truncated or corrupt, or not an 8-bit RGB(A) image; the message
+            names the file.
     """
-    data = _read_file(path)
-    ids = decode_panoptic_png(data, path)  # 8-bit RGB(A) PNGs: libdeflate + compiled loops
-    return ids if ids is not None else _decode_general(data, path)
-
-
-_NO_DATA = np.zeros(0, np.uint8)
-_NO_MAP = np.zeros((1, 1), np.int32)
-
-
-def _source(path: str) -> Tuple[Tuple[int, int], int, np.ndarray, np.ndarray]:
-    """(shape, bytes per pixel, scanlines, id map) of a PNG for ``pair_counts``: inflated
-    scanlines (bpp 3 / 4) when the fast reader handles the file, else decoded ids (bpp 0)."""
-    data = _read_file(path)
-    inflated = inflate_png(data, path)
-    if inflated is not None:
-        header, bpp, scanlines = inflated
-        return (header.height, header.width), bpp, scanlines, _NO_MAP
-    ids = np.ascontiguousarray(_decode_general(data, path), dtype=np.int32)
-    return ids.shape, 0, _NO_DATA, ids
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        raise FileNotFoundError(f"panoptic PNG {path} does not exist") from None
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()  # decodes now: truncated / corrupt data raises here
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        what = "is empty" if not data else "cannot be decoded: it is truncated or corrupt"
+        raise ValueError(f"panoptic PNG {path} {what} ({e})") from None
+    depth = _rgb_png_bit_depth(data)
+    if image.mode in ("P", "PA"):
+        image = image.convert("RGB")
+    if image.mode not in ("RGB", "RGBA") or depth not in (None, 8):
+        raise ValueError(
+            f"panoptic PNG {path} must be an 8-bit RGB image, got Pillow mode {image.mode}"
+            + (f" with {depth}-bit samples" if depth not in (None, 8) else "")
+        )
+    width, height = image.size
+    # R, G, B, X (or A) bytes read as little-endian uint32 = R + 256 G + 256^2 B + 256^3 X.
+    raw = image.tobytes("raw", "RGBX" if image.mode == "RGB" else "RGBA")
+    pixels = np.frombuffer(raw, dtype="<u4").reshape(height, width)
+    return (pixels & 0xFFFFFF).astype(np.int32)
 
 
 def pq_image_of_files(
@@ -114,41 +94,17 @@ def pq_image_of_files(
     image: str = "image",
 ) -> PQStat:
     """
-    :func:`pq_image` of a gt PNG file and a predicted PNG file or id map. With the fast
-    kernels, both PNGs are matched row by row straight from their scanlines (no id maps).
+    :func:`pq_image` of a gt PNG file and a predicted PNG file or id map.
 
     Args:
         gt_file (str): the gt PNG.
         pred (str or ndarray): the predicted PNG, or an (H, W) integer id map.
         gt_segments, pred_segments, category_ids, image: as in :func:`pq_image`.
     """
-    kernels = fast_kernels()
-    p_map = None if kernels is None or isinstance(pred, str) else as_int32_ids(pred)
-    if kernels is None or (p_map is None and not isinstance(pred, str)):
-        pred_ids = read_panoptic_png(pred) if isinstance(pred, str) else pred
-        return pq_image(
-            read_panoptic_png(gt_file), gt_segments, pred_ids, pred_segments, category_ids, image
-        )
-    if p_map is None:
-        p_shape, p_bpp, p_data, p_map = _source(pred)
-    else:
-        p_shape, p_bpp, p_data = p_map.shape, 0, _NO_DATA
-    g_shape, g_bpp, g_data, g_map = _source(gt_file)
-    if g_shape != p_shape:
-        raise PanopticFormatError(f"{image}: prediction has size {p_shape}, ground truth {g_shape}")
-    keys, counts, status, row = kernels.pair_counts(
-        g_data, g_bpp, g_map, p_data, p_bpp, p_map, g_shape[0], g_shape[1]
+    pred_ids = read_panoptic_png(pred) if isinstance(pred, str) else np.asarray(pred)
+    return pq_image(
+        read_panoptic_png(gt_file), gt_segments, pred_ids, pred_segments, category_ids, image
     )
-    if status == kernels.GT_FILTER_ERROR:
-        raise filter_error(gt_file, g_data, g_shape[1], g_bpp, row)
-    if status == kernels.PRED_FILTER_ERROR:
-        raise filter_error(str(pred), p_data, g_shape[1], p_bpp, row)
-    if status != kernels.OK:  # ids out of range: the id-map path reports them
-        pred_ids = read_panoptic_png(pred) if isinstance(pred, str) else pred
-        return pq_image(
-            read_panoptic_png(gt_file), gt_segments, pred_ids, pred_segments, category_ids, image
-        )
-    return pq_image_from_pairs(keys, counts, gt_segments, pred_segments, category_ids, image)
 
 
 def _default_folder(json_file: str) -> str:
@@ -198,8 +154,8 @@ def pq_compute_annotations(
         gt_folder, pred_folder (str): folders of the PNG files.
         num_workers (int): threads decoding and matching images; None = number of CPUs (pure
             path only).
-        engine (str): "hotcoco" (:mod:`.hotcoco_engine`), "pure" (this package's reader and
-            matcher) or "auto" (hotcoco when installed). hotcoco's errors are reported by the
+        engine (str): "hotcoco" (:mod:`.hotcoco_engine`), "pure" (Pillow + this package's
+            numpy matcher) or "auto" (hotcoco when installed). hotcoco's errors are reported by the
             pure path, which names the image and its files.
 
     Returns:
@@ -334,43 +290,3 @@ def format_pq_table(
             )
         )
     return "\n".join(lines)
-
-
-def compile_fast_kernels() -> bool:
-    """
-    Compile (or load from numba's disk cache) the PNG / matching loops of the pure path by
-    evaluating a tiny image pair, so that the first real evaluation does not pay the compilation
-    (seconds to tens of seconds on a busy machine). ``make setup`` runs it once at install:
-    ``python -m panoptic_ext.evaluation.panoptic_files``.
-
-    Returns:
-        bool: whether the fast kernels are available.
-    """
-    import tempfile
-
-    from PIL import Image
-
-    from ..data.panoptic_ids import id_to_rgb
-
-    if fast_kernels() is None:
-        return False
-    ids = np.array([[0, 1, 1], [2, 2, 1]], np.int32)
-    segments = [{"id": 1, "category_id": 1}, {"id": 2, "category_id": 1}]
-    with tempfile.TemporaryDirectory() as folder:
-        path = os.path.join(folder, "ids.png")
-        Image.fromarray(id_to_rgb(ids)).save(path)
-        read_panoptic_png(path)
-        pq_image_of_files(path, segments, path, segments, [1])
-        pq_image_of_files(path, segments, ids, segments, [1])
-    return True
-
-
-if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO)
-    start = time.perf_counter()
-    available = compile_fast_kernels()
-    logger.info(
-        "PQ fast kernels %s in %.1f s",
-        "compiled (or loaded from cache)" if available else "not available",
-        time.perf_counter() - start,
-    )

@@ -12,11 +12,9 @@ The semantics are panopticapi's ``pq_compute_single_core`` (and of its port in c
 - categories are averaged over those with at least one TP, FP or FN.
 
 Instead of panopticapi's ``np.unique`` over ``gt * OFFSET + pred`` (a sort of every pixel)
-and Python loops over segment pairs, the pixel counts of the distinct (gt id, pred id) pairs come
-from one compiled pass over the runs of the two maps (:mod:`.png_kernels`, or straight from the
-PNG scanlines in :func:`.panoptic_files.pq_image_of_files`); without numba, ids are mapped to
-compact indices with a lookup table and counted with one ``np.bincount``. Matching then works on
-small (gt x pred) matrices.
+and Python loops over segment pairs, ids are mapped to compact indices with a lookup table and
+the (gt, pred) pairs counted with one ``np.bincount``; matching then works on small (gt x pred)
+matrices. numpy only: this module imports neither torch nor detectron2.
 """
 
 import threading
@@ -24,15 +22,12 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .png_reader import fast_kernels
-
 __all__ = [
     "OFFSET",
     "VOID",
     "PQStat",
     "PanopticFormatError",
     "pq_image",
-    "pq_image_from_pairs",
     "segment_index_map",
     "int_field",
 ]
@@ -135,6 +130,8 @@ class _IdIndexer(threading.local):
             raise ValueError("segment ids must be non-negative (0 is VOID)")
         if len(segment_ids):
             largest = max(largest, int(segment_ids.max()))
+        if largest >= OFFSET:
+            raise ValueError(f"segment ids must be < 2**24 (RGB-encodable), got {largest}")
         if largest >= len(self.lut):
             self.lut = np.zeros(1 << int(largest).bit_length(), dtype=np.int32)
         lut = self.lut
@@ -204,70 +201,14 @@ def _segment_ids(segments: Sequence[Mapping[str, Any]], what: str, image: str) -
     return ids
 
 
-def as_int32_ids(id_map: np.ndarray) -> Optional[np.ndarray]:
-    """A 2-D id map as a C-contiguous writable int32 array (for the compiled loops), or None if
-    it cannot be one without changing values (ids outside [0, 2**24) or not integers)."""
-    id_map = np.asarray(id_map)
-    if id_map.ndim != 2:
-        return None
-    if id_map.dtype != np.int32:
-        if id_map.dtype.kind not in "iu" or (
-            id_map.size and (id_map.min() < 0 or id_map.max() >= OFFSET)
-        ):
-            return None
-        id_map = id_map.astype(np.int32)
-    if not (id_map.flags.c_contiguous and id_map.flags.writeable):
-        id_map = id_map.copy()
-    return id_map
-
-
-def _compact_index(ids: np.ndarray, segment_ids: np.ndarray) -> np.ndarray:
-    """segment_index_map's indices of a few distinct ids: 0 unknown, 1 VOID, 2 + i segment i."""
-    order = np.argsort(segment_ids, kind="stable")
-    sorted_ids = segment_ids[order]
-    pos = np.searchsorted(sorted_ids, ids)
-    found = pos < len(sorted_ids)
-    found[found] = sorted_ids[pos[found]] == ids[found]
-    index = np.zeros(len(ids), dtype=np.int64)
-    index[found] = 2 + order[pos[found]]
-    index[ids == VOID] = 1
-    return index
-
-
-def pair_intersections(
-    keys: np.ndarray, counts: np.ndarray, g_ids: np.ndarray, p_ids: np.ndarray
-) -> Tuple[np.ndarray, np.ndarray]:
-    """
-    Intersections from the pixel counts of (gt id, pred id) pairs (key gt * 2**24 + pred): the
-    (len(g_ids) + 2, len(p_ids) + 2) matrix over the indices of :func:`segment_index_map`, and
-    the sorted predicted ids that are neither in ``p_ids`` nor VOID.
-    """
-    num_g, num_p = len(g_ids) + 2, len(p_ids) + 2
-    pred_of_pair = keys & (OFFSET - 1)
-    pj = _compact_index(pred_of_pair, p_ids)
-    gi = _compact_index(keys >> 24, g_ids)
-    inter = np.bincount(gi * num_p + pj, weights=counts, minlength=num_g * num_p)
-    inter = inter.astype(np.int64).reshape(num_g, num_p)  # exact: counts < 2**53
-    unknown = pj == 0
-    return inter, (np.unique(pred_of_pair[unknown]) if unknown.any() else pred_of_pair[:0])
-
-
 def _intersections(
     gt_ids: np.ndarray, g_ids: np.ndarray, pred_ids: np.ndarray, p_ids: np.ndarray
 ) -> Tuple[np.ndarray, np.ndarray]:
-    """:func:`pair_intersections` of two id maps."""
-    kernels = fast_kernels()
-    if kernels is not None:
-        gt_map = as_int32_ids(gt_ids)
-        pred_map = as_int32_ids(pred_ids) if gt_map is not None else None
-        if pred_map is not None:
-            # One pass over the pixels' runs: counts of the distinct (gt id, pred id) pairs.
-            no_data = np.zeros(0, np.uint8)
-            keys, counts, status, _ = kernels.pair_counts(
-                no_data, 0, gt_map, no_data, 0, pred_map, gt_map.shape[0], gt_map.shape[1]
-            )
-            if status == kernels.OK:
-                return pair_intersections(keys, counts, g_ids, p_ids)
+    """
+    The pixel counts of every (gt index, pred index) pair, a (len(g_ids) + 2, len(p_ids) + 2)
+    matrix over the indices of :func:`segment_index_map`, and the sorted predicted ids that are
+    neither in ``p_ids`` nor VOID.
+    """
     num_g, num_p = len(g_ids) + 2, len(p_ids) + 2
     joint = segment_index_map(gt_ids, g_ids, scale=num_p)
     joint += segment_index_map(pred_ids, p_ids)
@@ -310,30 +251,6 @@ def pq_image(
     g_ids = _segment_ids(gt_segments, "ground-truth", image)
     p_ids = _segment_ids(pred_segments, "predicted", image)
     inter, unknown = _intersections(gt_ids, g_ids, pred_ids, p_ids)
-    return _pq_of_intersections(
-        inter, unknown, g_ids, p_ids, gt_segments, pred_segments, category_ids, image
-    )
-
-
-def pq_image_from_pairs(
-    keys: np.ndarray,
-    counts: np.ndarray,
-    gt_segments: Sequence[Mapping[str, Any]],
-    pred_segments: Sequence[Mapping[str, Any]],
-    category_ids: Sequence[int],
-    image: str = "image",
-) -> PQStat:
-    """
-    :func:`pq_image` from the pixel counts of the distinct (gt id, pred id) pairs of an image.
-
-    Args:
-        keys (ndarray): int64 gt id * 2**24 + predicted id, distinct.
-        counts (ndarray): their pixel counts.
-        gt_segments, pred_segments, category_ids, image: as in :func:`pq_image`.
-    """
-    g_ids = _segment_ids(gt_segments, "ground-truth", image)
-    p_ids = _segment_ids(pred_segments, "predicted", image)
-    inter, unknown = pair_intersections(keys, counts, g_ids, p_ids)
     return _pq_of_intersections(
         inter, unknown, g_ids, p_ids, gt_segments, pred_segments, category_ids, image
     )

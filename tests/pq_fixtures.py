@@ -1,4 +1,5 @@
-"""Random COCO-format panoptic ground truth and predictions, for tests and benchmarks.
+"""Random COCO-format panoptic ground truth and predictions, for the PQ tests and
+benchmarks/bench_pq.py (which adds the repository root to ``sys.path``).
 
 The cases exercise every rule of PQ: VOID regions, crowd segments (sometimes two of a category),
 gt ids missing from the JSON, tiny segments, predictions shifted around IoU 0.5, wrong
@@ -13,7 +14,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from ..data.panoptic_ids import id_to_rgb
+from panoptic_ext.data import id_to_rgb
 
 __all__ = ["DEFAULT_CATEGORIES", "random_panoptic_pair", "write_panoptic_files"]
 
