@@ -392,6 +392,40 @@ def test_frozen_batchnorm_folding_is_exact(setup):
         assert (before[name] - after[name]).abs().max() <= 1e-5 * scale, name
 
 
+def test_reduced_precision_is_refused_where_the_cpu_lacks_it(setup, tmp_path, monkeypatch):
+    from panoptic_ext.apps.export import quantize
+
+    with pytest.raises(ExportError, match="bf16 needs bfloat16.*avx512_bf16"):
+        quantize.check_cpu_support("bf16", flags=["sse2", "avx2"])
+    quantize.check_cpu_support("int8", flags=["avx2"])
+    cfg, _, _ = setup
+    monkeypatch.setattr(quantize, "cpu_flags", lambda: ["sse2"])
+    config = tmp_path / "cfg.yaml"
+    config.write_text(cfg.dump())
+    argv = ["--config-file", str(config), "--output", str(tmp_path / "q"), "--precision", "int8"]
+    with pytest.raises(ExportError, match="int8 needs 8-bit integer dot products"):
+        export_main(argv)
+    assert not (tmp_path / "q").exists()
+
+
+def test_int8_export_is_opt_in_and_runs(setup, tmp_path):
+    from panoptic_ext.apps.export.quantize import calibration_inputs, quantize_export
+
+    _, eager, root = setup
+    meta = json.load(open(root / "onnx" / "export.json"))
+    assert meta.get("precision", "fp32") == "fp32"  # the default export is float32
+    images = calibration_inputs(meta, [])
+    int8 = quantize_export(str(root / "onnx"), str(tmp_path / "int8"), images)
+    assert int8["precision"] == "int8"
+    model = ExportedPanopticModel(str(tmp_path / "int8"))
+    assert model.precision == "int8"
+    size = SIZES[0]
+    inputs = [{"image": _image(size, 1), "height": size[0], "width": size[1]}]
+    assert model(inputs)[0]["panoptic_seg"][0].shape == size
+    with pytest.raises(ExportError, match="already quantized"):
+        quantize_export(str(tmp_path / "int8"), str(tmp_path / "again"), images)
+
+
 def test_panoptic_agreement_by_hand():
     from panoptic_ext.apps.export.faithfulness import panoptic_agreement
 

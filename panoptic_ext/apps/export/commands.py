@@ -43,12 +43,32 @@ def export_main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         "--max-size", type=int, default=None, help="largest input side (INPUT.MAX_SIZE_TEST)"
     )
     parser.add_argument(
+        "--precision",
+        choices=["fp32", "int8", "bf16"],
+        default="fp32",
+        help="opt-in reduced precision (ONNX only): int8 convolutions calibrated on "
+        "--calibration-images; refused where the CPU lacks support",
+    )
+    parser.add_argument(
+        "--calibration-images",
+        nargs="+",
+        default=None,
+        metavar="FILE",
+        help="images for int8 calibration (default: the sample image)",
+    )
+    parser.add_argument(
         "opts",
         nargs=argparse.REMAINDER,
         help="config overrides: KEY VALUE (YAML config) or key=value (Python config)",
     )
     args = parser.parse_args(argv)
     setup_logger(name="panoptic_ext")
+    if args.precision != "fp32":
+        from panoptic_ext.apps.export.quantize import check_cpu_support
+
+        check_cpu_support(args.precision)  # before any work
+        if args.format != "onnx":
+            raise ExportError(f"--precision {args.precision} needs --format onnx")
     cfg = load_export_config(args.config_file, args.opts)
     if isinstance(cfg, CfgNode):
         from panoptic_ext.apps.train.config_check import check_config
@@ -59,15 +79,46 @@ def export_main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         check_config(cfg, datasets=False)
     elif args.weights is not None:
         cfg.train.init_checkpoint = args.weights
-    return export_model(
-        cfg,
-        args.output,
-        args.format,
-        args.sample_image,
-        args.opset,
-        args.max_size,
-        allow_random_weights=args.allow_random_weights,
-    )
+    if args.precision == "fp32":
+        return export_model(
+            cfg,
+            args.output,
+            args.format,
+            args.sample_image,
+            args.opset,
+            args.max_size,
+            allow_random_weights=args.allow_random_weights,
+        )
+    return _export_reduced(cfg, args)
+
+
+def _export_reduced(cfg, args) -> Dict[str, Any]:
+    """The float32 export in a temporary folder, then its reduced-precision copy in --output."""
+    import shutil
+    import tempfile
+
+    from panoptic_ext.apps.export.quantize import calibration_inputs, quantize_export
+
+    parent = os.path.dirname(os.path.abspath(args.output))
+    os.makedirs(parent, exist_ok=True)
+    fp32_dir = tempfile.mkdtemp(prefix=".fp32-", dir=parent)
+    try:
+        meta = export_model(
+            cfg,
+            os.path.join(fp32_dir, "export"),
+            "onnx",
+            args.sample_image,
+            args.opset,
+            args.max_size,
+            allow_random_weights=args.allow_random_weights,
+        )
+        files = args.calibration_images or ([args.sample_image] if args.sample_image else [])
+        images = calibration_inputs(meta, files)
+        return quantize_export(
+            os.path.join(fp32_dir, "export"), args.output, images, args.precision
+        )
+    finally:
+        shutil.rmtree(fp32_dir, ignore_errors=True)
 
 
 def exported_cfg(model_dir: str, opts: Sequence[str] = ()):

@@ -7,7 +7,7 @@ detectron2-style inputs.
 import json
 import logging
 import os
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ from panoptic_ext.apps.export.metadata import (
 )
 from panoptic_ext.modeling.panoptic_postprocessor import PANOPTIC_POSTPROCESSOR_REGISTRY
 
-__all__ = ["ExportedPanopticModel", "import_onnxruntime"]
+__all__ = ["ExportedPanopticModel", "import_onnxruntime", "onnx_session_options"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,44 @@ def import_onnxruntime():
     return onnxruntime
 
 
-def _onnx_session(path: str, providers: Optional[Sequence[str]], num_threads: Optional[int]):
+def onnx_session_options(
+    num_threads: Optional[int] = None, config: Optional[Mapping[str, str]] = None
+):
+    """
+    The ONNX Runtime session options the runtime uses: every graph optimization (constant
+    folding, convolution + activation / add fusion, the blocked NCHWc layout of MLAS' fastest
+    convolutions), sequential execution (the graph is one chain of large operators; a second
+    pool of threads only competes with the first), ``num_threads`` intra-op threads, and no
+    spin-waiting when ``OMP_WAIT_POLICY=PASSIVE`` (as torch's OpenMP threads; spinning threads are
+    slow on a busy machine).
+
+    Args:
+        num_threads (int): intra-op threads (default: ONNX Runtime's, one per physical core).
+        config (dict[str, str]): further session config entries, e.g.
+            ``{"session.intra_op.allow_spinning": "0"}``; they override the above.
+    """
+    ort = import_onnxruntime()
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if num_threads:
+        options.intra_op_num_threads = int(num_threads)
+        options.inter_op_num_threads = 1
+    entries = {}
+    if os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":
+        entries["session.intra_op.allow_spinning"] = "0"
+    entries.update(config or {})
+    for key, value in entries.items():
+        options.add_session_config_entry(key, str(value))
+    return options
+
+
+def _onnx_session(
+    path: str,
+    providers: Optional[Sequence[str]],
+    num_threads: Optional[int],
+    config: Optional[Mapping[str, str]] = None,
+):
     ort = import_onnxruntime()
     available = ort.get_available_providers()
     if providers is None:
@@ -50,13 +87,7 @@ def _onnx_session(path: str, providers: Optional[Sequence[str]], num_threads: Op
     missing = [p for p in providers if p not in available]
     if missing:
         raise ValueError(f"ONNX Runtime providers {missing} are not available; have {available}")
-    options = ort.SessionOptions()
-    if num_threads:
-        options.intra_op_num_threads = int(num_threads)
-        options.inter_op_num_threads = 1
-    if os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":
-        # as torch's OpenMP threads: no spin-waiting, which is slow on a busy machine
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options = onnx_session_options(num_threads, config)
     try:
         return ort.InferenceSession(path, options, providers=list(providers))
     except Exception as e:  # ORT raises its own exception types for unreadable models
@@ -76,6 +107,8 @@ class ExportedPanopticModel:
         providers (list[str]): ONNX Runtime providers (default: CUDA when available, then CPU).
         num_threads (int): ONNX Runtime intra-op threads (default: ONNX Runtime's choice).
         device (str): TorchScript exports: the torch device to run on (default "cpu").
+        session_config (dict[str, str]): ONNX Runtime session config entries (see
+            :func:`onnx_session_options`).
     """
 
     def __init__(
@@ -84,6 +117,7 @@ class ExportedPanopticModel:
         providers: Optional[Sequence[str]] = None,
         num_threads: Optional[int] = None,
         device: str = "cpu",
+        session_config: Optional[Mapping[str, str]] = None,
     ):
         self.meta = read_export_meta(model_dir)
         self.model_dir = model_dir
@@ -95,7 +129,7 @@ class ExportedPanopticModel:
                 model_dir,
             )
         if self.meta["format"] == "onnx":
-            self._session = _onnx_session(path, providers, num_threads)
+            self._session = _onnx_session(path, providers, num_threads, session_config)
             record = self._session.get_modelmeta().custom_metadata_map.get(IDENTITY_KEY)
         else:
             extra = {IDENTITY_KEY: ""}
@@ -111,6 +145,8 @@ class ExportedPanopticModel:
         spec = self.meta["postprocessor"]
         self.postprocessor = PANOPTIC_POSTPROCESSOR_REGISTRY.get(spec["name"])(**spec["kwargs"])
         self.max_size = int(self.meta["input"]["max_size"])
+        # "fp32", or "int8" for a quantized copy (panoptic_ext.apps.export.quantize)
+        self.precision = self.meta.get("precision", "fp32")
         self.input_format = self.meta["input"]["format"]
         self.stride = int(self.meta["sem_seg_stride"])
 
