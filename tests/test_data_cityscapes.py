@@ -1,5 +1,6 @@
 """Cityscapes panoptic: a fake Cityscapes tree prepared by cityscapesscripts' own scripts, read
-through detectron2's builtin registration and our mapper, and a few training iterations."""
+through the project's registration (detectron2's files and metadata, paths with ".") and our
+mapper, and a few training iterations; detectron2's own registration is left as it is."""
 
 import json
 import os
@@ -9,12 +10,13 @@ import numpy as np
 import pytest
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_train_loader
-from detectron2.data.datasets.cityscapes_panoptic import register_all_cityscapes_panoptic
+from detectron2.data.datasets import cityscapes_panoptic
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 from PIL import Image
 
 from panoptic_ext.data import PanopticFPNDatasetMapper
+from panoptic_ext.data.cityscapes import register_cityscapes_panoptic
 from tests.common import get_model_zoo_cfg, write_cityscapes_instance_ids
 
 cs_labels = pytest.importorskip("cityscapesscripts.helpers.labels")
@@ -22,7 +24,7 @@ from cityscapesscripts.preparation import createTrainIdLabelImgs  # noqa: E402
 from cityscapesscripts.preparation.createPanopticImgs import convert2panoptic  # noqa: E402
 
 CONFIG = Path(__file__).parents[1] / "configs/Cityscapes-PanopticSegmentation"
-NAMES = ("cityscapes_fine_panoptic_train", "cityscapes_fine_panoptic_val")
+NAMES = ("cityscapes_fine_panoptic_ext_train", "cityscapes_fine_panoptic_ext_val")
 H, W = 128, 256
 
 
@@ -71,7 +73,7 @@ def _register_under(datasets_root):
         for catalog in (DatasetCatalog, MetadataCatalog):
             if name in catalog.list():
                 catalog.remove(name)
-    register_all_cityscapes_panoptic(str(datasets_root))
+    register_cityscapes_panoptic(str(datasets_root))
 
 
 @pytest.fixture(scope="module")
@@ -175,9 +177,30 @@ def test_few_training_iterations(cityscapes_root):
             optimizer.step()
 
 
+def test_metadata_is_detectron2s_and_detectron2s_loader_is_untouched(cityscapes_root):
+    for split, name in zip(("train", "val"), NAMES):
+        ours, theirs = MetadataCatalog.get(name), MetadataCatalog.get(
+            f"cityscapes_fine_panoptic_{split}"
+        )
+        for key in (
+            "thing_classes",
+            "stuff_classes",
+            "thing_dataset_id_to_contiguous_id",
+            "stuff_dataset_id_to_contiguous_id",
+            "evaluator_type",
+            "label_divisor",
+            "ignore_label",
+            "thing_colors",
+        ):
+            assert ours.get(key) == theirs.get(key), key
+    assert ours.gt_dir == str(cityscapes_root / "gtFine" / "val")
+    # importing panoptic_ext changes none of detectron2's functions
+    assert cityscapes_panoptic.load_cityscapes_panoptic.__module__ == cityscapes_panoptic.__name__
+
+
 def test_dataset_root_with_dots_loads(cityscapes_root, tmp_path):
     """detectron2's loader cuts paths at the first "." ("Please generate labelTrainIds.png");
-    with panoptic_ext imported, a root such as first.last/tmp.x1 loads the same records."""
+    the project's datasets under a root such as first.last/tmp.x1 load the same records."""
     import shutil
 
     expected = DatasetCatalog.get(NAMES[0])

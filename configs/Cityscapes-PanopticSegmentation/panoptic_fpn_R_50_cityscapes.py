@@ -16,8 +16,8 @@ model.roi_heads.num_classes = 8
 model.sem_seg_head.num_classes = 19  # things 0..7, then stuff 8..18
 model.postprocessor.sem_seg_things = "all"
 
-dataloader.train.dataset.names = "cityscapes_fine_panoptic_train"
-dataloader.test.dataset.names = "cityscapes_fine_panoptic_val"
+dataloader.train.dataset.names = "cityscapes_fine_panoptic_ext_train"
+dataloader.test.dataset.names = "cityscapes_fine_panoptic_ext_val"
 dataloader.train.total_batch_size = 32
 dataloader.train.mapper.augmentations = [
     L(T.ResizeShortestEdge)(

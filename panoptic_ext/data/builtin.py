@@ -1,6 +1,6 @@
-"""Registers ``panoptic_synthetic_train`` / ``panoptic_synthetic_val`` (at import), and makes
-detectron2's builtin ``cityscapes_fine_panoptic_*`` datasets load with
-:func:`panoptic_ext.data.cityscapes.load_cityscapes_panoptic` (paths may contain ".").
+"""Registers the project's datasets at import: ``panoptic_synthetic_train`` / ``_val`` and
+``cityscapes_fine_panoptic_ext_train`` / ``_val`` (:mod:`panoptic_ext.data.cityscapes`: detectron2's
+Cityscapes panoptic datasets with paths that may contain "."). detectron2's own are not changed.
 
 The files live under ``$DETECTRON2_DATASETS/panoptic_synthetic`` (default ``./datasets``, read at
 import as detectron2 does) and are generated the first time either split is loaded, e.g. by
@@ -17,7 +17,7 @@ from typing import Any, Dict, Optional
 
 from detectron2.data import DatasetCatalog
 
-from .cityscapes import use_panoptic_ext_cityscapes_loader
+from .cityscapes import register_cityscapes_panoptic
 from .custom import register_panoptic_dataset
 from .synthetic import (
     GENERATOR_VERSION,
@@ -110,4 +110,5 @@ def register_synthetic_panoptic(
 
 if SYNTHETIC_DATASET_NAMES[0] not in DatasetCatalog.list():
     register_synthetic_panoptic()
-use_panoptic_ext_cityscapes_loader()
+if "cityscapes_fine_panoptic_ext_train" not in DatasetCatalog.list():
+    register_cityscapes_panoptic(os.getenv("DETECTRON2_DATASETS", "datasets"))

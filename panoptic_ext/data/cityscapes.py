@@ -1,5 +1,6 @@
-"""detectron2's builtin Cityscapes panoptic datasets (``cityscapes_fine_panoptic_train/val``),
-loaded with file paths that survive a "." in a folder name.
+"""The project's Cityscapes panoptic datasets, ``cityscapes_fine_panoptic_ext_{train,val}``:
+detectron2's ``cityscapes_fine_panoptic_{train,val}`` (same files, records and metadata) loaded
+with file paths that survive a "." in a folder name. detectron2's own datasets stay as they are.
 
 detectron2's ``load_cityscapes_panoptic`` (v0.6 and main) derives each record's labelTrainIds
 path with ``image_file.split(".")[0]``, so under a root such as ``/home/first.last/data`` or a
@@ -7,20 +8,19 @@ temporary folder ``tmp.x1`` it looks for ``/home/first`` + "_labelTrainIds.png" 
 "Please generate labelTrainIds.png", although the files are there. :func:`load_cityscapes_panoptic`
 builds the same records from the same public file listing (``get_cityscapes_panoptic_files``),
 cutting only the file name's extension, and reports missing files by name with how to make them.
-:func:`use_panoptic_ext_cityscapes_loader` makes detectron2's registrations (already made, or made
-later by ``register_all_cityscapes_panoptic``) use it; importing :mod:`panoptic_ext` does that.
 """
 
 import json
 import os
 from typing import Any, Dict, List
 
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import cityscapes_panoptic
 from detectron2.utils.file_io import PathManager
 
 from .validation import preparation_hint
 
-__all__ = ["load_cityscapes_panoptic", "use_panoptic_ext_cityscapes_loader"]
+__all__ = ["CITYSCAPES_PANOPTIC_SPLITS", "load_cityscapes_panoptic", "register_cityscapes_panoptic"]
 
 _IMAGE_SUFFIX = "_leftImg8bit"
 
@@ -99,7 +99,53 @@ def load_cityscapes_panoptic(
     return records
 
 
-def use_panoptic_ext_cityscapes_loader() -> None:
-    """Make detectron2's ``cityscapes_fine_panoptic_*`` registrations (they call the module's
-    ``load_cityscapes_panoptic`` when loaded) use :func:`load_cityscapes_panoptic`."""
-    cityscapes_panoptic.load_cityscapes_panoptic = load_cityscapes_panoptic
+# Split -> (image folder, panoptic PNG folder, panoptic JSON) under the datasets root, as
+# detectron2's builtin registration lays them out.
+CITYSCAPES_PANOPTIC_SPLITS = {
+    "train": (
+        "cityscapes/leftImg8bit/train",
+        "cityscapes/gtFine/cityscapes_panoptic_train",
+        "cityscapes/gtFine/cityscapes_panoptic_train.json",
+    ),
+    "val": (
+        "cityscapes/leftImg8bit/val",
+        "cityscapes/gtFine/cityscapes_panoptic_val",
+        "cityscapes/gtFine/cityscapes_panoptic_val.json",
+    ),
+}
+
+
+def register_cityscapes_panoptic(
+    root: str, prefix: str = "cityscapes_fine_panoptic_ext"
+) -> Dict[str, str]:
+    """
+    Register ``{prefix}_train`` and ``{prefix}_val``: Cityscapes panoptic under ``root`` (the
+    datasets folder, as ``$DETECTRON2_DATASETS``), loaded by :func:`load_cityscapes_panoptic`,
+    with the metadata of detectron2's ``cityscapes_fine_panoptic_*`` (classes, colors, id maps,
+    ``evaluator_type`` "cityscapes_panoptic_seg") and this root's paths.
+
+    Returns:
+        dict: split -> registered name.
+    """
+    names = {}
+    for split, (image_dir, gt_dir, gt_json) in CITYSCAPES_PANOPTIC_SPLITS.items():
+        image_dir, gt_dir, gt_json = (os.path.join(root, p) for p in (image_dir, gt_dir, gt_json))
+        meta = MetadataCatalog.get(f"cityscapes_fine_panoptic_{split}").as_dict()
+        for key in ("name", "panoptic_root", "image_root", "panoptic_json", "gt_dir"):
+            meta.pop(key, None)
+        name = f"{prefix}_{split}"
+        DatasetCatalog.register(
+            name,
+            lambda x=image_dir, y=gt_dir, z=gt_json, m=dict(meta): load_cityscapes_panoptic(
+                x, y, z, m
+            ),
+        )
+        MetadataCatalog.get(name).set(
+            panoptic_root=gt_dir,
+            image_root=image_dir,
+            panoptic_json=gt_json,
+            gt_dir=os.path.join(os.path.dirname(gt_dir), split),
+            **meta,
+        )
+        names[split] = name
+    return names
