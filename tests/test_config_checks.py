@@ -1,19 +1,31 @@
-"""Bad configs are rejected at start-up with messages naming the key, its value and the fix."""
+"""Bad configs are rejected at start-up with messages naming the key (in the config's own
+language), its value and the fix: unknown keys, wrong types, bad choices, values out of range
+and class counts that do not fit the datasets."""
 
 import os
 import re
 
 import pytest
+from detectron2.data import MetadataCatalog
 
 import panoptic_ext  # noqa: F401  (registers the synthetic datasets)
 from panoptic_ext.apps.train.config_check import (
+    RANGE_RULES,
     ConfigError,
     check_choices,
     check_config,
     check_config_against_datasets,
+    check_ranges,
     merge_config,
+    range_problem,
 )
 from panoptic_ext.apps.train.train import main, parse_args
+from panoptic_ext.data.class_counts import (
+    LAZY_CLASS_COUNT_KEYS,
+    check_class_counts,
+    class_count_problems,
+)
+from panoptic_ext.data.class_layout import PanopticClassLayout
 from tests.common import get_model_zoo_cfg
 
 
@@ -174,3 +186,55 @@ def test_train_net_rejects_bad_config_before_anything_runs(tmp_path, opts, text)
     with pytest.raises(ConfigError, match=re.escape(text)):
         main(args)
     assert not output_dir.exists()  # no log, no config backup, no model, no checkpoint
+
+
+@pytest.mark.parametrize(
+    "key,value,text",
+    [
+        ("SOLVER.MAX_ITER", "-5", "SOLVER.MAX_ITER = -5: must be > 0"),
+        ("SOLVER.MAX_ITER", "0", "SOLVER.MAX_ITER = 0: must be > 0"),
+        ("SOLVER.CHECKPOINT_PERIOD", "0", "SOLVER.CHECKPOINT_PERIOD = 0: must be > 0"),
+        ("SOLVER.IMS_PER_BATCH", "0", "SOLVER.IMS_PER_BATCH = 0: must be > 0"),
+        ("SOLVER.BASE_LR", "-0.1", "SOLVER.BASE_LR = -0.1: must be > 0"),
+        ("TEST.EVAL_PERIOD", "-1", "TEST.EVAL_PERIOD = -1: must be >= 0"),
+        ("SOLVER.BETAS", "(0.9,1.5)", "SOLVER.BETAS = (0.9, 1.5): every value must be in [0, 1)"),
+        ("MODEL.ROI_HEADS.SCORE_THRESH_TEST", "1.5", "must be in [0, 1]"),
+    ],
+)
+def test_train_net_rejects_out_of_range_values_before_anything_runs(tmp_path, key, value, text):
+    output_dir = tmp_path / "out"
+    args = parse_args(["--config-file", QUICK_CONFIG, key, value, "OUTPUT_DIR", str(output_dir)])
+    with pytest.raises(ConfigError, match=re.escape(text)):
+        main(args)
+    assert not output_dir.exists()
+
+
+def test_range_rules_speak_both_config_languages():
+    # one table: the same rule, named as the user's config names it
+    assert range_problem("SOLVER.MAX_ITER", 10) is None
+    assert range_problem("train.max_iter", -5) == (
+        "train.max_iter = -5: must be > 0 (the iterations to train)"
+    )
+    assert "train.log_period = 0: must be > 0" in range_problem("train.log_period", 0)
+    assert "train.checkpointer.period = 0" in range_problem("train.checkpointer.period", 0)
+    with pytest.raises(ConfigError) as e:
+        check_ranges({"train.max_iter": 0, "optimizer.lr": -1.0, "train.eval_period": None})
+    assert "train.max_iter = 0" in str(e.value) and "optimizer.lr = -1.0" in str(e.value)
+    assert {r.lazy_key for r in RANGE_RULES if r.yaml_key == "SOLVER.CHECKPOINT_PERIOD"} == {
+        "train.checkpointer.period"
+    }
+
+
+def test_class_count_check_speaks_the_config_language():
+    layout = PanopticClassLayout.from_metadata(MetadataCatalog.get("panoptic_synthetic_train"))
+    (lazy,) = class_count_problems(layout, "panoptic_synthetic_train", 80, 4, LAZY_CLASS_COUNT_KEYS)
+    assert lazy.startswith("model.roi_heads.num_classes = 80, but dataset")
+    assert lazy.endswith("it needs model.roi_heads.num_classes=3")
+    with pytest.raises(ValueError) as e:  # what the mapper raises, in YAML keys
+        check_class_counts(layout, "panoptic_synthetic_train", 80, 5)
+    msg = str(e.value)
+    assert "MODEL.ROI_HEADS.NUM_CLASSES = 80" in msg and "MODEL.SEM_SEG_HEAD.NUM_CLASSES = 5" in msg
+    assert msg.endswith(
+        "the config needs: MODEL.ROI_HEADS.NUM_CLASSES 3 MODEL.SEM_SEG_HEAD.NUM_CLASSES 4"
+    )
+    assert class_count_problems(layout, "panoptic_synthetic_train", None, 4) == []  # no ROI heads

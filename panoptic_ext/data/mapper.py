@@ -13,6 +13,7 @@ from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.file_io import PathManager
 
 from ..config import get_key
+from .class_counts import check_class_counts, config_class_counts
 from .class_layout import PanopticClassLayout
 from .exif import exif_note, image_size_as_read
 from .label_space import dataset_class_layout
@@ -117,7 +118,7 @@ class PanopticFPNDatasetMapper:
             if any(lay != layouts[0] for lay in layouts[1:]):
                 raise ValueError(f"datasets {names} have different classes; train on one layout")
             layout = layouts[0]
-            _check_num_classes(cfg, layout, names[0])
+            check_class_counts(layout, names[0], *config_class_counts(cfg))
             for name in names:
                 check_dataset_paths(name)
         return {
@@ -324,25 +325,4 @@ def _check_same_size(label: np.ndarray, image: np.ndarray, label_file: str, imag
             f"{label_file} is {label.shape[1]}x{label.shape[0]} (WxH) but its image {image_file} "
             f"is {image.shape[1]}x{image.shape[0]} as read: "
             + (hint or "annotation and image do not belong together")
-        )
-
-
-def _check_num_classes(cfg, layout: PanopticClassLayout, name: str) -> None:
-    """Catch the NUM_CLASSES mismatches behind upstream issue 1201 before training starts."""
-    expected = {
-        "MODEL.ROI_HEADS.NUM_CLASSES": (cfg.MODEL.ROI_HEADS.NUM_CLASSES, layout.num_thing_classes),
-        "MODEL.SEM_SEG_HEAD.NUM_CLASSES": (
-            cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
-            layout.num_sem_seg_classes,
-        ),
-    }
-    wrong = {k: v for k, v in expected.items() if v[0] != v[1]}
-    if wrong:
-        fix = " ".join(f"{k} {v[1]}" for k, v in wrong.items())
-        raise ValueError(
-            f"dataset {name!r} has {layout.num_thing_classes} thing and "
-            f"{layout.num_stuff_classes} stuff classes, which with SEM_SEG_THINGS="
-            f"{layout.sem_seg_things!r} needs: {fix} (config has "
-            + ", ".join(f"{k}={v[0]}" for k, v in wrong.items())
-            + ")"
         )

@@ -4,7 +4,8 @@ counts that do not fit the datasets, before a model is built or an iteration run
 - :func:`merge_config`: yacs' ``merge_from_file`` / ``merge_from_list`` whose errors (yacs raises
   AssertionError or KeyError for unknown keys) become :class:`ConfigError` naming the source, the
   key, the value and, for a typo, the nearest existing keys.
-- :func:`check_config`: choices of the project's ``NAME``-like keys, ``TEST.AUG`` (when enabled),
+- :func:`check_config`: value ranges (:data:`RANGE_RULES`, one table for YAML keys and
+  LazyConfig paths), choices of the project's ``NAME``-like keys, ``TEST.AUG`` (when enabled),
   and :func:`check_config_against_datasets`: ``ROI_HEADS.NUM_CLASSES`` and
   ``SEM_SEG_HEAD.NUM_CLASSES`` against the metadata of every dataset in ``DATASETS``.
 """
@@ -12,22 +13,20 @@ counts that do not fit the datasets, before a model is built or an iteration run
 import difflib
 import logging
 import re
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from panoptic_ext.config import upgrade_deprecated_keys
+from panoptic_ext.data.class_counts import class_count_problems, config_class_counts
 from panoptic_ext.data.class_layout import SEM_SEG_THINGS_MODES, PanopticClassLayout
 
 __all__ = [
-    "ConfigError",
-    "merge_config",
-    "check_config",
-    "check_choices",
-    "check_config_against_datasets",
-    "check_test_aug_config",
-]
+    "ConfigError", "LAZY_RANGE_KEYS", "RANGE_RULES", "RangeRule", "check_choices", "check_config",
+    "check_config_against_datasets", "check_config_ranges", "check_ranges",
+    "check_test_aug_config", "merge_config", "range_problem",
+]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
@@ -181,16 +180,142 @@ def check_choices(cfg: CfgNode) -> None:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
 
 
+# ---- value ranges -------------------------------------------------------------------------------
+# Valid values -> the test of a number.
+_VALID = {
+    "> 0": lambda v: v > 0,
+    ">= 0": lambda v: v >= 0,
+    "[0, 1]": lambda v: 0 <= v <= 1,
+    "(0, 1]": lambda v: 0 < v <= 1,
+    "[0, 1)": lambda v: 0 <= v < 1,
+}
+
+
+class RangeRule(NamedTuple):
+    """The valid values of one setting (a key of ``_VALID``), named in both config languages
+    (None where a language has no such key); list values are checked element by element."""
+
+    yaml_key: Optional[str]  # SOLVER.MAX_ITER
+    lazy_key: Optional[str]  # train.max_iter
+    valid: str  # "> 0"
+    meaning: str  # said in the message
+
+
+# The one table of value ranges, for YAML configs (check_config) and Python configs (check_ranges
+# on LazyConfig paths): YAML key | LazyConfig path | valid values | meaning ("-": none).
+_RANGE_TABLE = """
+SOLVER.MAX_ITER | train.max_iter | > 0 | the iterations to train
+SOLVER.IMS_PER_BATCH | dataloader.train.total_batch_size | > 0 | images per step
+SOLVER.BASE_LR | optimizer.lr | > 0 | the learning rate
+SOLVER.MOMENTUM | optimizer.momentum | [0, 1) | SGD's momentum
+SOLVER.BETAS | optimizer.betas | [0, 1) | Adam's coefficients
+SOLVER.WEIGHT_DECAY | optimizer.weight_decay | >= 0 | the weight decay
+SOLVER.GAMMA | lr_multiplier.gamma | > 0 | the learning-rate step factor
+SOLVER.STEPS | lr_multiplier.steps | > 0 | iterations of the learning-rate steps
+SOLVER.WARMUP_ITERS | lr_multiplier.warmup_iters | >= 0 | warm-up iterations
+SOLVER.WARMUP_FACTOR | lr_multiplier.warmup_factor | [0, 1] | the first warm-up factor
+SOLVER.CHECKPOINT_PERIOD | train.checkpointer.period | > 0 | iterations between checkpoints
+SOLVER.CHECKPOINT_MAX_TO_KEEP | train.checkpointer.max_to_keep | >= 0 | checkpoints kept, 0: all
+SOLVER.CLIP_GRADIENTS.CLIP_VALUE | optimizer.clip_gradients.clip_value | > 0 | clipping threshold
+TEST.EVAL_PERIOD | train.eval_period | >= 0 | iterations between evaluations, 0: at the end
+- | train.log_period | > 0 | iterations between metric writes
+TEST.DETECTIONS_PER_IMAGE | model.roi_heads.box_predictor.test_topk_per_image | > 0 | detections
+DATALOADER.NUM_WORKERS | dataloader.train.num_workers | >= 0 | data loading processes
+- | dataloader.test.num_workers | >= 0 | data loading processes
+RUN.WEIGHTS_DOWNLOAD_TIMEOUT | train.download_timeout | > 0 | seconds a download may stall
+MODEL.ROI_HEADS.NUM_CLASSES | model.roi_heads.num_classes | > 0 | thing classes
+MODEL.SEM_SEG_HEAD.NUM_CLASSES | model.sem_seg_head.num_classes | > 0 | semantic labels
+MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE | model.roi_heads.batch_size_per_image | > 0 | samples
+MODEL.ROI_HEADS.POSITIVE_FRACTION | model.roi_heads.positive_fraction | (0, 1] | a fraction
+MODEL.RPN.BATCH_SIZE_PER_IMAGE | model.proposal_generator.batch_size_per_image | > 0 | samples
+MODEL.RPN.POSITIVE_FRACTION | model.proposal_generator.positive_fraction | (0, 1] | a fraction
+MODEL.ROI_HEADS.SCORE_THRESH_TEST | model.roi_heads.box_predictor.test_score_thresh | [0, 1] | a score
+MODEL.ROI_HEADS.NMS_THRESH_TEST | model.roi_heads.box_predictor.test_nms_thresh | [0, 1] | an IoU
+MODEL.SEM_SEG_HEAD.LOSS_WEIGHT | model.sem_seg_head.loss_weight | >= 0 | lambda_s
+MODEL.PANOPTIC_FPN.INSTANCE_LOSS_WEIGHT | - | >= 0 | lambda_i
+MODEL.PANOPTIC_FPN.COMBINE.OVERLAP_THRESH | model.postprocessor.overlap_threshold | [0, 1] | a share
+MODEL.PANOPTIC_FPN.COMBINE.STUFF_AREA_LIMIT | model.postprocessor.stuff_area_threshold | >= 0 | px
+MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH | model.postprocessor.instance_score_threshold | [0, 1] | a score
+INPUT.MIN_SIZE_TRAIN | - | > 0 | pixels
+INPUT.MAX_SIZE_TRAIN | - | > 0 | pixels
+INPUT.MIN_SIZE_TEST | - | >= 0 | pixels, 0: no resize
+INPUT.MAX_SIZE_TEST | - | > 0 | pixels
+"""  # noqa: E501
+
+
+def _parse_rules(table: str) -> Tuple[RangeRule, ...]:
+    rules = []
+    for line in table.strip().splitlines():
+        rule = RangeRule(*(None if p.strip() == "-" else p.strip() for p in line.split("|")))
+        assert rule.valid in _VALID, line
+        rules.append(rule)
+    return tuple(rules)
+
+
+RANGE_RULES: Tuple[RangeRule, ...] = _parse_rules(_RANGE_TABLE)
+_RULES = {k: r for r in RANGE_RULES for k in (r.yaml_key, r.lazy_key) if k}
+LAZY_RANGE_KEYS: Tuple[str, ...] = tuple(r.lazy_key for r in RANGE_RULES if r.lazy_key)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def range_problem(key: str, value: Any) -> Optional[str]:
+    """
+    What is wrong with ``value`` for ``key`` by :data:`RANGE_RULES`, or None (fine, or no rule).
+
+    Args:
+        key (str): a yacs key (``SOLVER.MAX_ITER``) or a LazyConfig path (``train.max_iter``);
+            the message names it as given.
+        value: its value; a list or tuple is checked element by element, values that are not
+            numbers are left to the type checks.
+    """
+    rule = _RULES.get(key)
+    if rule is None:
+        return None
+    values = list(value) if isinstance(value, (list, tuple)) else [value]
+    bad = [v for v in values if _is_number(v) and not _VALID[rule.valid](v)]
+    if not bad:
+        return None
+    each = "every value " if isinstance(value, (list, tuple)) else ""
+    within = "in " if rule.valid[0] in "([" else ""
+    return f"{key} = {value!r}: {each}must be {within}{rule.valid} ({rule.meaning})"
+
+
+def check_ranges(values: Dict[str, Any], source: str = "config") -> None:
+    """
+    Check ``{key: value}`` against :data:`RANGE_RULES` (None values are skipped).
+
+    Raises:
+        ConfigError: naming ``source`` and every key out of range, with its valid range.
+    """
+    problems = [p for p in (range_problem(k, v) for k, v in values.items() if v is not None) if p]
+    if problems:
+        raise ConfigError(f"invalid {source}:\n  " + "\n  ".join(problems))
+
+
+def check_config_ranges(cfg: CfgNode) -> None:
+    """:func:`check_ranges` of every yacs key of :data:`RANGE_RULES` (clip value only when
+    clipping is enabled)."""
+    values = {}
+    for rule in RANGE_RULES:
+        if rule.yaml_key is None:
+            continue
+        try:
+            values[rule.yaml_key] = _get(cfg, rule.yaml_key)
+        except (KeyError, AttributeError):  # a config without that key (e.g. no RUN node)
+            continue
+    if not cfg.SOLVER.CLIP_GRADIENTS.ENABLED:
+        values.pop("SOLVER.CLIP_GRADIENTS.CLIP_VALUE", None)
+    check_ranges(values)
+
+
 # ---- class counts ------------------------------------------------------------------------------
 def _dataset_names(cfg: CfgNode) -> List[tuple]:
     return [("DATASETS.TRAIN", i, n) for i, n in enumerate(cfg.DATASETS.TRAIN)] + [
         ("DATASETS.TEST", i, n) for i, n in enumerate(cfg.DATASETS.TEST)
     ]
-
-
-def _class_list(names: Sequence[str], limit: int = 8) -> str:
-    shown = ", ".join(names[:limit])
-    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
 
 
 def check_config_against_datasets(cfg: CfgNode) -> Dict[str, PanopticClassLayout]:
@@ -229,49 +354,11 @@ def check_config_against_datasets(cfg: CfgNode) -> Dict[str, PanopticClassLayout
             metadata, mode, cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE
         )
         if layout not in layouts.values():  # one message for a train and a test split alike
-            problems.extend(_class_count_problems(cfg, name, layout))
+            problems.extend(class_count_problems(layout, name, *config_class_counts(cfg)))
         layouts[name] = layout
     if problems:
         raise ConfigError("config does not fit its datasets:\n  " + "\n  ".join(problems))
     return layouts
-
-
-def _class_count_problems(cfg: CfgNode, name: str, layout: PanopticClassLayout) -> List[str]:
-    T, S, mode = layout.num_thing_classes, layout.num_stuff_classes, layout.sem_seg_things
-    has_things = cfg.MODEL.META_ARCHITECTURE not in ("SemanticSegmentor",)
-    has_sem_seg = cfg.MODEL.META_ARCHITECTURE not in ("GeneralizedRCNN",)
-    described = (
-        f"dataset {name!r} has {T} thing classes ({_class_list(layout.thing_names)}) and {S} "
-        f"stuff classes ({_class_list(layout.stuff_names)})"
-    )
-    problems = []
-    if has_things and T == 0:
-        return [
-            f"dataset {name!r} has no thing classes (no category with isthing 1; {S} stuff "
-            f"classes: {_class_list(layout.stuff_names)}), but MODEL.META_ARCHITECTURE "
-            f"{cfg.MODEL.META_ARCHITECTURE!r} has an instance branch, which needs at least one: "
-            "mark the countable categories isthing 1, or train a semantic segmentation model "
-            "(MODEL.META_ARCHITECTURE SemanticSegmentor)"
-        ]
-    roi = cfg.MODEL.ROI_HEADS.NUM_CLASSES
-    if has_things and roi != T:
-        problems.append(
-            f"MODEL.ROI_HEADS.NUM_CLASSES = {roi}, but {described}: it needs "
-            f"MODEL.ROI_HEADS.NUM_CLASSES {T}"
-        )
-    sem = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
-    if has_sem_seg and sem != layout.num_sem_seg_classes:
-        how = (
-            f"{S} stuff + 1 'things' class"
-            if mode == "merged"
-            else f"{T} thing + {S} stuff classes"
-        )
-        problems.append(
-            f"MODEL.SEM_SEG_HEAD.NUM_CLASSES = {sem}, but {described}, so with "
-            f"MODEL.PANOPTIC_EXT.SEM_SEG_THINGS = {mode!r} it needs "
-            f"MODEL.SEM_SEG_HEAD.NUM_CLASSES {layout.num_sem_seg_classes} ({how})"
-        )
-    return problems
 
 
 def check_test_aug_config(cfg: CfgNode) -> None:
@@ -294,13 +381,14 @@ def check_test_aug_config(cfg: CfgNode) -> None:
 
 def check_config(cfg: CfgNode, *, datasets: bool = True) -> None:
     """
-    All start-up checks: :func:`check_choices`, :func:`check_test_aug_config`, then
-    (``datasets=True``) :func:`check_config_against_datasets`. Cheap: reads no image and builds
-    no model.
+    All start-up checks: :func:`check_config_ranges`, :func:`check_choices`,
+    :func:`check_test_aug_config`, then (``datasets=True``) :func:`check_config_against_datasets`.
+    Cheap: reads no image and builds no model.
 
     Raises:
         ConfigError: listing every problem found by a check.
     """
+    check_config_ranges(cfg)
     check_choices(cfg)
     check_test_aug_config(cfg)
     if datasets:
