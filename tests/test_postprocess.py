@@ -377,5 +377,42 @@ class TestPostprocessors(unittest.TestCase):
             self.build("fast", **{"MODEL.PANOPTIC_EXT.SEM_SEG_THINGS": "all"})
 
 
+def _build_postprocessor(name, **postprocess):
+    cfg = get_model_zoo_cfg()
+    cfg.MODEL.PANOPTIC_EXT.POSTPROCESS.NAME = name
+    cfg.MODEL.PANOPTIC_FPN.COMBINE.STUFF_AREA_LIMIT = 300
+    for key, value in postprocess.items():
+        cfg.MODEL.PANOPTIC_EXT.POSTPROCESS[key] = value
+    return build_panoptic_postprocessor(cfg)
+
+
+def test_every_output_equals_detectron2_when_maps_are_shared():
+    """The full-resolution logits, labels and masks computed once for the returned outputs and
+    the fusion: every output as detectron2's, also with the unpadded image as output size, with
+    non-finite logits and without detections."""
+    cases = [((224, 256), None), ((200, 249), None), ((224, 256), "inf"), ((224, 256), "empty")]
+    for input_size, special in cases:
+        num_dets = 0 if special == "empty" else 40
+        logits, instances = synthetic_outputs(num_dets=num_dets, input_size=input_size)
+        if special == "inf":
+            logits[3, 10, 10] = float("inf")
+        kwargs = {"stride": 4, "image_size": input_size, "output_size": input_size}
+        fast = _build_postprocessor("fast")(logits, instances, **kwargs)
+        ref = _build_postprocessor("detectron2")(logits, instances, **kwargs)
+        assert list(fast) == list(ref) == ["sem_seg", "instances", "panoptic_seg"]
+        torch.testing.assert_close(fast["sem_seg"], ref["sem_seg"], rtol=0, atol=0, equal_nan=True)
+        assert fast["sem_seg"].is_contiguous()
+        assert torch.equal(fast["panoptic_seg"][0], ref["panoptic_seg"][0])
+        assert fast["panoptic_seg"][1] == ref["panoptic_seg"][1]
+        ours, theirs = fast["instances"], ref["instances"]
+        assert list(ours.get_fields()) == list(theirs.get_fields())
+        assert ours.image_size == theirs.image_size
+        assert ours.pred_masks.dtype == theirs.pred_masks.dtype
+        assert torch.equal(ours.pred_masks, theirs.pred_masks)
+        assert torch.equal(ours.pred_boxes.tensor, theirs.pred_boxes.tensor)
+        if special is None:
+            assert sum(s["isthing"] for s in fast["panoptic_seg"][1]) > 3
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -53,6 +53,7 @@ class MaskPaster:
         self.threshold = threshold
         self.use_numpy = self.mask_probs.dtype == torch.float32 and mask_probs.device.type == "cpu"
         height, width = (int(v) for v in image_size)
+        self.image_size = (height, width)
         # detectron2's _do_paste_mask region for one box: floor(x0) - 1 .. ceil(x1) + 1, clipped.
         start = torch.clamp(boxes[:, :2].floor() - 1, min=0).to(torch.int64)
         stop_x = torch.clamp(boxes[:, 2].ceil() + 1, max=width).to(torch.int64)
@@ -76,6 +77,11 @@ class MaskPaster:
         pixel = pixel.to(torch.float32) + 0.5
         return (pixel - low) / (high - low) * 2 - 1  # the same float ops, in the same order
 
+    def region(self, i: int) -> Tuple[slice, slice]:
+        """(rows, cols) of instance i's region: detectron2's pasting region around its box."""
+        x0, y0, x1, y1 = self.bounds[i]
+        return slice(y0, y1), slice(x0, x1)
+
     def __call__(self, i: int):
         x0, y0, x1, y1 = self.bounds[i]
         rows, cols = slice(y0, y1), slice(x0, x1)
@@ -93,3 +99,18 @@ class MaskPaster:
         pasted = F.grid_sample(self.mask_probs[i][None, None], grid, align_corners=False)
         mask = pasted[0, 0] >= self.threshold
         return (mask.numpy() if self.use_numpy else mask), (rows, cols)
+
+    def paste_all(self) -> torch.Tensor:
+        """
+        Every instance's full-image mask: (N, H, W) bool, as detectron2's
+        ``paste_masks_in_image`` (zeros outside each region).
+        """
+        n, (height, width) = len(self.bounds), self.image_size
+        if self.use_numpy:
+            masks = np.zeros((n, height, width), dtype=bool)  # calloc'ed: untouched pages free
+        else:
+            masks = torch.zeros((n, height, width), dtype=torch.bool, device=self.mask_probs.device)
+        for i in range(n):
+            mask, (rows, cols) = self(i)
+            masks[i, rows, cols] = mask
+        return torch.from_numpy(masks) if self.use_numpy else masks

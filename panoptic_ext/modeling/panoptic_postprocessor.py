@@ -21,7 +21,7 @@ from ..data.class_layout import PanopticClassLayout
 from ..data.label_space import output_category_ids
 from .mask_paster import MaskPaster
 from .named_registry import NamedRegistry
-from .semantic_argmax import upsampled_labels, upsampled_logits
+from .semantic_argmax import upsampled_labels, upsampled_logits, upsampled_logits_and_labels
 
 __all__ = [
     "PANOPTIC_POSTPROCESSOR_REGISTRY",
@@ -176,6 +176,16 @@ def _postprocess_instances(instances: Instances, output_size, with_masks: bool) 
         fields["indices"] = torch.arange(len(instances), device=instances.pred_boxes.device)
     fields["pred_boxes"] = Boxes(instances.pred_boxes.tensor.clone())  # scaled in place
     return detector_postprocess(Instances(instances.image_size, **fields), *output_size)
+
+
+def _with_masks(raw: Instances, kept: Instances, masks: torch.Tensor) -> Instances:
+    """:func:`detector_postprocess`'s result from the mask-less one (``kept``) and the pasted
+    full-image masks, with the fields in the raw instances' order."""
+    fields = kept.get_fields()
+    result = Instances(kept.image_size)
+    for name in raw.get_fields():
+        result.set(name, masks if name == "pred_masks" else fields[name])
+    return result
 
 
 class PanopticPostprocessorBase:
@@ -348,9 +358,12 @@ class FastPanopticPostprocessor(PanopticPostprocessorBase):
                 sem_seg_logits, instances, stride, image_size, output_size
             )
             return self.in_dataset_labels(outputs)
+        # each full-resolution map computed once, shared by the outputs and the fusion
         if self.return_sem_seg:
-            sem_seg = upsampled_logits(sem_seg_logits, stride, image_size, output_size)
-            return self.fuse_upsampled(sem_seg, instances)
+            sem_seg, semantic, areas = upsampled_logits_and_labels(
+                sem_seg_logits, stride, image_size, output_size
+            )
+            return self._fuse({"sem_seg": sem_seg}, semantic, areas, instances, output_size)
         semantic, areas = upsampled_labels(sem_seg_logits, stride, image_size, output_size)
         return self._fuse({}, semantic, areas, instances, output_size)
 
@@ -379,13 +392,24 @@ class FastPanopticPostprocessor(PanopticPostprocessorBase):
             output_size,
             _MASK_THRESHOLD,
         )
-        if self.return_instances:
+        instance_mask = paster
+        if self.return_instances and len(kept) == 0:
             outputs["instances"] = _postprocess_instances(instances, output_size, with_masks=True)
+        elif self.return_instances:
+            # every full-image mask pasted once: returned, and read by the fusion in its region
+            masks = paster.paste_all()
+            outputs["instances"] = _with_masks(instances, kept, masks)
+            shared = masks.numpy() if paster.use_numpy else masks
+
+            def instance_mask(i):
+                rows, cols = paster.region(i)
+                return shared[i, rows, cols], (rows, cols)
+
         outputs["panoptic_seg"] = combine_panoptic(
             semantic,
             kept.scores,
             kept.pred_classes,
-            paster,
+            instance_mask,
             overlap_threshold=self.overlap_threshold,
             stuff_area_threshold=self.stuff_area_threshold,
             instance_score_threshold=self.instance_score_threshold,

@@ -25,6 +25,7 @@ from torch.nn import functional as F
 
 __all__ = [
     "upsampled_logits",
+    "upsampled_logits_and_labels",
     "upsampled_argmax_reference",
     "upsampled_argmax",
     "upsampled_labels",
@@ -60,6 +61,32 @@ def upsampled_logits(
 
     up = F.interpolate(logits[None], scale_factor=stride, mode="bilinear", align_corners=False)[0]
     return sem_seg_postprocess(up, image_size, output_size[0], output_size[1])
+
+
+def upsampled_logits_and_labels(
+    logits: torch.Tensor, stride: float, image_size: Tuple[int, int], output_size: Tuple[int, int]
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """
+    :func:`upsampled_logits` and :func:`upsampled_labels` together, each computed once: the
+    full-resolution logits (the same values), their argmax and the area of each class.
+
+    Where the output size is the image size, ``sem_seg_postprocess``'s resize is an exact copy
+    for finite logits (weights 1 and 0), so the crop is returned without that resize.
+
+    Returns:
+        logits (Tensor): (C, output_height, output_width), as :func:`upsampled_logits`.
+        labels (Tensor): (output_height, output_width) int32 class indices.
+        areas (Tensor): (C,) int64 number of pixels of each class.
+    """
+    img_h, img_w = (int(v) for v in image_size)
+    same_size = (img_h, img_w) == (int(output_size[0]), int(output_size[1]))
+    if not same_size or not bool(torch.isfinite(logits).all()):  # inf * 0 is NaN: resize
+        full = upsampled_logits(logits, stride, image_size, output_size)
+    else:
+        up = F.interpolate(logits[None], scale_factor=stride, mode="bilinear", align_corners=False)
+        full = up[0, :, :img_h, :img_w]
+        full = full if full.is_contiguous() else full.contiguous()
+    return (full,) + upsampled_labels(logits, stride, image_size, output_size)
 
 
 def upsampled_argmax_reference(
