@@ -94,3 +94,66 @@ def test_demo_skips_a_corrupt_image_and_its_own_outputs(tmp_path):
             "a_segments.json",
             "broken.jpg",
         ]
+
+
+def test_demo_reports_thin_images_and_predicts_the_others(tmp_path):
+    """1x1000 and 10000x10 images cannot be resized for the model: each is named with its size,
+    the other images are predicted, and the exit status says what failed."""
+    cfg = get_panoptic_cfg(QUICK_CONFIG)
+    DetectionCheckpointer(build_model(cfg), save_dir=str(tmp_path)).save("model")
+    images = tmp_path / "images"
+    images.mkdir()
+    image, _, _ = render_sample(np.random.default_rng(0), 48, 56)
+    Image.fromarray(image).save(images / "a.png")
+    Image.fromarray(np.zeros((1, 1000, 3), np.uint8)).save(images / "wide.png")
+    Image.fromarray(np.zeros((10000, 10, 3), np.uint8)).save(images / "tall.png")
+    argv = ["--config-file", QUICK_CONFIG, "--input", str(images), "--output", str(tmp_path / "o")]
+    with pytest.raises(SystemExit) as e:
+        _run_demo(argv + ["--opts", "MODEL.WEIGHTS", str(tmp_path / "model.pth")])
+    message = str(e.value)
+    assert "2 image(s) of 3 could not be read or predicted" in message
+    assert "wide.png (1x1000 pixels)" in message and "tall.png (10000x10 pixels)" in message
+    assert sorted(os.listdir(tmp_path / "o")) == [
+        "a_panoptic.png",
+        "a_panoptic_ids.png",
+        "a_segments.json",
+    ]
+
+
+def test_demo_with_a_python_config(tmp_path):
+    """A .py (LazyConfig) config works, with key=value overrides; YAML-style overrides and other
+    config files are refused with a message, not a parser traceback."""
+    from detectron2.config import instantiate
+
+    from panoptic_ext.apps.train import load_lazy_config
+
+    config = QUICK_CONFIG[: -len(".yaml")] + ".py"
+    model = instantiate(load_lazy_config(config).model)
+    DetectionCheckpointer(model, save_dir=str(tmp_path)).save("model")
+    image, _, _ = render_sample(np.random.default_rng(0), 48, 56)
+    Image.fromarray(image).save(tmp_path / "a.png")
+    argv = ["--config-file", config, "--input", str(tmp_path / "a.png")]
+    argv += ["--output", str(tmp_path / "o")]
+    init = f"train.init_checkpoint={tmp_path / 'model.pth'}"
+    written = _run_demo(argv + ["--opts", init, "train.device=cpu"])
+    with open(tmp_path / "o" / "a_segments.json") as f:
+        assert {s["category_name"] for s in json.load(f)["segments_info"]} <= SYNTHETIC_NAMES
+    assert written is not None
+    with pytest.raises(SystemExit, match="a Python config takes key=value overrides"):
+        _run_demo(argv + ["--opts", "MODEL.WEIGHTS", str(tmp_path / "model.pth")])
+    with pytest.raises(SystemExit, match="--tta with the Python config"):
+        _run_demo(argv + ["--tta", "--opts", init])
+    (tmp_path / "cfg.txt").write_text("model: 1\n")
+    with pytest.raises(SystemExit, match=r"expected a YAML config \(.yaml, .yml\) or a Python"):
+        _run_demo(["--config-file", str(tmp_path / "cfg.txt")] + argv[2:])
+
+
+def test_predictor_applies_cpu_speedups_only_when_configured():
+    from panoptic_ext.apps.predict import PanopticPredictor
+    from panoptic_ext.modeling import optimize_for_cpu_inference
+
+    for enabled in (True, False):
+        cfg = get_panoptic_cfg(QUICK_CONFIG, ["TEST.CPU_SPEEDUPS", str(enabled)])
+        changed = optimize_for_cpu_inference(PanopticPredictor(cfg).model)
+        # when the predictor applied them, there is nothing left to change
+        assert (sum(changed.values()) == 0) == enabled
