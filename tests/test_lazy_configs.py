@@ -15,10 +15,10 @@ from detectron2.modeling import build_model
 from detectron2.solver import LRMultiplier, build_lr_scheduler
 from omegaconf import ListConfig
 
-from panoptic_ext.data import PanopticFPNDatasetMapper
 from panoptic_ext.apps.train import build_optimizer, get_panoptic_cfg
 from panoptic_ext.apps.train.config_check import ConfigError
 from panoptic_ext.apps.train.lazy_config import load_lazy_config
+from panoptic_ext.data import PanopticFPNDatasetMapper
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY_CONFIGS = sorted(
@@ -165,6 +165,7 @@ def test_python_config_equals_its_yaml_twin(path):
     assert run.existing_output == yaml_cfg.RUN.EXISTING_OUTPUT
     assert run.allow_partial_weights == yaml_cfg.RUN.ALLOW_PARTIAL_WEIGHTS
     assert run.download_timeout == yaml_cfg.RUN.WEIGHTS_DOWNLOAD_TIMEOUT
+    assert run.cpu_speedups == yaml_cfg.TEST.CPU_SPEEDUPS
     if path.endswith("_cpu.py") or "quick" in path:
         assert run.device == yaml_cfg.MODEL.DEVICE == "cpu"
 

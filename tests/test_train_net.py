@@ -1,9 +1,13 @@
 """End-to-end training through ``train_net.py`` on a tiny synthetic split: periodic evaluation,
-checkpoints, metrics.json, ``--resume`` and ``--eval-only`` reproducing the final evaluation."""
+checkpoints, metrics.json, ``--resume`` and ``--eval-only`` reproducing the final evaluation with
+the same modules (TEST.CPU_SPEEDUPS), and the training curves drawn from metrics.json."""
 
+import ast
 import glob
+import json
 import math
 import os
+import re
 import runpy
 import shutil
 import sys
@@ -12,9 +16,17 @@ import pytest
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation.testing import flatten_results_dict
+from PIL import Image
 
+from panoptic_ext.apps.train import (
+    Trainer,
+    get_panoptic_cfg,
+    main,
+    parse_args,
+    plot_training_curves,
+    read_metrics,
+)
 from panoptic_ext.data import register_synthetic_panoptic
-from panoptic_ext.apps.train import Trainer, get_panoptic_cfg, main, parse_args, read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK_CONFIG = os.path.join(
@@ -66,6 +78,13 @@ def trained(dataset, tmp_path_factory):
     return output_dir
 
 
+def cpu_speedups_applied(output_dir):
+    """The CPU speed-ups that the runs logging to ``output_dir/log.txt`` applied: per
+    evaluation, modules changed per speed-up (0 when already applied)."""
+    log = (output_dir / "log.txt").read_text()
+    return [ast.literal_eval(m) for m in re.findall(r"speed-ups applied: (\{.*\})", log)]
+
+
 def _final_eval(metrics):
     """The evaluation results that training wrote for its last iteration."""
     return {k: v for k, v in metrics[MAX_ITER].items() if "/" in k}
@@ -107,6 +126,22 @@ def test_eval_only_reproduces_final_evaluation(dataset, trained, tmp_path):
     assert results.keys() == expected.keys()
     for key, value in expected.items():  # exactly equal (AP of absent object sizes is NaN)
         assert value == results[key] or (math.isnan(value) and math.isnan(results[key])), key
+    # the same modules as the evaluation during training: TEST.CPU_SPEEDUPS (True) in both
+    evaluated, in_training = cpu_speedups_applied(tmp_path), cpu_speedups_applied(trained)
+    assert evaluated and in_training and evaluated[0] == in_training[0]
+    assert sum(evaluated[0].values()) > 0
+    assert not os.path.exists(tmp_path / "config.yaml")  # an evaluation writes no config
+
+
+def test_cpu_speedups_off_in_training_and_eval_only(dataset, trained, tmp_path):
+    opts = _opts(dataset, tmp_path, max_iter=1) + ["TEST.EVAL_PERIOD", "0"]
+    opts += ["TEST.CPU_SPEEDUPS", "False"]
+    results = main(parse_args(["--config-file", QUICK_CONFIG] + opts))  # evaluates at the end
+    assert "panoptic_seg" in results
+    weights = str(trained / "model_final.pth")
+    eval_only = ["--config-file", QUICK_CONFIG, "--eval-only", "MODEL.WEIGHTS", weights]
+    assert "panoptic_seg" in main(parse_args(eval_only + opts))
+    assert cpu_speedups_applied(tmp_path) == []
 
 
 def test_resume(dataset, trained, tmp_path):
@@ -141,3 +176,27 @@ def test_resume(dataset, trained, tmp_path):
     assert _final_eval(metrics) == _final_eval(
         read_metrics(os.path.join(trained, "metrics.json"))
     )  # the first run's entries are kept
+
+
+def test_training_curves(tmp_path):
+    path = tmp_path / "metrics.json"
+    rows = [
+        {"iteration": 19, "total_loss": 3.0, "loss_mask": 1.0, "lr": 0.1},
+        {"iteration": 19, "panoptic_seg/PQ": 10.0, "panoptic_seg/PQ_th": 5.0},
+        {"iteration": 39, "total_loss": 2.0, "loss_mask": 0.5},
+        # a resumed run writes iteration 39 again: its values win
+        {"iteration": 39, "total_loss": 1.5, "panoptic_seg/PQ": 20.0, "sem_seg/mIoU": 40.0},
+    ]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n" + '{"iteration": 4')
+    metrics = read_metrics(str(path))
+    assert list(metrics) == [19, 39]
+    assert metrics[39] == {
+        "total_loss": 1.5,
+        "loss_mask": 0.5,
+        "panoptic_seg/PQ": 20.0,
+        "sem_seg/mIoU": 40.0,
+    }
+    assert metrics[19]["panoptic_seg/PQ_th"] == 5.0
+    out = plot_training_curves(str(path), str(tmp_path / "plots" / "curves.png"))
+    image = Image.open(out)
+    assert image.format == "PNG" and image.size[0] > image.size[1] > 100

@@ -16,4 +16,5 @@ train = dict(
     allow_partial_weights=False,  # RUN.ALLOW_PARTIAL_WEIGHTS
     download_timeout=60.0,  # RUN.WEIGHTS_DOWNLOAD_TIMEOUT
     existing_output="refuse",  # RUN.EXISTING_OUTPUT: refuse, move or overwrite
+    cpu_speedups=True,  # TEST.CPU_SPEEDUPS: CPU inference speed-ups at evaluation (same outputs)
 )

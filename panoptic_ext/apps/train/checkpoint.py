@@ -3,24 +3,12 @@
 detectron2's ``DetectionCheckpointer`` writes ``model_XXXX.pth`` and ``last_checkpoint`` in place
 (a kill during the write leaves a truncated file that ``--resume`` then picks), loads ``.pth``
 files with a full unpickler, and only *warns* about weights whose shape does not fit the model
-(so a checkpoint for other class counts silently trains freshly initialised heads). Here:
-
-- saves go to a hidden temporary file in the same directory, are fsync'ed, then renamed over the
-  target (``os.replace``, atomic on POSIX); ``last_checkpoint`` is updated the same way, after the
-  checkpoint itself, so it always names a complete file;
-- a checkpoint whose weights are not finite is never written: the last good one stays the one to
-  resume from;
-- ``.pth`` files are read with ``torch.load(weights_only=True)`` (tensors and plain containers
-  only, no code execution); detectron2 / Detectron model-zoo ``.pkl`` files still need pickle;
-- a file that is missing, truncated or not a checkpoint, and weights whose shapes do not fit the
-  model, raise :class:`CheckpointError` listing the keys and both shapes (unless
-  ``allow_partial=True``, ``RUN.ALLOW_PARTIAL_WEIGHTS``), in every format: also
-  Caffe2 / pycls / converted ``.pkl`` files, whose name-matching heuristics detectron2 lets drop
-  mismatched layers with a warning; so does a file none of whose weights match the model, and,
-  with ``require_complete=True`` (evaluation), one that lacks some of the model's weights;
-- older periodic checkpoints beyond ``max_to_keep`` are deleted after each save;
-- a download of a URL fails after ``download_timeout`` seconds without data instead of hanging;
-- a full disk or Ctrl-C during a save is reported as such (:mod:`.checkpoint_files`).
+(so a checkpoint for other class counts silently trains freshly initialised heads), also in
+Caffe2 / pycls / converted ``.pkl`` files, whose names it matches by heuristics. Here saves are
+atomic (:mod:`.checkpoint_files`), never of non-finite weights, and keep the newest
+``max_to_keep`` periodic checkpoints; ``.pth`` files are read with ``weights_only=True``; files
+that are not checkpoints, weights that do not fit (in every format) or match nothing, and a
+stalled download are :class:`CheckpointError` s naming the file.
 """
 
 import contextlib
@@ -28,21 +16,23 @@ import logging
 import os
 import pickle
 import urllib.error
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
 from detectron2.utils import comm
 
 from panoptic_ext.apps.train.checkpoint_files import (
+    CheckpointError,
     CheckpointSaveError,
     atomic_torch_save,
     atomic_write_text,
     prune_periodic_checkpoints,
+    read_last_checkpoint,
     socket_timeout,
     stale_temporary_files,
 )
-from panoptic_ext.apps.train.checkpoint_match import heuristic_shape_mismatches
 
 __all__ = [
     "CheckpointError",
@@ -50,13 +40,15 @@ __all__ = [
     "PanopticCheckpointer",
     "atomic_torch_save",
     "atomic_write_text",
+    "read_last_checkpoint",
 ]
 
 logger = logging.getLogger(__name__)
-
-
-class CheckpointError(ValueError):
-    """A checkpoint cannot be read, or does not fit the model."""
+# The settings named in messages, as a YAML config writes them.
+YAML_OPTION_NAMES = {
+    "allow_partial": "RUN.ALLOW_PARTIAL_WEIGHTS True",
+    "download_timeout": "RUN.WEIGHTS_DOWNLOAD_TIMEOUT",
+}
 
 
 def non_finite_entries(state_dict: Dict[str, Any], limit: int = 10) -> List[str]:
@@ -98,6 +90,7 @@ class PanopticCheckpointer(DetectionCheckpointer):
         download_timeout: Optional[float] = 60.0,
         extra_state: Optional[Dict[str, Any]] = None,
         save_to_disk: Optional[bool] = None,
+        option_names: Mapping[str, str] = YAML_OPTION_NAMES,
         **checkpointables: Any,
     ):
         """
@@ -116,6 +109,8 @@ class PanopticCheckpointer(DetectionCheckpointer):
                 no limit).
             extra_state (dict): saved in every checkpoint (e.g. ``{"config": cfg.dump()}``).
             save_to_disk (bool): default: only in the main process.
+            option_names (dict): how messages name the settings ``allow_partial`` and
+                ``download_timeout`` (:data:`YAML_OPTION_NAMES`; a Python config's differ).
             checkpointables: objects with ``state_dict`` / ``load_state_dict`` (optimizer, ...).
         """
         super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
@@ -124,6 +119,7 @@ class PanopticCheckpointer(DetectionCheckpointer):
         self.max_to_keep = max_to_keep
         self.download_timeout = download_timeout
         self.extra_state = dict(extra_state or {})
+        self.option_names = dict(option_names)
         self._loading = ""
 
     # ---- saving -------------------------------------------------------------------------------
@@ -131,7 +127,16 @@ class PanopticCheckpointer(DetectionCheckpointer):
         return "://" not in self.save_dir
 
     def _last_good(self) -> str:
-        return self.get_checkpoint_file() if self.has_checkpoint() else "none"
+        try:
+            return self.get_checkpoint_file() or "none"
+        except CheckpointError:  # an empty last_checkpoint
+            return "none"
+
+    def get_checkpoint_file(self) -> str:
+        """The checkpoint ``last_checkpoint`` names ("" if none; an empty one is an error)."""
+        if not self._is_local():
+            return super().get_checkpoint_file()
+        return read_last_checkpoint(self.save_dir) or ""
 
     def save(self, name: str, **kwargs: Any) -> None:
         """
@@ -208,7 +213,7 @@ class PanopticCheckpointer(DetectionCheckpointer):
             if isinstance(reason, TimeoutError):
                 reason = (
                     f"no data for {self.download_timeout:g} s (the server stalls; "
-                    "RUN.WEIGHTS_DOWNLOAD_TIMEOUT sets this limit)"
+                    f"{self.option_names['download_timeout']} sets this limit)"
                 )
             raise CheckpointError(f"cannot download checkpoint {path}: {reason}") from e
 
@@ -275,10 +280,9 @@ class PanopticCheckpointer(DetectionCheckpointer):
         ]
         return CheckpointError(
             f"{len(lines)} weights of the checkpoint {self._loading} do not fit the model (a "
-            "checkpoint for other class counts, e.g. MODEL.ROI_HEADS.NUM_CLASSES or "
-            "MODEL.SEM_SEG_HEAD.NUM_CLASSES, or another architecture):\n"
+            "checkpoint for other class counts or another architecture):\n"
             + "\n".join(lines)
-            + "\nSet RUN.ALLOW_PARTIAL_WEIGHTS True to load the other weights "
+            + f"\nSet {self.option_names['allow_partial']} to load the other weights "
             "and train these layers from their initialisation."
         )
 
@@ -286,7 +290,7 @@ class PanopticCheckpointer(DetectionCheckpointer):
         if checkpoint.get("matching_heuristics", False) and not self.allow_partial:
             # detectron2 matches Caffe2 / pycls / converted names by suffix and drops, with a
             # warning only, the matched weights whose shapes differ.
-            mismatched = heuristic_shape_mismatches(
+            mismatched = _heuristic_shape_mismatches(
                 self.model.state_dict(),
                 checkpoint["model"],
                 c2_conversion=checkpoint.get("__author__", None) == "Caffe2",
@@ -320,5 +324,48 @@ class PanopticCheckpointer(DetectionCheckpointer):
                 f"{self._loading} lacks {len(missing)} of the model's {len(model_keys)} weights "
                 f"({', '.join(shown[:8])}{', ...' if len(shown) > 8 else ''}): those layers would "
                 "be evaluated untrained. Use a checkpoint of this model, or set "
-                "RUN.ALLOW_PARTIAL_WEIGHTS True to evaluate anyway."
+                f"{self.option_names['allow_partial']} to evaluate anyway."
             )
+
+
+class _AnyShape(tuple):
+    """A shape that ``align_and_update_state_dicts`` finds equal to every other shape."""
+
+    def __ne__(self, other: Any) -> bool:
+        return False
+
+    def __eq__(self, other: Any) -> bool:
+        return True
+
+    __hash__ = tuple.__hash__
+
+
+class _ShapeOnly:
+    def __init__(self, shape: Any):
+        self.shape = _AnyShape(tuple(shape))
+
+
+def _heuristic_shape_mismatches(
+    model_state: Dict[str, Any], checkpoint_state: Dict[str, Any], c2_conversion: bool
+) -> List[Tuple[str, tuple, tuple]]:
+    """
+    ``(model key, checkpoint shape, model shape)`` of the weights that detectron2's name-matching
+    heuristics (``align_and_update_state_dicts``, used for Caffe2, pycls and converted
+    checkpoints) pair up but would skip because their shapes differ.
+    """
+    # The same matching, against a model whose shapes fit anything: it then returns every pair.
+    placeholders = {k: _ShapeOnly(v.shape) for k, v in model_state.items()}
+    log = logging.getLogger("detectron2.checkpoint.c2_model_loading")
+    level = log.level
+    log.setLevel(logging.ERROR)  # its table of matched names, printed again by the real load
+    try:
+        paired = align_and_update_state_dicts(
+            placeholders, dict(checkpoint_state), c2_conversion=c2_conversion
+        )
+    finally:
+        log.setLevel(level)
+    return [
+        (k, tuple(v.shape), tuple(model_state[k].shape))
+        for k, v in paired.items()
+        if k in model_state and tuple(v.shape) != tuple(model_state[k].shape)
+    ]

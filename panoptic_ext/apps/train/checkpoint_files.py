@@ -12,6 +12,7 @@ timeout for downloads of ``MODEL.WEIGHTS``.
 - :func:`stale_temporary_files` finds the temporary files of saves whose process is gone.
 - :func:`socket_timeout` bounds every blocking socket operation of a download (iopath downloads
   with ``urllib.request.urlretrieve``, which has no timeout of its own).
+- :func:`read_last_checkpoint` reads the ``last_checkpoint`` tag, with a clear error if empty.
 """
 
 import contextlib
@@ -26,14 +27,14 @@ from typing import Any, Callable, Iterator, List, Optional
 
 import torch
 
-from panoptic_ext.apps.train.output_lock import pid_alive
-
 __all__ = [
+    "CheckpointError",
     "CheckpointSaveError",
     "atomic_torch_save",
     "atomic_write_text",
     "periodic_checkpoints",
     "prune_periodic_checkpoints",
+    "read_last_checkpoint",
     "socket_timeout",
     "stale_temporary_files",
 ]
@@ -48,8 +49,49 @@ _TMP_RE = re.compile(r"^\..+\.(\d+)\.tmp$")
 _PERIODIC_RE = re.compile(r"^model_(\d{7})\.pth$")
 
 
+class CheckpointError(ValueError):
+    """A checkpoint cannot be read, or does not fit the model."""
+
+
 class CheckpointSaveError(OSError):
     """A checkpoint could not be written (e.g. the disk is full); the previous one is kept."""
+
+
+def read_last_checkpoint(directory: str) -> Optional[str]:
+    """
+    The path of the checkpoint that ``directory/last_checkpoint`` names, or None if there is no
+    such file.
+
+    Raises:
+        CheckpointError: the file is empty (it names no checkpoint to resume from).
+    """
+    tag = os.path.join(directory, "last_checkpoint")
+    try:
+        with open(tag) as f:
+            name = f.read().strip()
+    except FileNotFoundError:
+        return None
+    if not name:
+        found = sorted(
+            os.path.basename(p) for p in glob.glob(os.path.join(glob.escape(directory), "*.pth"))
+        )
+        raise CheckpointError(
+            f"{tag} is empty: it must name the checkpoint to resume from ("
+            + (f"those here: {', '.join(found)}" if found else f"{directory} holds no .pth file")
+            + "). Write that file name into it, or start a new run without --resume."
+        )
+    return os.path.join(directory, name)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def _fsync_dir(directory: str) -> None:
@@ -154,7 +196,7 @@ def prune_periodic_checkpoints(directory: str, max_to_keep: int, keep: str = "")
     for path in old:
         if keep and os.path.abspath(path) == os.path.abspath(keep):
             continue
-        logger.info("Deleting %s (SOLVER.CHECKPOINT_MAX_TO_KEEP)", path)
+        logger.info("Deleting %s (the newest %d periodic checkpoints are kept)", path, max_to_keep)
         with contextlib.suppress(FileNotFoundError):
             os.remove(path)
         deleted.append(path)

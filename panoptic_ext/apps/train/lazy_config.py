@@ -1,6 +1,6 @@
 """Python configs (detectron2's LazyConfig): loading with the project's ``train`` defaults, checked
-``key=value`` overrides, argument checks of every ``L(...)`` node, and the run settings that the
-output-directory and ``--resume`` checks read.
+``key=value`` overrides, argument checks of every ``L(...)`` node, class counts checked against
+the datasets, and the config as text (saved in checkpoints, compared by ``--resume``).
 
 A Python config defines ``model``, ``dataloader`` (``train``, ``test``, ``evaluator``),
 ``optimizer``, ``lr_multiplier`` and ``train`` (see ``configs/common/``).
@@ -17,7 +17,6 @@ from detectron2.utils.registry import locate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from panoptic_ext.apps.train.config_check import ConfigError
-from panoptic_ext.apps.train.resume_config import RunSettings, _flatten
 
 __all__ = [
     "DEFAULT_TRAIN",
@@ -25,7 +24,6 @@ __all__ = [
     "check_lazy_arguments",
     "check_lazy_class_counts",
     "lazy_config_text",
-    "lazy_run_settings",
     "load_lazy_config",
 ]
 
@@ -49,6 +47,7 @@ DEFAULT_TRAIN: Dict[str, Any] = {
     "allow_partial_weights": False,  # load init_checkpoint even if some weights do not fit
     "download_timeout": 60.0,  # seconds a download of init_checkpoint may go without data
     "existing_output": "refuse",  # a new run in a used output_dir: refuse, move or overwrite
+    "cpu_speedups": True,  # the CPU inference speed-ups for a CPU model at evaluation
 }
 
 _OVERRIDE_HINT = "overrides are key=value (e.g. train.max_iter=100)"
@@ -111,8 +110,8 @@ def check_lazy_arguments(node: Any, path: str = "") -> None:
                         + _nearest(key, accepted)
                         + f" Its arguments: {', '.join(sorted(set(accepted)))}"
                     )
-    for key in node.keys():
-        check_lazy_arguments(node._get_node(key), f"{path}.{key}" if path else key)
+    for key, child in node.items_ex(resolve=False):  # an interpolation is checked where it points
+        check_lazy_arguments(child, f"{path}.{key}" if path else key)
 
 
 def _type_error(key: str, old: Any, value: Any) -> ConfigError:
@@ -262,27 +261,3 @@ def lazy_config_text(cfg: DictConfig) -> str:
     except Exception:  # an interpolation that does not resolve: keep it as written
         container = OmegaConf.to_container(cfg, resolve=False)
     return yaml.safe_dump(_plain(container), sort_keys=False)
-
-
-def _load_flat(text: str) -> Dict[str, Any]:
-    return _flatten(yaml.safe_load(text) or {})
-
-
-def lazy_run_settings(cfg: DictConfig) -> RunSettings:
-    """The :class:`RunSettings` of a Python config (keys named as ``train.max_iter``)."""
-    return RunSettings(
-        output_dir=cfg.train.output_dir,
-        max_iter=cfg.train.max_iter,
-        existing_output=cfg.train.existing_output,
-        flat_config=_load_flat(lazy_config_text(cfg)),
-        load_saved=_load_flat,
-        refused={
-            "optimizer.name": "the checkpoint holds the state of the other optimizer",
-            "optimizer._target_": "the checkpoint holds the state of the other optimizer",
-        },
-        not_used={"train.init_checkpoint": "not used: --resume loads the checkpoint's weights"},
-        max_iter_key="train.max_iter",
-        existing_output_key="train.existing_output",
-        output_dir_key="train.output_dir",
-        weights_format="train.init_checkpoint={}",
-    )

@@ -1,9 +1,10 @@
-"""Curves of a training run from its ``metrics.json``: losses and PQ over iterations."""
+"""Curves of a training run from its ``metrics.json``, as one PNG (``make train`` writes it beside
+its results; TensorBoard shows the same scalars interactively but writes no image)."""
 
 import json
 import logging
 import os
-from typing import Dict, List
+from typing import Dict
 
 __all__ = ["read_metrics", "plot_training_curves"]
 
@@ -24,35 +25,21 @@ def read_metrics(metrics_file: str) -> Dict[int, Dict[str, float]]:
     by_iter: Dict[int, Dict[str, float]] = {}
     with open(metrics_file) as f:
         for line_no, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
             try:
                 record = json.loads(line)
-            except json.JSONDecodeError as e:
-                # A run killed mid-write leaves a truncated last line.
-                logger.warning("%s:%d is not JSON (%s), skipped", metrics_file, line_no, e)
+            except json.JSONDecodeError as e:  # a run killed mid-write: a truncated last line
+                if line.strip():
+                    logger.warning("%s:%d is not JSON (%s), skipped", metrics_file, line_no, e)
                 continue
-            iteration = int(record.pop("iteration"))
-            by_iter.setdefault(iteration, {}).update(record)
+            by_iter.setdefault(int(record.pop("iteration")), {}).update(record)
     return dict(sorted(by_iter.items()))
-
-
-def _series(metrics: Dict[int, Dict[str, float]], key: str) -> List[tuple]:
-    return [(i, v[key]) for i, v in metrics.items() if key in v]
 
 
 def plot_training_curves(metrics_file: str, output_file: str) -> str:
     """
-    Plot the losses (left, log scale) and the quality metrics PQ, PQ_th, PQ_st, mIoU (right)
-    of a training run against the iteration, into a PNG.
-
-    Args:
-        metrics_file (str): detectron2's ``OUTPUT_DIR/metrics.json``.
-        output_file (str): the PNG to write.
-
-    Returns:
-        str: ``output_file``.
+    Plot the losses (left, log scale if all positive) and the quality metrics PQ, PQ_th, PQ_st,
+    mIoU (right) of a training run against the iteration, into the PNG ``output_file``
+    (returned).
     """
     import matplotlib
 
@@ -61,23 +48,19 @@ def plot_training_curves(metrics_file: str, output_file: str) -> str:
 
     metrics = read_metrics(metrics_file)
     keys = sorted({k for v in metrics.values() for k in v})
-    loss_keys = [k for k in keys if k == "total_loss" or k.startswith("loss_")]
-    quality_keys = [k for k in keys if k.rsplit("/", 1)[-1] in _QUALITY_METRICS]
-
     fig, (ax_loss, ax_quality) = plt.subplots(1, 2, figsize=(13, 4.5))
-    positive = True
-    for key in loss_keys:
-        points = _series(metrics, key)
-        positive = positive and min(v for _, v in points) > 0
-        width = 2.0 if key == "total_loss" else 1.0
-        marker = "." if len(points) < 20 else None  # a lone point has no line to show
-        ax_loss.plot(*zip(*points), label=key, linewidth=width, marker=marker)
+    for key in keys:
+        points = [(i, v[key]) for i, v in metrics.items() if key in v]
+        if key == "total_loss" or key.startswith("loss_"):
+            marker = "." if len(points) < 20 else None  # a lone point has no line to show
+            width = 2.0 if key == "total_loss" else 1.0
+            ax_loss.plot(*zip(*points), label=key, linewidth=width, marker=marker)
+        elif key.rsplit("/", 1)[-1] in _QUALITY_METRICS:
+            ax_quality.plot(*zip(*points), marker="o", label=key)
     # a learned loss weight's regularizer can be negative
+    positive = all(min(line.get_ydata()) > 0 for line in ax_loss.lines)
     ax_loss.set_yscale("log" if positive else "linear")
     ax_loss.set_title("training losses")
-    for key in quality_keys:
-        points = _series(metrics, key)
-        ax_quality.plot(*zip(*points), marker="o", label=key)
     ax_quality.set_title("validation quality")
     ax_quality.set_ylim(0, 100)
     for ax in (ax_loss, ax_quality):

@@ -9,38 +9,42 @@ would silently keep the old ``SOLVER.BASE_LR`` (and weight decay, momentum, ...)
 checkpoint; ``config.yaml`` for older ones) and refuses the changes a resumed run cannot take.
 """
 
-import logging
 import os
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
+import yaml
 from detectron2.config import CfgNode
+
+from panoptic_ext.apps.train.checkpoint import read_last_checkpoint
 
 __all__ = [
     "ResumeConfigError",
     "RunSettings",
-    "as_run_settings",
     "apply_current_hyperparameters",
     "check_optimizer_state",
     "check_resume",
-    "config_differences",
     "nothing_to_train",
     "read_saved_run",
 ]
 
-logger = logging.getLogger(__name__)
-
 _MISSING = "<missing>"
-# Keys whose change a resumed run cannot take, and why.
-_REFUSED = {
-    "SOLVER.OPTIMIZER": "the checkpoint holds the state of the other optimizer",
+# How the run options are written in a YAML config and in a Python config, for messages.
+_KEYS = {
+    "output_dir": ("OUTPUT_DIR", "train.output_dir"),
+    "max_iter": ("SOLVER.MAX_ITER", "train.max_iter"),
+    "weights": ("MODEL.WEIGHTS", "train.init_checkpoint"),
+    "existing_output": ("RUN.EXISTING_OUTPUT", "train.existing_output"),
+    "allow_partial": ("RUN.ALLOW_PARTIAL_WEIGHTS", "train.allow_partial_weights"),
+    "download_timeout": ("RUN.WEIGHTS_DOWNLOAD_TIMEOUT", "train.download_timeout"),
+    "max_to_keep": ("SOLVER.CHECKPOINT_MAX_TO_KEEP", "train.checkpointer.max_to_keep"),
+    "cpu_speedups": ("TEST.CPU_SPEEDUPS", "train.cpu_speedups"),
+    "optimizer": ("SOLVER.OPTIMIZER", "optimizer"),
 }
-# Keys that --resume does not use.
-_NOT_USED = {
-    "MODEL.WEIGHTS": "not used: --resume loads the checkpoint's weights",
-}
+_OTHER_OPTIMIZER = "the checkpoint holds the state of the other optimizer"
+_NOT_USED = "not used: --resume loads the checkpoint's weights"
 
 
 class ResumeConfigError(ValueError):
@@ -65,41 +69,78 @@ def _load_flat(text: str) -> Dict[str, Any]:
     return _flatten(CfgNode.load_cfg(text))
 
 
+def _load_flat_lazy(text: str) -> Dict[str, Any]:
+    return _flatten(yaml.safe_load(text) or {})
+
+
 @dataclass
 class RunSettings:
     """
-    What the checks of a run's OUTPUT_DIR and ``--resume`` read from its config, in either config
-    system (a yacs ``CfgNode``: :meth:`from_cfg`; a Python LazyConfig:
-    :func:`panoptic_ext.apps.train.lazy_config.lazy_run_settings`). ``*_key`` name the keys in
-    messages.
+    The run options of a config in either language (a yacs ``CfgNode``: :meth:`from_cfg`; a
+    Python config: :meth:`from_lazy`), as the output-directory checks, ``--resume`` and
+    ``--eval-only`` read them; :meth:`key` / :meth:`setting` name them in messages as the
+    user's config language writes them.
     """
 
+    language: str  # "yaml" or "python"
     output_dir: str
     max_iter: int
+    weights: str  # MODEL.WEIGHTS / train.init_checkpoint
     existing_output: str
+    allow_partial: bool
+    download_timeout: float
+    cpu_speedups: bool
     flat_config: Dict[str, Any]  # key -> value, as the saved config is read back
     load_saved: Callable[[str], Dict[str, Any]]  # a saved config's text -> flat_config
-    refused: Dict[str, str] = field(default_factory=lambda: dict(_REFUSED))
-    not_used: Dict[str, str] = field(default_factory=lambda: dict(_NOT_USED))
-    max_iter_key: str = "SOLVER.MAX_ITER"
-    existing_output_key: str = "RUN.EXISTING_OUTPUT"
-    output_dir_key: str = "OUTPUT_DIR"
-    weights_format: str = "MODEL.WEIGHTS {}"  # the override that loads a checkpoint's weights
+    refused: Dict[str, str] = field(default_factory=dict)  # changes --resume refuses, why
+    not_used: Dict[str, str] = field(default_factory=dict)  # keys --resume does not use
+
+    def key(self, name: str) -> str:
+        """The key of run option ``name`` (e.g. "max_iter") in this config language."""
+        return _KEYS[name][self.language == "python"]
+
+    def setting(self, name: str, value: Any) -> str:
+        """How to set run option ``name`` to ``value`` on the command line."""
+        sep = "=" if self.language == "python" else " "
+        return f"{self.key(name)}{sep}{value}"
 
     @classmethod
     def from_cfg(cls, cfg: CfgNode) -> "RunSettings":
         return cls(
+            language="yaml",
             output_dir=cfg.OUTPUT_DIR,
             max_iter=cfg.SOLVER.MAX_ITER,
+            weights=cfg.MODEL.WEIGHTS,
             existing_output=cfg.RUN.EXISTING_OUTPUT,
+            allow_partial=cfg.RUN.ALLOW_PARTIAL_WEIGHTS,
+            download_timeout=cfg.RUN.WEIGHTS_DOWNLOAD_TIMEOUT,
+            cpu_speedups=cfg.TEST.CPU_SPEEDUPS,
             flat_config=_normalised(cfg),
             load_saved=_load_flat,
+            refused={"SOLVER.OPTIMIZER": _OTHER_OPTIMIZER},
+            not_used={"MODEL.WEIGHTS": _NOT_USED},
         )
 
+    @classmethod
+    def from_lazy(cls, cfg: Any) -> "RunSettings":
+        """The settings of a Python config (``cfg.train`` holds the run options)."""
+        from panoptic_ext.apps.train.lazy_config import lazy_config_text
 
-def as_run_settings(cfg: Union[CfgNode, RunSettings]) -> RunSettings:
-    """``cfg`` itself if it is :class:`RunSettings`, else those of a yacs config."""
-    return cfg if isinstance(cfg, RunSettings) else RunSettings.from_cfg(cfg)
+        train = cfg.train
+        return cls(
+            language="python",
+            output_dir=train.output_dir,
+            max_iter=train.max_iter,
+            weights=train.init_checkpoint,
+            existing_output=train.existing_output,
+            allow_partial=train.allow_partial_weights,
+            download_timeout=train.download_timeout,
+            cpu_speedups=train.cpu_speedups,
+            flat_config=_load_flat_lazy(lazy_config_text(cfg)),
+            load_saved=_load_flat_lazy,
+            refused={"optimizer.name": _OTHER_OPTIMIZER, "optimizer._target_": _OTHER_OPTIMIZER},
+            not_used={"train.init_checkpoint": _NOT_USED},
+        )
 
 
 def _differences(a: Dict[str, Any], b: Dict[str, Any]) -> List[Tuple[str, Any, Any]]:
@@ -108,12 +149,6 @@ def _differences(a: Dict[str, Any], b: Dict[str, Any]) -> List[Tuple[str, Any, A
         for k in sorted(set(a) | set(b))
         if a.get(k, _MISSING) != b.get(k, _MISSING)
     ]
-
-
-def config_differences(saved: CfgNode, current: CfgNode) -> List[Tuple[str, Any, Any]]:
-    """``(key, saved value, current value)`` of every key that differs, sorted by key; a key
-    missing on one side has the value ``"<missing>"``."""
-    return _differences(_normalised(saved), _normalised(current))
 
 
 def read_saved_run(output_dir: str) -> Tuple[str, Optional[int], Optional[str], str]:
@@ -125,8 +160,7 @@ def read_saved_run(output_dir: str) -> Tuple[str, Optional[int], Optional[str], 
         saved at (None if unknown), the run's config as YAML text (None if not found), and
         where that config came from.
     """
-    with open(os.path.join(output_dir, "last_checkpoint")) as f:
-        path = os.path.join(output_dir, f.read().strip())
+    path = read_last_checkpoint(output_dir)
     iteration, text, source = None, None, ""
     try:
         # mmap: only the small entries are read, not the weights.
@@ -145,30 +179,22 @@ def read_saved_run(output_dir: str) -> Tuple[str, Optional[int], Optional[str], 
     return path, iteration, text, source
 
 
-def nothing_to_train(
-    path: str,
-    done: int,
-    max_iter: int,
-    key: str = "SOLVER.MAX_ITER",
-    weights_format: str = "MODEL.WEIGHTS {}",
-) -> ResumeConfigError:
-    """The error for a ``--resume`` whose ``key`` (max_iter) leaves no iteration to train."""
+def nothing_to_train(path: str, done: int, run: RunSettings) -> ResumeConfigError:
+    """The error for a ``--resume`` whose max_iter leaves no iteration to train."""
+    key = run.key("max_iter")
     state = "the run is complete"
-    if max_iter < done:
-        state = f"{key} = {max_iter} is below it"
+    if run.max_iter < done:
+        state = f"{key} = {run.max_iter} is below it"
     return ResumeConfigError(
         f"--resume: {path} has finished {done} iterations and {state}: nothing to train. To "
         f"train longer, set {key} above {done}; to evaluate that checkpoint, use "
-        f"--eval-only --resume (or --eval-only {weights_format.format('<checkpoint>')})."
+        f"--eval-only --resume (or --eval-only {run.setting('weights', '<checkpoint>')})."
     )
 
 
-def check_resume(cfg: Union[CfgNode, RunSettings]) -> List[str]:
+def check_resume(run: RunSettings) -> List[str]:
     """
     Check that ``--resume`` can continue the run in the config's output directory.
-
-    Args:
-        cfg (CfgNode or RunSettings): the current config.
 
     Returns:
         list[str]: lines to log: every config difference from the run's saved config and what
@@ -178,13 +204,9 @@ def check_resume(cfg: Union[CfgNode, RunSettings]) -> List[str]:
         ResumeConfigError: a change that cannot be applied (another optimizer), or a
             max_iter that leaves no iteration to train.
     """
-    run = as_run_settings(cfg)
     path, iteration, text, source = read_saved_run(run.output_dir)
-    messages: List[str] = []
     if iteration is not None and run.max_iter <= iteration + 1:
-        raise nothing_to_train(
-            path, iteration + 1, run.max_iter, run.max_iter_key, run.weights_format
-        )
+        raise nothing_to_train(path, iteration + 1, run)
     if text is None:
         return [f"--resume from {path}: no saved config found, config changes cannot be listed"]
     diffs = _differences(run.load_saved(text), run.flat_config)
@@ -195,21 +217,22 @@ def check_resume(cfg: Union[CfgNode, RunSettings]) -> List[str]:
             f"--resume cannot continue the run of {path} with this config:\n"
             + "\n".join(lines)
             + f"\nResume with the run's value ({source}), or start a new run (another "
-            f"{run.output_dir_key}, no --resume) from its weights: "
-            + run.weights_format.format(path)
-            + "."
+            f"{run.key('output_dir')}, no --resume) from its weights: "
+            f"{run.setting('weights', path)}."
         )
     if not diffs:
         return []
-    messages.append(
+    messages = [
         f"--resume from {path}: {len(diffs)} config change(s) from the run's config ({source}):"
-    )
+    ]
     for k, old, new in diffs:
         messages.append(f"  {k}: {old!r} -> {new!r} ({run.not_used.get(k, 'applied')})")
     return messages
 
 
-def check_optimizer_state(saved: Dict[str, Any], optimizer: torch.optim.Optimizer) -> Optional[str]:
+def check_optimizer_state(
+    saved: Dict[str, Any], optimizer: torch.optim.Optimizer, optimizer_key: str = "SOLVER.OPTIMIZER"
+) -> Optional[str]:
     """
     Why the optimizer state ``saved`` (an ``optimizer.state_dict()``) cannot be loaded into
     ``optimizer``, or None if it can. torch itself loads another optimizer's state (the step
@@ -221,7 +244,7 @@ def check_optimizer_state(saved: Dict[str, Any], optimizer: torch.optim.Optimize
     if sizes != current_sizes:
         return (
             f"its optimizer has parameter groups of sizes {sizes}, this config's {current_sizes} "
-            "(other trainable parameters, e.g. MODEL.BACKBONE.FREEZE_AT or the architecture)"
+            "(other trainable parameters: a frozen backbone stage or the architecture changed?)"
         )
     keys = sorted({k for g in groups for k in g if k != "params"})
     current_keys = sorted({k for g in current for k in g if k != "params"})
@@ -229,7 +252,7 @@ def check_optimizer_state(saved: Dict[str, Any], optimizer: torch.optim.Optimize
     if missing:
         return (
             f"its optimizer state is another optimizer's (it lacks {missing} that "
-            f"{type(optimizer).__name__} needs; SOLVER.OPTIMIZER changed?)"
+            f"{type(optimizer).__name__} needs; {optimizer_key} changed?)"
         )
     params = [p for g in current for p in g["params"]]
     for index, state in saved.get("state", {}).items():

@@ -188,9 +188,7 @@ def build_optimizer(cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimiz
     """
     name = cfg.SOLVER.OPTIMIZER
     if name not in OPTIMIZERS:
-        raise ValueError(
-            f"SOLVER.OPTIMIZER must be one of {sorted(OPTIMIZERS)}, got {name!r}"
-        )
+        raise ValueError(f"SOLVER.OPTIMIZER must be one of {sorted(OPTIMIZERS)}, got {name!r}")
     optimizer = panoptic_optimizer(
         _param_groups(cfg, model),
         name=name,

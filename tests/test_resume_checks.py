@@ -1,6 +1,8 @@
 """``train_net.py`` runs that would lose work or silently do something else: a new training over a
 finished run, ``--resume`` with a changed config (listed, applied or refused), with no iteration
-left, with another optimizer or another model, and ``--eval-only`` without weights."""
+left, with another optimizer or another model, or an empty ``last_checkpoint``, and
+``--eval-only`` without weights. A command that is refused, or only evaluates, leaves the
+finished run's files (``config.yaml`` included) as they were."""
 
 import os
 import shutil
@@ -12,9 +14,8 @@ from detectron2.solver import build_lr_scheduler
 from panoptic_ext.apps.train import get_panoptic_cfg, main, parse_args, read_metrics
 from panoptic_ext.apps.train.checkpoint import CheckpointError
 from panoptic_ext.apps.train.config_check import ConfigError
-from panoptic_ext.apps.train.output_lock import LOCK_NAME
 from panoptic_ext.apps.train.resume_config import ResumeConfigError
-from panoptic_ext.apps.train.run_dir import OutputDirError
+from panoptic_ext.apps.train.run_dir import LOCK_NAME, OutputDirError
 from tests.reliability_common import register_tiny_synthetic, unregister
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -109,6 +110,7 @@ def test_resume_of_a_checkpoint_without_saved_config_checks_the_optimizer_state(
 
 
 def test_resume_with_another_model_is_refused_even_with_partial_weights(run_copy):
+    before = _snapshot(run_copy)
     with pytest.raises(CheckpointError) as e:
         _run(
             run_copy,
@@ -119,6 +121,23 @@ def test_resume_with_another_model_is_refused_even_with_partial_weights(run_copy
     msg = str(e.value)
     assert "--resume cannot continue the run of" in msg and "sem_seg_head" in msg, msg
     assert f"MODEL.WEIGHTS {run_copy / 'model_final.pth'}" in msg
+    assert _snapshot(run_copy) == before  # config.yaml is not the refused command's
+
+
+def test_eval_only_resume_leaves_the_run_as_it_was(run_copy):
+    before = _snapshot(run_copy)
+    _run(run_copy, "SOLVER.BASE_LR", "0.5", "SOLVER.MAX_ITER", "9", resume=True, eval_only=True)
+    assert _snapshot(run_copy) == before  # config.yaml included
+
+
+def test_empty_last_checkpoint_is_named(run_copy):
+    (run_copy / "last_checkpoint").write_text("")
+    for flags in ({"resume": True}, {"resume": True, "eval_only": True}):
+        with pytest.raises(CheckpointError) as e:
+            _run(run_copy, "SOLVER.MAX_ITER", "4", **flags)
+        msg = str(e.value)
+        assert f"{run_copy / 'last_checkpoint'} is empty" in msg, msg
+        assert "model_final.pth" in msg and "does not exist" not in msg
 
 
 def test_resume_lists_and_applies_config_changes(run_copy):
