@@ -2,7 +2,8 @@
 
     python -m panoptic_ext.evaluation.pq_cli --gt-json panoptic_val2017.json \
         --pred-json predictions.json [--gt-folder DIR] [--pred-folder DIR] [--workers N] \
-        [--per-class] [--output results.json] [--engine auto|hotcoco|pure]
+        [--per-class] [--output results.json] [--engine auto|hotcoco|pure] \
+        [--report DIR [--images IMAGE_DIR]]
 
 prints panopticapi's table (PQ, SQ, RQ of All / Things / Stuff). ``pq_compute`` itself lives in
 :mod:`panoptic_ext.evaluation.panoptic_files` (``from panoptic_ext.evaluation import pq_compute``).
@@ -54,6 +55,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     parser.add_argument("--per-class", action="store_true", help="also print each category")
     parser.add_argument("--output", help="write the results dict to this JSON file")
+    parser.add_argument(
+        "--report", metavar="DIR", help="also write an HTML report (DIR/index.html, see docs)"
+    )
+    parser.add_argument("--images", metavar="DIR", help="the images, for the report's gallery")
     args = parser.parse_args(argv)
 
     start = time.perf_counter()
@@ -76,6 +81,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.output:
         with open(args.output, "w") as f:
             json.dump(results, f, indent=2, sort_keys=True)
+    if args.report:
+        from .report import write_panoptic_report
+
+        try:
+            report = write_panoptic_report(
+                args.report,
+                args.gt_json,
+                args.gt_folder,
+                args.images,
+                args.pred_json,
+                args.pred_folder,
+                num_workers=args.workers,
+            )
+        except (OSError, ValueError) as e:
+            print(f"panoptic-pq: error: --report {args.report}: {e}", file=sys.stderr)
+            return 1
+        print(f"Wrote the report {report['html']}")
     return 0
 
 
