@@ -17,6 +17,7 @@ Usage: python tools/install_detectron2.py [--constraints FILE] [--check-compiled
 """
 
 import argparse
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -95,6 +96,15 @@ def _prepare_sdist(workdir: Path, constraints: str) -> Path:
     return src
 
 
+def _refresh_standin() -> None:
+    """Replace an installed stand-in ``_C`` that differs from this checkout's."""
+    spec = importlib.util.find_spec("detectron2")
+    installed = Path(list(spec.submodule_search_locations)[0]) / "_C.py"
+    if installed.read_bytes() != STANDIN_SOURCE.read_bytes():
+        shutil.copyfile(STANDIN_SOURCE, installed)
+        print(f"[install_detectron2] updated the stand-in {installed}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--constraints", default="", help="pip constraints file")
@@ -118,6 +128,7 @@ def main() -> int:
         print("[install_detectron2] a compiled detectron2 is installed: nothing to do")
         return 0
     if state == "standin":
+        _refresh_standin()
         print("[install_detectron2] detectron2 v0.6 (no compiled ops) already installed")
         return 0
 
