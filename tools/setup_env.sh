@@ -19,7 +19,7 @@ STAMP="$VENV/.panoptic_ext_setup_stamp"
 # sha256 of the D2_SOURCE tarball that detectron2 was last built from (skips a 4-minute rebuild).
 D2_BUILT="$VENV/.detectron2_source_sha256"
 PIN_FILES=(requirements.txt requirements-dev.txt setup.py tools/setup_env.sh
-           tools/install_detectron2.py)
+           tools/install_detectron2.py tools/detectron2_C_standin.py)
 
 log() { echo "[setup] $*"; }
 
