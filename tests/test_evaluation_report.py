@@ -235,3 +235,46 @@ def test_report_names_a_missing_prediction_png(tmp_path):
     os.remove(os.path.join(pred_folder, "0001.png"))
     with pytest.raises(FileNotFoundError, match="0001.png"):
         write_panoptic_report(str(tmp_path / "r"), gt_json, gt_folder, None, pred_json, pred_folder)
+
+
+def test_report_after_evaluation_of_a_registered_dataset(tmp_path):
+    """What ``train_net.py --eval-only`` would call after its evaluation: the report of the
+    predictions the evaluator saved (TEST.SAVE_PANOPTIC_PNGS), with the evaluator's numbers."""
+    import torch
+    from detectron2.data import DatasetCatalog
+
+    from panoptic_ext.evaluation import PanopticQualityEvaluator
+    from panoptic_ext.evaluation.report import write_report_for_dataset
+    from tests.reliability_common import register_tiny_synthetic, unregister
+
+    names = register_tiny_synthetic(str(tmp_path), "report_tiny", num_train=1, num_val=4)
+    try:
+        records = DatasetCatalog.get(names["val"])  # generates the files
+        evaluated = tmp_path / "inference"
+        evaluator = PanopticQualityEvaluator(names["val"], str(evaluated), save_pngs=True)
+        evaluator.reset()
+        with pytest.raises(FileNotFoundError, match="TEST.SAVE_PANOPTIC_PNGS True"):
+            write_report_for_dataset(names["val"], str(evaluated), str(tmp_path / "report"))
+        rng = np.random.default_rng(4)
+        for record in records:
+            ids = rgb_to_id(np.asarray(Image.open(record["pan_seg_file_name"]).convert("RGB")))
+            pred, segments = _perturbed(rng, ids, _gt_segments(record), SYNTHETIC_CATEGORIES)
+            outputs = [{"panoptic_seg": (torch.as_tensor(pred.astype(np.int32)), segments)}]
+            evaluator.process([{"image_id": record["image_id"]}], outputs)
+        pq = evaluator.evaluate()["panoptic_seg"]["PQ"]
+        report = write_report_for_dataset(names["val"], str(evaluated), str(tmp_path / "report"))
+        assert 100 * report["results"]["All"]["pq"] == pq
+        _check_page(tmp_path / "report", 4)
+    finally:
+        unregister(names["train"], names["val"])
+
+
+def _gt_segments(record):
+    """The record's gt segments with the dataset's category ids (from the gt JSON)."""
+    from detectron2.data import MetadataCatalog
+
+    metadata = MetadataCatalog.get("report_tiny_val")
+    with open(metadata.panoptic_json) as f:
+        gt = json.load(f)
+    (ann,) = [a for a in gt["annotations"] if a["image_id"] == record["image_id"]]
+    return ann["segments_info"]
