@@ -118,7 +118,8 @@ class PanopticFPNDatasetMapper:
             if any(lay != layouts[0] for lay in layouts[1:]):
                 raise ValueError(f"datasets {names} have different classes; train on one layout")
             layout = layouts[0]
-            check_class_counts(layout, names[0], *config_class_counts(cfg))
+            things, _ = config_class_counts(cfg)  # semantic targets are made for any model
+            check_class_counts(layout, names[0], things, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
             for name in names:
                 check_dataset_paths(name)
         return {
