@@ -1,0 +1,105 @@
+"""The ``panoptic-pq`` command starts without torch and detectron2 (fresh processes), and prints
+the same PQ as ``pq_compute``; ``import panoptic_ext`` elsewhere still registers the plugins."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from panoptic_ext.evaluation import pq_compute
+from tests.pq_fixtures import random_panoptic_pair, write_panoptic_files
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# The console script's module run as the console script runs it: sys.argv[0] is the command.
+RUN_AS_CONSOLE_SCRIPT = """
+import runpy, sys
+sys.argv = ["panoptic-pq"] + sys.argv[1:]
+try:
+    runpy.run_module("panoptic_ext.evaluation.pq_cli", run_name="__main__")
+except SystemExit as e:
+    code = e.code
+heavy = sorted(m for m in ("torch", "detectron2", "cv2") if m in sys.modules)
+print("exit", code, "heavy modules:", heavy)
+"""
+
+
+@pytest.fixture(scope="module")
+def pq_files(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    cases = [random_panoptic_pair(rng, 40, 60) for _ in range(3)]
+    return write_panoptic_files(str(tmp_path_factory.mktemp("pq_cli")), cases)
+
+
+def _run(args, **env):
+    return subprocess.run(
+        [sys.executable] + args,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, **env),
+    )
+
+
+def _all_row(out):
+    return next(line for line in out.splitlines() if line.startswith("All"))
+
+
+def _cli_args(pq_files, engine):
+    gt_json, gt_folder, pred_json, pred_folder = pq_files
+    return [
+        "--gt-json",
+        gt_json,
+        "--pred-json",
+        pred_json,
+        "--gt-folder",
+        gt_folder,
+        "--pred-folder",
+        pred_folder,
+        "--engine",
+        engine,
+    ]
+
+
+@pytest.mark.parametrize("engine", ["pure", "auto"])
+def test_console_script_imports_neither_torch_nor_detectron2(pq_files, engine):
+    result = _run(["-c", RUN_AS_CONSOLE_SCRIPT] + _cli_args(pq_files, engine))
+    assert result.returncode == 0, result.stderr
+    assert "exit 0 heavy modules: []" in result.stdout
+    gt_json, gt_folder, pred_json, pred_folder = pq_files
+    expected = pq_compute(gt_json, pred_json, gt_folder, pred_folder, engine="pure")
+    assert expected["All"]["n"] > 0
+    assert f"{100 * expected['All']['pq']:5.1f}" in _all_row(result.stdout)
+
+
+def test_python_m_imports_neither_torch_nor_detectron2(pq_files):
+    result = _run(
+        ["-m", "panoptic_ext.evaluation.pq_cli"] + _cli_args(pq_files, "pure"),
+        PYTHONPROFILEIMPORTTIME="1",
+    )
+    assert result.returncode == 0, result.stderr
+    imported = [line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()]
+    assert "panoptic_ext.evaluation.panoptic_files" in imported
+    assert not [m for m in imported if m.split(".")[0] in ("torch", "detectron2")]
+    assert _all_row(result.stdout)
+
+
+def test_cli_errors_name_the_file_without_torch(pq_files, tmp_path):
+    missing = str(tmp_path / "none.json")
+    result = _run(["-c", RUN_AS_CONSOLE_SCRIPT, "--gt-json", pq_files[0], "--pred-json", missing])
+    assert "exit 1 heavy modules: []" in result.stdout
+    assert f"panoptic-pq: error: prediction JSON file {missing} does not exist" in result.stderr
+
+
+def test_import_panoptic_ext_elsewhere_still_registers_the_plugins():
+    code = (
+        "import panoptic_ext.evaluation.pq_cli\n"
+        "from detectron2.modeling import META_ARCH_REGISTRY\n"
+        "print('PanopticFPNExt' in META_ARCH_REGISTRY)\n"
+    )
+    result = _run(["-c", code])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[-1] == "True"
