@@ -3,7 +3,6 @@ no changed attribute of detectron2; the package has no import cycle."""
 
 import ast
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
