@@ -7,13 +7,17 @@ wraps the model with ``create_ddp_model``, which passes ``device_ids=[local_rank
 ``DistributedDataParallel`` rejects for a CPU model. :func:`launch` here starts CPU workers itself
 (``torch.multiprocessing`` spawn, ``gloo`` process group, detectron2's per-machine group in
 ``comm._LOCAL_PROCESS_GROUP``, a barrier) and makes ``create_ddp_model`` CPU-aware in them; with
-CUDA, or with one process, it is detectron2's ``launch``.
+CUDA, or with one process, it is detectron2's ``launch``. Its workers end in order (see
+:func:`_end_worker`), so that an error of the job (e.g. the NaN guard's, raised by every process
+at the same step) is what the launching process reports, never a signal of the teardown.
 """
 
 import logging
 import os
+import time
 from datetime import timedelta
 from typing import Any, Callable, Optional, Sequence
+from urllib.parse import urlparse
 
 import torch
 import torch.distributed as dist
@@ -28,6 +32,8 @@ __all__ = ["DEFAULT_TIMEOUT", "launch", "launch_cpu", "use_cpu_launch"]
 logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = timedelta(minutes=30)
+# Seconds a failed worker waits for the others before it leaves (they fail at the same step).
+_ERROR_WAIT_S = 60.0
 
 
 def use_cpu_launch(num_processes_per_machine: int, num_machines: int = 1) -> bool:
@@ -140,6 +146,50 @@ def launch_cpu(
     )
 
 
+def _rendezvous_store(dist_url: str, rank: int, world_size: int, timeout: timedelta):
+    """The TCPStore of a ``tcp://host:port`` URL (hosted by rank 0), or None for other URLs."""
+    url = urlparse(dist_url)
+    if url.scheme != "tcp" or not url.hostname or not url.port:
+        return None
+    return dist.TCPStore(url.hostname, url.port, world_size, rank == 0, timeout)
+
+
+def _wait_for_all(store, key: str, world_size: int, seconds: float) -> bool:
+    """Count this process in ``key`` and wait (at most ``seconds``) until every process has."""
+    count = store.add(key, 1)
+    deadline = time.monotonic() + seconds
+    while count < world_size and time.monotonic() < deadline:
+        time.sleep(0.05)
+        count = store.add(key, 0)
+    return count >= world_size
+
+
+def _end_worker(store, rank: int, world_size: int, seconds: float) -> None:
+    """
+    Tear the process groups down in an order that no process can be aborted by: every process
+    first waits (at most ``seconds``) until all have finished their job, so that none closes its
+    connections while another still uses them; the rendezvous store's host (rank 0) then waits
+    until the others have destroyed their groups, so that none finds the store gone. Without it,
+    a process could end in SIGABRT (gloo or the store raising in a destructor) instead of
+    reporting its job's error.
+    """
+    if store is not None and not _wait_for_all(store, "panoptic_ext/finished", world_size, seconds):
+        logger.warning(
+            "Process %d: not every process finished within %.0f s; leaving anyway", rank, seconds
+        )
+    comm._LOCAL_PROCESS_GROUP = None  # set by _cpu_worker: its group must not outlive the world
+    try:
+        dist.destroy_process_group()
+    except Exception as e:  # the job's own error, if any, is what matters to the user
+        logger.warning("Process %d: destroying the process group failed: %s", rank, e)
+    if store is None:
+        return
+    if rank == 0:
+        _wait_for_all(store, "panoptic_ext/destroyed", world_size, seconds)
+    else:
+        store.add("panoptic_ext/destroyed", 1)
+
+
 def _cpu_worker(
     local_rank: int,
     main_func: Callable[..., Any],
@@ -155,9 +205,11 @@ def _cpu_worker(
         # N processes each using every core slow each other down.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // num_processes_per_machine))
     try:
+        store = _rendezvous_store(dist_url, global_rank, world_size, timeout)
         dist.init_process_group(
             backend="gloo",
-            init_method=dist_url,
+            init_method=None if store is not None else dist_url,
+            store=store,
             world_size=world_size,
             rank=global_rank,
             timeout=timeout,
@@ -179,5 +231,14 @@ def _cpu_worker(
     comm.synchronize()
     try:
         main_func(*args)
-    finally:
-        dist.destroy_process_group()
+    except Exception as e:
+        # Said here at once, whatever happens next; torch.multiprocessing then shows the
+        # traceback (the first process to fail) in the launching process.
+        logger.error(
+            "Process %d of %d failed: %s: %s", global_rank, world_size, type(e).__name__, e
+        )
+        # The others fail at the same step (e.g. the NaN guard) or are stopped by the launcher:
+        # a short wait for them.
+        _end_worker(store, global_rank, world_size, min(timeout.total_seconds(), _ERROR_WAIT_S))
+        raise
+    _end_worker(store, global_rank, world_size, timeout.total_seconds())

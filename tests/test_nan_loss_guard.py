@@ -10,12 +10,13 @@ import torch
 from detectron2.engine import HookBase, SimpleTrainer, hooks
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
+from torch.multiprocessing import ProcessRaisedException
 
-from panoptic_ext.compat import create_ddp_model
 from panoptic_ext.apps.train import Trainer, get_panoptic_cfg
 from panoptic_ext.apps.train.checkpoint import PanopticCheckpointer
 from panoptic_ext.apps.train.distributed import launch_cpu
 from panoptic_ext.apps.train.fault_hooks import NonFiniteLossGuard
+from panoptic_ext.compat import create_ddp_model
 from tests.reliability_common import register_tiny_synthetic, unregister
 
 QUICK_CONFIG = os.path.join(
@@ -124,6 +125,22 @@ def test_nan_loss_in_one_process_stops_all_processes(tmp_path):
     assert "loss_b (non-finite in another process)" in (tmp_path / "rank0.err").read_text()
     assert (tmp_path / "last_checkpoint").read_text() == "model_0000001.pth"
     assert _finite_checkpoint(tmp_path / "model_0000001.pth")
+
+
+def _toy_distributed_job_uncaught(output_dir):
+    model = create_ddp_model(_ToyModel(nan_at=3, nan_rank=1), broadcast_buffers=False)
+    _toy_trainer(model, output_dir).train(0, 10)
+
+
+def test_nan_loss_error_of_the_workers_reaches_the_launching_process(tmp_path):
+    # What a user of train_net.py --num-gpus 2 sees: the guard's message (from whichever process
+    # is reported first), never a signal of the process-group teardown.
+    with pytest.raises(ProcessRaisedException) as e:
+        launch_cpu(
+            _toy_distributed_job_uncaught, 2, args=(str(tmp_path),), timeout=timedelta(seconds=60)
+        )
+    assert "FloatingPointError: Non-finite loss at iteration 3 (process " in str(e.value)
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000001.pth"
 
 
 class _DivergeAt(HookBase):
