@@ -217,3 +217,18 @@ def test_png_checks(dataset):
     _register(name, paths, check_pngs=True)
     with pytest.raises(PanopticDatasetError, match="0001.png"):
         DatasetCatalog.get(name)
+
+
+@pytest.mark.parametrize("name", ["coco_2017_val_panoptic", "coco_2017_val_panoptic_separated"])
+def test_evaluating_a_builtin_dataset_without_data_names_the_missing_file(name):
+    """The evaluators of the shipped COCO config (and of detectron2's "separated" records, whose
+    instances JSON pycocotools would open) name the missing file and how to make it."""
+    from panoptic_ext.evaluation import build_panoptic_evaluators
+    from tests.common import R50_1X, load_cfg
+
+    cfg = load_cfg(R50_1X)
+    assert name == "coco_2017_val_panoptic_separated" or cfg.DATASETS.TEST[0] == name
+    if os.path.exists(MetadataCatalog.get(name).image_root):
+        pytest.skip(f"{name} is installed here")
+    with pytest.raises(FileNotFoundError, match=f"{name}.*does not exist.*panoptic_annotations"):
+        build_panoptic_evaluators(cfg, name)

@@ -201,6 +201,8 @@ def test_coco_configs_match_detectron2_model_zoo(name):
         "MODEL.META_ARCHITECTURE",
         "MODEL.SEM_SEG_HEAD.NAME",
         "MODEL.ROI_HEADS.NAME",  # PanopticROIHeads: StandardROIHeads + masks on demand
+        "DATASETS.TRAIN",  # the standard panoptic records: no prepare_panoptic_fpn.py
+        "DATASETS.TEST",
     }
     ours = _flatten(load_cfg(os.path.join(CONFIGS, "COCO-PanopticSegmentation", f"{name}.yaml")))
     theirs = _flatten(get_model_zoo_cfg(f"COCO-PanopticSegmentation/{name}.yaml"))

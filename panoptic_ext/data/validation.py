@@ -75,14 +75,15 @@ def preparation_hint(name_or_path: str) -> str:
 
 def check_dataset_paths(dataset_name: str) -> None:
     """
-    Raise FileNotFoundError if a root or JSON of a registered dataset's metadata is missing.
+    Raise FileNotFoundError if a root or JSON of a registered dataset's metadata is missing
+    (naming it and the step that makes it).
 
     Datasets generated on demand (``metadata.generated_on_demand``) are not checked.
     """
     meta = MetadataCatalog.get(dataset_name)
     if meta.get("generated_on_demand", False):
         return
-    for key in ("image_root", "panoptic_root", "panoptic_json", "sem_seg_root"):
+    for key in ("image_root", "panoptic_root", "panoptic_json", "sem_seg_root", "json_file"):
         path = meta.get(key, None)
         if path and not PathManager.exists(path):
             root = os.getenv("DETECTRON2_DATASETS", "datasets")

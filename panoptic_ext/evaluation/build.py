@@ -10,6 +10,7 @@ from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, SemSegEvalua
 from ..compat import detectron2_has_compiled_ops
 from ..config import get_key
 from ..data.class_layout import PanopticClassLayout
+from ..data.validation import check_dataset_paths
 from .instance_evaluation import PanopticInstanceEvaluator
 from .panoptic_evaluation import PanopticQualityEvaluator
 from .sem_seg_evaluation import PanopticSemSegEvaluator
@@ -55,6 +56,7 @@ def build_panoptic_evaluators(
         tasks (list[str]): subset of ("panoptic_seg", "sem_seg", "instances"); default
             TEST.EVAL_TASKS.
     """
+    check_dataset_paths(dataset_name)  # a missing file named with the step that makes it
     return panoptic_evaluators(
         dataset_name,
         output_dir,

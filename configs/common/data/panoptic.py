@@ -18,7 +18,7 @@ dataloader = OmegaConf.create()
 
 dataloader.train = L(build_detection_train_loader)(
     dataset=L(get_detection_dataset_dicts)(
-        names="coco_2017_train_panoptic_separated", filter_empty=False
+        names="coco_2017_train_panoptic", filter_empty=False
     ),
     mapper=L(PanopticFPNDatasetMapper)(
         is_train=True,
@@ -46,7 +46,7 @@ dataloader.train = L(build_detection_train_loader)(
 
 dataloader.test = L(build_detection_test_loader)(
     dataset=L(get_detection_dataset_dicts)(
-        names="coco_2017_val_panoptic_separated", filter_empty=False
+        names="coco_2017_val_panoptic", filter_empty=False
     ),
     mapper=L(PanopticFPNDatasetMapper)(
         is_train=False,
