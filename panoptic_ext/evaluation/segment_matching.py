@@ -12,9 +12,9 @@ The semantics are panopticapi's ``pq_compute_single_core`` (and of its port in c
 - categories are averaged over those with at least one TP, FP or FN.
 
 Instead of panopticapi's ``np.unique`` over ``gt * OFFSET + pred`` (a sort of every pixel)
-and Python loops over segment pairs, ids are mapped to compact indices with a lookup table and
-the (gt, pred) pairs counted with one ``np.bincount``; matching then works on small (gt x pred)
-matrices. numpy only: this module imports neither torch nor detectron2.
+and Python loops over segment pairs, the distinct (gt id, pred id) pairs are counted over the runs
+of the two maps (:func:`pair_counts`, ``np.unique`` over one key per run); matching then works on
+small (gt x pred) matrices. numpy only: this module imports neither torch nor detectron2.
 """
 
 import threading
@@ -28,6 +28,7 @@ __all__ = [
     "PQStat",
     "PanopticFormatError",
     "pq_image",
+    "pair_counts",
     "segment_index_map",
     "int_field",
 ]
@@ -201,6 +202,52 @@ def _segment_ids(segments: Sequence[Mapping[str, Any]], what: str, image: str) -
     return ids
 
 
+def _checked_ids(id_map: np.ndarray, what: str) -> np.ndarray:
+    id_map = np.asarray(id_map)
+    if id_map.dtype.kind not in "iub":
+        raise ValueError(f"{what} segment ids must be integers, got a {id_map.dtype} map")
+    if id_map.size and id_map.min() < 0:
+        raise ValueError(f"{what} segment ids must be non-negative (0 is VOID)")
+    if id_map.size and id_map.max() >= OFFSET:
+        raise ValueError(f"{what} segment ids must be < 2**24 (RGB-encodable), got {id_map.max()}")
+    return id_map
+
+
+def pair_counts(gt_ids: np.ndarray, pred_ids: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """
+    Pixel counts of the distinct (gt id, pred id) pairs of two id maps of the same shape.
+
+    The pairs are keyed gt id * 2**24 + pred id (panopticapi's ``OFFSET``), and counted over the
+    runs of equal keys in row-major order (panoptic maps are long runs), so that ``np.unique``
+    sorts one key per run instead of one per pixel.
+
+    Returns:
+        (keys, counts): sorted distinct int64 keys and their int64 pixel counts.
+    """
+    flat = _checked_ids(gt_ids, "ground-truth").astype(np.int64).ravel()
+    flat <<= 24
+    flat |= _checked_ids(pred_ids, "predicted").astype(np.int64, copy=False).ravel()
+    if not flat.size:
+        return flat, flat
+    starts = np.concatenate(([0], np.flatnonzero(flat[1:] != flat[:-1]) + 1))
+    lengths = np.diff(np.append(starts, flat.size))
+    keys, run_to_key = np.unique(flat[starts], return_inverse=True)
+    return keys, np.bincount(run_to_key, weights=lengths).astype(np.int64)
+
+
+def _compact_index(ids: np.ndarray, segment_ids: np.ndarray) -> np.ndarray:
+    """segment_index_map's indices of a few distinct ids: 0 unknown, 1 VOID, 2 + i segment i."""
+    order = np.argsort(segment_ids, kind="stable")
+    sorted_ids = segment_ids[order]
+    pos = np.searchsorted(sorted_ids, ids)
+    found = pos < len(sorted_ids)
+    found[found] = sorted_ids[pos[found]] == ids[found]
+    index = np.zeros(len(ids), dtype=np.int64)
+    index[found] = 2 + order[pos[found]]
+    index[ids == VOID] = 1
+    return index
+
+
 def _intersections(
     gt_ids: np.ndarray, g_ids: np.ndarray, pred_ids: np.ndarray, p_ids: np.ndarray
 ) -> Tuple[np.ndarray, np.ndarray]:
@@ -209,12 +256,15 @@ def _intersections(
     matrix over the indices of :func:`segment_index_map`, and the sorted predicted ids that are
     neither in ``p_ids`` nor VOID.
     """
+    keys, counts = pair_counts(gt_ids, pred_ids)
     num_g, num_p = len(g_ids) + 2, len(p_ids) + 2
-    joint = segment_index_map(gt_ids, g_ids, scale=num_p)
-    joint += segment_index_map(pred_ids, p_ids)
-    inter = np.bincount(joint.ravel(), minlength=num_g * num_p).reshape(num_g, num_p)
-    unknown = np.unique(pred_ids[(joint % num_p) == 0]) if inter[:, 0].any() else joint[:0]
-    return inter, unknown
+    pred_of_pair = keys & (OFFSET - 1)
+    pj = _compact_index(pred_of_pair, p_ids)
+    gi = _compact_index(keys >> 24, g_ids)
+    inter = np.bincount(gi * num_p + pj, weights=counts, minlength=num_g * num_p)
+    inter = inter.astype(np.int64).reshape(num_g, num_p)  # exact: counts < 2**53
+    unknown = pj == 0
+    return inter, (np.unique(pred_of_pair[unknown]) if unknown.any() else pred_of_pair[:0])
 
 
 def pq_image(
