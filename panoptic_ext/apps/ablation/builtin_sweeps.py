@@ -1,7 +1,7 @@
 """
 The paper's ablations as sweep specs (:paper:`PanopticFPN`), in the format of a sweep YAML file
-(see :mod:`panoptic_ext.apps.ablation.spec`). Points that leave the config unchanged are the baseline
-run, shared by every sweep.
+(see :mod:`panoptic_ext.apps.ablation.spec`). Points that leave the config unchanged are the
+baseline run, shared by every sweep.
 """
 
 from typing import Any, Dict, List

@@ -1,4 +1,6 @@
-"""The results of a sweep as ``results.csv``, ``results.md`` and one plot per sweep."""
+"""The results of a sweep as ``results.csv``, ``results.md`` and one plot per sweep. A run that
+has no result is shown as "diverged" (its loss became NaN/inf), "failed" (an error in this
+call) or "not run"."""
 
 import csv
 import math
@@ -6,7 +8,7 @@ import os
 import statistics
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from panoptic_ext.apps.ablation.runner import read_result
+from panoptic_ext.apps.ablation.runner import read_diverged, read_result
 from panoptic_ext.apps.ablation.spec import Sweep
 
 __all__ = ["METRICS", "collect_rows", "write_report"]
@@ -24,9 +26,11 @@ METRICS = (
     ("gflops", "GFLOPs", 2),
     ("params_m", "params (M)", 1),
 )
-_COLUMNS = ["sweep", "axis", "point", "value", "repeat", "run", "networks"] + [
-    m for m, _, _ in METRICS
-]
+_COLUMNS = (
+    ["sweep", "axis", "point", "value", "repeat", "run", "networks"]
+    + [m for m, _, _ in METRICS]
+    + ["status"]
+)
 
 
 def collect_rows(sweeps: Sequence[Sweep], output_root: str) -> List[Dict[str, Any]]:
@@ -49,7 +53,7 @@ def collect_rows(sweeps: Sequence[Sweep], output_root: str) -> List[Dict[str, An
                 }
                 for key, _, _ in METRICS:
                     row[key] = result["metrics"].get(key, result.get(key, float("nan")))
-                rows.append(row)
+                rows.append(dict(row, status="finished"))
     return rows
 
 
@@ -64,7 +68,7 @@ def _mean_std(values: List[float], decimals: int) -> str:
     return f"{statistics.mean(values):.{decimals}f} ± {statistics.stdev(values):.{decimals}f}"
 
 
-def _markdown(sweeps: Sequence[Sweep], rows: List[Dict[str, Any]]) -> str:
+def _markdown(sweeps: Sequence[Sweep], rows: List[Dict[str, Any]], states: Dict[str, str]) -> str:
     lines = []
     for sweep in sweeps:
         lines += [f"### {sweep.name}", ""]
@@ -74,13 +78,19 @@ def _markdown(sweeps: Sequence[Sweep], rows: List[Dict[str, Any]]) -> str:
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for point in sweep.points:
             mine = [r for r in rows if r["sweep"] == sweep.name and r["point"] == point.label]
+            names = sorted({r.name for r in point.runs})
+            others = [states[r.name] for r in point.runs if r.name in states]
             if not mine:
-                lines.append(f"| {point.label} | " + "not run | " * len(METRICS) + "- |")
+                state = others[0] if len(set(others)) == 1 else "not finished"
+                lines.append(f"| {point.label} | " + f"{state} | " * len(METRICS) + "- |")
                 continue
             cells = [_mean_std([float(r[key]) for r in mine], d) for key, _, d in METRICS]
-            runs = ", ".join(sorted({r["run"] for r in mine}))
             seeds = f" ({len(mine)} seeds)" if len(mine) > 1 else ""
-            lines.append(f"| {point.label}{seeds} | " + " | ".join(cells) + f" | {runs} |")
+            if others:
+                seeds += "; " + ", ".join(f"{others.count(s)} {s}" for s in sorted(set(others)))
+            lines.append(
+                f"| {point.label}{seeds} | " + " | ".join(cells) + f" | {', '.join(names)} |"
+            )
         lines.append("")
     return "\n".join(lines)
 
@@ -139,36 +149,71 @@ def _plot(
     return path
 
 
-def write_report(sweeps: Sequence[Sweep], output_root: str) -> Dict[str, Any]:
+def _states(
+    sweeps: Sequence[Sweep], output_root: str, finished: set, failed: Dict[str, str]
+) -> Dict[str, str]:
+    """Run name -> "diverged", "failed" or "not run", for the runs without a result."""
+    states = {}
+    for run in {run.name: run for s in sweeps for p in s.points for run in p.runs}.values():
+        if run.name in finished:
+            continue
+        if read_diverged(os.path.join(output_root, run.name)) is not None:
+            states[run.name] = "diverged"
+        else:
+            states[run.name] = "failed" if run.name in failed else "not run"
+    return states
+
+
+def write_report(
+    sweeps: Sequence[Sweep], output_root: str, failed: Optional[Dict[str, str]] = None
+) -> Dict[str, Any]:
     """
-    Write ``results.csv`` (one row per finished run of each point), ``results.md`` (per sweep a
-    table; mean ± std over repeats) and ``plots/<sweep>.png`` (each metric against the swept
-    value) in ``output_root``.
+    Write ``results.csv`` (one row per run of each point: the finished ones with their numbers,
+    the others with their status), ``results.md`` (per sweep a table; mean ± std over repeats;
+    "diverged", "failed" or "not run" for a point without a finished run) and
+    ``plots/<sweep>.png`` (each metric against the swept value) in ``output_root``.
+
+    Args:
+        failed (dict): {run name: error} of the runs that failed in this call.
 
     Returns:
-        dict: "csv", "markdown", "plots" (paths), "rows", "missing" (runs not finished).
+        dict: "csv", "markdown", "plots" (paths), "rows" (finished runs), "missing" (runs not
+        finished), "diverged" (runs that diverged), "failed" (``failed``).
     """
+    failed = dict(failed or {})
     rows = collect_rows(sweeps, output_root)
+    finished = {r["run"] for r in rows}
+    states = _states(sweeps, output_root, finished, failed)
+    unfinished = []
+    for sweep in sweeps:
+        for point in sweep.points:
+            for i, run in enumerate(point.runs):
+                if run.name in states:
+                    unfinished.append(
+                        {"sweep": sweep.name, "axis": sweep.axis, "point": point.label,
+                         "value": point.value, "repeat": i, "run": run.name,
+                         "networks": run.networks, "status": states[run.name]}
+                    )  # fmt: skip
     csv_path = os.path.join(output_root, "results.csv")
     with open(csv_path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=_COLUMNS)
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(rows + unfinished)
     md_path = os.path.join(output_root, "results.md")
     with open(md_path, "w") as f:
-        f.write(_markdown(sweeps, rows))
+        f.write(_markdown(sweeps, rows, states))
     os.makedirs(os.path.join(output_root, "plots"), exist_ok=True)
     noise = _baseline_noise(rows)
     plots = [
         _plot(sweep, rows, noise, os.path.join(output_root, "plots", f"{sweep.name}.png"))
         for sweep in sweeps
     ]
-    finished = {r["run"] for r in rows}
-    missing = sorted({run.name for s in sweeps for p in s.points for run in p.runs} - finished)
     return {
         "csv": csv_path,
         "markdown": md_path,
         "plots": [p for p in plots if p],
         "rows": rows,
-        "missing": missing,
+        "missing": sorted(states),
+        "diverged": sorted(n for n, s in states.items() if s == "diverged"),
+        "failed": failed,
     }

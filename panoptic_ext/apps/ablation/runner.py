@@ -2,10 +2,14 @@
 One run of a sweep, resumable: train (or continue from ``last_checkpoint``) with the project's
 ``Trainer``, evaluate, count FLOPs and parameters, and write ``ablation_result.json`` last.
 
-A run folder is in one of four states: finished (``ablation_result.json``: nothing is done),
-trained (``last_checkpoint`` names ``model_final.pth``: evaluated only), interrupted
-(``last_checkpoint``: training continues with ``--resume``) or new (trained from the start;
-files of an attempt that made no checkpoint are overwritten). Every training and evaluation
+A run folder is in one of five states: finished (``ablation_result.json``: nothing is done),
+diverged (``ablation_diverged.json``: a loss became NaN/inf; not run again, as it would diverge
+again, and reported as "diverged"), trained (``last_checkpoint`` names ``model_final.pth``:
+evaluated only), interrupted (``last_checkpoint``: training continues with ``--resume``) or new
+(trained from the start; files of an attempt that made no checkpoint are overwritten). A folder
+whose run (finished, diverged or interrupted) has another config than the sweep now makes for it
+is refused (:func:`check_run_folder`), so that no run trains half with one config and half with
+another and every row shows the config its run trained with. Every training and evaluation
 holds the folder's lock (:func:`~panoptic_ext.apps.train.run_dir.prepare_output_dir`).
 """
 
@@ -24,27 +28,37 @@ from detectron2.data import DatasetCatalog
 from detectron2.engine import HookBase
 from detectron2.utils.logger import setup_logger
 
-from panoptic_ext.data.mapper import PanopticFPNDatasetMapper
-from panoptic_ext.apps.train.checkpoint import PanopticCheckpointer
-from panoptic_ext.apps.train.config_loading import default_setup
-from panoptic_ext.apps.train.run_dir import prepare_output_dir
-from panoptic_ext.apps.train.trainer import Trainer
-from panoptic_ext.modeling import build_panoptic_postprocessor
 from panoptic_ext.apps.ablation.compute import count_compute
 from panoptic_ext.apps.ablation.separate import SeparateNetworksPanoptic, separate_network_configs
 from panoptic_ext.apps.ablation.spec import Run, run_config
+from panoptic_ext.apps.train.checkpoint import PanopticCheckpointer
+from panoptic_ext.apps.train.config_loading import default_setup
+from panoptic_ext.apps.train.resume_config import read_saved_run
+from panoptic_ext.apps.train.run_dir import prepare_output_dir
+from panoptic_ext.apps.train.trainer import Trainer
+from panoptic_ext.data.mapper import PanopticFPNDatasetMapper
+from panoptic_ext.modeling import build_panoptic_postprocessor
 
-__all__ = ["RESULT_FILE", "read_result", "run_one", "RunConfigChanged"]
+__all__ = [
+    "DIVERGED_FILE",
+    "RESULT_FILE",
+    "RunConfigChanged",
+    "check_run_folder",
+    "read_diverged",
+    "read_result",
+    "run_one",
+]
 
 logger = logging.getLogger(__name__)
 
 RESULT_FILE = "ablation_result.json"
+DIVERGED_FILE = "ablation_diverged.json"
 _TIMES_FILE = "ablation_step_times.json"
 _FINAL = "model_final.pth"
 
 
 class RunConfigChanged(RuntimeError):
-    """A finished run's folder holds a run of another config."""
+    """A run's folder holds a run (finished, diverged or interrupted) of another config."""
 
 
 class _StepTimes(HookBase):
@@ -117,6 +131,56 @@ def _read_json(path: str) -> Optional[Any]:
 def read_result(run_dir: str) -> Optional[Dict[str, Any]]:
     """The finished run's result (``ablation_result.json``), or None."""
     return _read_json(os.path.join(run_dir, RESULT_FILE))
+
+
+def read_diverged(run_dir: str) -> Optional[Dict[str, Any]]:
+    """The record of a run that diverged (``ablation_diverged.json``: "message", "iteration",
+    "config"), or None."""
+    return _read_json(os.path.join(run_dir, DIVERGED_FILE))
+
+
+def _write_json(path: str, data: Dict[str, Any]) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(tmp, path)
+
+
+def _saved_config(run_dir: str) -> Optional[tuple]:
+    """(what, config text) of the run in ``run_dir``: finished, diverged or interrupted; None for
+    a folder that holds no run yet."""
+    for what, record in (("finished", read_result(run_dir)), ("diverged", read_diverged(run_dir))):
+        if record is not None:
+            return what, record.get("config", "")
+    if _last_checkpoint(run_dir) is None:
+        return None
+    path, _, text, _ = read_saved_run(run_dir)
+    return f"interrupted ({os.path.basename(path)})", text or ""
+
+
+def check_run_folder(run: Run, config_file: str, opts, output_root: str) -> None:
+    """
+    Refuse a folder that holds a run of another config than ``run``'s: resuming it would train
+    the rest of an interrupted run with other settings, and a finished or diverged run's row
+    would show a config it did not train with.
+
+    Raises:
+        RunConfigChanged: naming the folder, its state and every changed key (old -> new).
+    """
+    run_dir = os.path.join(output_root, run.name)
+    saved = _saved_config(run_dir)
+    if saved is None:
+        return
+    what, text = saved
+    cfg = run_config(config_file, opts, run, run_dir)
+    cfg.RUN.EXISTING_OUTPUT = "overwrite"
+    changed = _config_differences(text, cfg.dump()) if text else ["(its config was not saved)"]
+    if changed:
+        raise RunConfigChanged(
+            f"{run_dir} holds a {what} run of another config than this sweep makes for it "
+            f"({'; '.join(changed)}): give the sweep the settings that run had, use another "
+            f"--output, or delete {run_dir} to run that point again from the start"
+        )
 
 
 def _last_checkpoint(output_dir: str) -> Optional[str]:
@@ -220,32 +284,41 @@ def _metrics(results: Dict[str, Any]) -> Dict[str, float]:
 
 def run_one(run: Run, config_file: str, opts, output_root: str) -> Dict[str, Any]:
     """
-    Do what is left of ``run`` in ``output_root/run.name`` and return its result.
+    Do what is left of ``run`` in ``output_root/run.name`` and return its result. A run whose
+    loss becomes NaN/inf is recorded as diverged (``ablation_diverged.json``) and returned as
+    ``{"name", "diverged": message}``; it is not trained again by later calls.
 
     Raises:
-        RunConfigChanged: the folder holds a finished run of another config.
+        RunConfigChanged: the folder holds a run of another config (:func:`check_run_folder`).
     """
     run_dir = os.path.join(output_root, run.name)
+    check_run_folder(run, config_file, opts, output_root)
+    done = read_result(run_dir)
+    if done is not None:
+        logger.info("Run %s finished before: not run again", run.name)
+        return done
+    diverged = read_diverged(run_dir)
+    if diverged is not None:
+        logger.warning(
+            "Run %s diverged before (%s): not run again, it would diverge again; delete %s to "
+            "retry it",
+            run.name,
+            os.path.join(run_dir, DIVERGED_FILE),
+            run_dir,
+        )
+        return {"name": run.name, "diverged": diverged["message"]}
     cfg = run_config(config_file, opts, run, run_dir)
     cfg.RUN.EXISTING_OUTPUT = "overwrite"  # only ever an attempt without checkpoint
     cfg.freeze()
-    done = read_result(run_dir)
-    if done is not None:
-        changed = _config_differences(done.get("config", ""), cfg.dump())
-        if changed:
-            raise RunConfigChanged(
-                f"{run_dir} holds a finished run of another config than this sweep makes for it "
-                f"({'; '.join(changed)}): use another --output, or delete {run_dir} to run it "
-                "again"
-            )
-        logger.info("Run %s finished before: not run again", run.name)
-        return done
-    with _run_logging():
-        result = _run(run, cfg, config_file, run_dir)
-    tmp = os.path.join(run_dir, RESULT_FILE + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(result, f, indent=1)
-    os.replace(tmp, os.path.join(run_dir, RESULT_FILE))  # written last: the run is finished
+    try:
+        with _run_logging():
+            result = _run(run, cfg, config_file, run_dir)
+    except FloatingPointError as e:  # the NaN guard, or a checkpoint of non-finite weights
+        record = {"name": run.name, "message": str(e), "config": cfg.dump()}
+        _write_json(os.path.join(run_dir, DIVERGED_FILE), record)
+        logger.error("Run %s diverged: %s", run.name, e)
+        return {"name": run.name, "diverged": str(e)}
+    _write_json(os.path.join(run_dir, RESULT_FILE), result)  # written last: the run is finished
     return result
 
 

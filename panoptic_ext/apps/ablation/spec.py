@@ -29,11 +29,11 @@ import yaml
 from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
 
-from panoptic_ext.data.class_layout import PanopticClassLayout
-from panoptic_ext.apps.train.config_check import ConfigError, check_config
-from panoptic_ext.apps.train.config_loading import get_panoptic_cfg
 from panoptic_ext.apps.ablation.builtin_sweeps import BUILTIN_GROUPS, BUILTIN_SWEEPS
 from panoptic_ext.apps.ablation.separate import NETWORK_KINDS
+from panoptic_ext.apps.train.config_check import ConfigError, check_config
+from panoptic_ext.apps.train.config_loading import get_panoptic_cfg
+from panoptic_ext.data.class_layout import PanopticClassLayout
 
 __all__ = ["SweepSpecError", "Run", "Point", "Sweep", "load_sweeps", "run_config", "unique_runs"]
 

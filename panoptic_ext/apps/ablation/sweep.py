@@ -11,7 +11,7 @@ from detectron2.utils.logger import setup_logger
 
 from panoptic_ext.apps.ablation.builtin_sweeps import BUILTIN_GROUPS, BUILTIN_SWEEPS
 from panoptic_ext.apps.ablation.report import write_report
-from panoptic_ext.apps.ablation.runner import run_one
+from panoptic_ext.apps.ablation.runner import RunConfigChanged, check_run_folder, run_one
 from panoptic_ext.apps.ablation.spec import Run, SweepSpecError, load_sweeps, unique_runs
 
 __all__ = ["QUICK_OPTS", "run_sweeps", "main", "argument_parser"]
@@ -33,20 +33,58 @@ def _worker_init(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _execute(runs: Sequence[Run], config_file: str, opts, output_root: str, jobs: int) -> None:
+def _run_or_fail(run: Run, config_file: str, opts, output_root: str) -> Optional[str]:
+    """:func:`run_one`; an error other than a config conflict or Ctrl-C is logged and returned
+    (the sweep goes on with the other runs)."""
+    try:
+        run_one(run, config_file, opts, output_root)
+    except RunConfigChanged:
+        raise
+    except Exception as e:
+        logger.exception("Run %s failed", run.name)
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def _execute(
+    runs: Sequence[Run], config_file: str, opts, output_root: str, jobs: int
+) -> Dict[str, str]:
+    """Run every run; returns {run name: error} of the runs that failed (diverging is a result,
+    not a failure: :func:`run_one` records it)."""
     if jobs <= 1:
-        for run in runs:
-            run_one(run, config_file, opts, output_root)
-        return
+        errors = {run.name: _run_or_fail(run, config_file, opts, output_root) for run in runs}
+        return {name: error for name, error in errors.items() if error}
     threads = max(1, (os.cpu_count() or 1) // jobs)
     # fork: workers inherit the datasets registered by the caller (spawn would not); the caller
     # has run no torch op yet (OpenMP's threads do not survive a fork)
     with ProcessPoolExecutor(
         jobs, multiprocessing.get_context("fork"), _worker_init, (threads,)
     ) as pool:
-        futures = [pool.submit(run_one, run, config_file, opts, output_root) for run in runs]
-        for future in futures:
-            future.result()
+        futures = {
+            run.name: pool.submit(_run_or_fail, run, config_file, opts, output_root) for run in runs
+        }
+        errors = {}
+        for name, future in futures.items():
+            try:
+                errors[name] = future.result()
+            except RunConfigChanged:
+                raise
+            except Exception as e:  # the worker process died
+                logger.error("Run %s failed: %s", name, e)
+                errors[name] = f"{type(e).__name__}: {e}"
+    return {name: error for name, error in errors.items() if error}
+
+
+def _check_folders(runs: Sequence[Run], config_file: str, opts, output_root: str) -> None:
+    """Every run folder that holds a run of another config, in one error, before any run."""
+    conflicts = []
+    for run in runs:
+        try:
+            check_run_folder(run, config_file, opts, output_root)
+        except RunConfigChanged as e:
+            conflicts.append(str(e))
+    if conflicts:
+        raise RunConfigChanged("\n".join(conflicts))
 
 
 def run_sweeps(
@@ -77,8 +115,15 @@ def run_sweeps(
         report_only (bool): write the report of the runs finished so far, train nothing.
 
     Returns:
-        dict: the report's paths, "rows" and "missing", plus "sweeps" and "runs".
+        dict: the report's paths, "rows", "missing", "diverged" and "failed", plus "sweeps" and
+        "runs".
+
+    Raises:
+        SweepSpecError: a bad spec, config or ``jobs``, before anything runs.
+        RunConfigChanged: folders that hold runs of other configs, before anything runs.
     """
+    if jobs < 1:
+        raise SweepSpecError(f"--jobs must be >= 1 (runs at a time), got {jobs}")
     opts = list(opts) + (QUICK_OPTS if quick else [])
     sweeps = load_sweeps(specs, config_file, opts)  # every error before anything runs
     runs = unique_runs(sweeps)
@@ -90,10 +135,13 @@ def run_sweeps(
         )
     if dry_run:
         return {"sweeps": sweeps, "runs": runs}
+    failed: Dict[str, str] = {}
+    if not report_only:
+        _check_folders(runs, config_file, opts, output_root)
     os.makedirs(output_root, exist_ok=True)
     if not report_only:
-        _execute(runs, config_file, opts, output_root, jobs)
-    report = write_report(sweeps, output_root)
+        failed = _execute(runs, config_file, opts, output_root, jobs)
+    report = write_report(sweeps, output_root, failed)
     logger.info(
         "Results: %s, %s, plots in %s",
         report["csv"],
@@ -101,6 +149,16 @@ def run_sweeps(
         os.path.join(output_root, "plots"),
     )
     return dict(report, sweeps=sweeps, runs=runs)
+
+
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def argument_parser() -> argparse.ArgumentParser:
@@ -117,7 +175,7 @@ def argument_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     parser.add_argument("--output", required=True, metavar="DIR", help="one folder per run")
     parser.add_argument("--quick", action="store_true", help="4-iteration smoke schedule")
-    parser.add_argument("--jobs", type=int, default=1, help="runs at a time (default 1)")
+    parser.add_argument("--jobs", type=_at_least_one, default=1, help="runs at a time (default 1)")
     parser.add_argument("--dry-run", action="store_true", help="check and list the runs only")
     parser.add_argument(
         "--report-only", action="store_true", help="tabulate the finished runs, train nothing"
@@ -127,7 +185,9 @@ def argument_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
-    """``tools/ablate.py``'s command line; a bad spec exits with its message (status 2)."""
+    """``tools/ablate.py``'s command line. A bad spec or a folder of another config exits with its
+    message before any run; runs that fail do not stop the others: after the report, the command
+    exits with status 1 naming them; runs that diverge are reported as "diverged"."""
     args = argument_parser().parse_args(argv)
     # Its own console handler (propagate=False): each run adds detectron2's and panoptic_ext's
     # for its duration (runner._run_logging), so nothing is printed twice.
@@ -138,9 +198,20 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             quick=args.quick, jobs=args.jobs, dry_run=args.dry_run,
             report_only=args.report_only,
         )  # fmt: skip
-    except SweepSpecError as e:
+    except (SweepSpecError, RunConfigChanged) as e:
         raise SystemExit(f"ablate: {e}") from e
-    missing: List[str] = result.get("missing", [])
+    if result.get("diverged"):
+        logger.warning("Runs that diverged (shown as 'diverged'): %s", result["diverged"])
+    missing: List[str] = [
+        name for name in result.get("missing", []) if name not in result.get("diverged", [])
+    ]
     if missing:
         logger.warning("Runs not finished: %s", missing)
+    failed: Dict[str, str] = result.get("failed", {})
+    if failed:
+        lines = "\n  ".join(f"{name}: {error}" for name, error in failed.items())
+        raise SystemExit(
+            f"ablate: {len(failed)} run(s) failed (the report {result['markdown']} shows the "
+            f"others; run the command again to retry them):\n  {lines}"
+        )
     return result
