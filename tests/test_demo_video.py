@@ -73,8 +73,7 @@ def weights(tmp_path_factory):
 
 def test_video_is_annotated_at_the_input_rate_and_size(tmp_path, weights):
     video = _write_video(tmp_path / "clip.mp4", 5)
-    out = tmp_path / "out"
-    out.mkdir()
+    out = tmp_path / "out"  # a directory, created
     base = ["--config-file", QUICK_CONFIG, "--video-input", video]
     result = _run_demo(base + ["--output", out, "--opts", "MODEL.WEIGHTS", weights])
     assert sorted(os.listdir(out)) == ["clip.mkv"]  # detectron2's demo: <dir>/<name>.mkv

@@ -101,13 +101,15 @@ def _writer(path: str, fourcc: str, fps: float, size: Tuple[int, int]) -> cv2.Vi
 
 def video_output_path(output: str, source_name: str) -> str:
     """
-    detectron2's demo rule: ``--output`` an existing directory -> ``<dir>/<source stem>.mkv``;
-    else ``--output`` is the video file (``.mkv``, ``.mp4`` or ``.avi``).
+    detectron2's demo rule: ``--output`` a directory -> ``<dir>/<source stem>.mkv``; else
+    ``--output`` is the video file (``.mkv``, ``.mp4`` or ``.avi``). A name without extension
+    that does not exist yet is a directory (created when writing).
 
     Raises:
         ValueError: unsupported extension; FileExistsError: the file exists (not overwritten).
     """
-    if os.path.isdir(output):
+    is_dir = os.path.isdir(output) or output.endswith(("/", os.sep))
+    if is_dir or (not os.path.splitext(output)[1] and not os.path.exists(output)):
         path = os.path.join(output, os.path.splitext(os.path.basename(source_name))[0] + ".mkv")
     else:
         path = output
@@ -115,7 +117,7 @@ def video_output_path(output: str, source_name: str) -> str:
     if ext not in _CODECS:
         raise ValueError(
             f"--output {output}: a video output must end with one of {', '.join(_CODECS)} "
-            "(or be an existing directory)"
+            "(or be a directory)"
         )
     if os.path.exists(path):
         raise FileExistsError(f"{path} exists: remove it or choose another --output")
