@@ -42,6 +42,10 @@ __all__ = [
     "calibrated_state_dict",
     "build_with_weights",
     "panoptic_outputs_equal",
+    "cpu_flags",
+    "cpu_supports_bf16",
+    "machine_limit",
+    "throughput",
     "BENCH_DIR",
     "REPO_ROOT",
 ]
@@ -416,3 +420,96 @@ def panoptic_outputs_equal(ours: Sequence[Mapping], reference: Sequence[Mapping]
                 elif int(va) != int(vb):
                     return f"image {i}: segment {sa.get('id')} {key} {va} vs {vb}"
     return None
+
+
+# ---------------------------------------------------------------------------------------------
+# The machine's own limit, and a path's throughput as a share of it.
+# ---------------------------------------------------------------------------------------------
+
+
+def cpu_flags() -> frozenset:
+    """The CPU's feature flags from /proc/cpuinfo (empty where it is not readable)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether the CPU has bf16 dot products (AVX-512 BF16 or AMX-BF16)."""
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+
+
+def _best_gflops(fn: Callable[[], Any], flop: float, repeats: int) -> float:
+    fn()  # warm-up: oneDNN primitive creation, allocator
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return flop / best / 1e9
+
+
+@torch.no_grad()
+def _probes(dtype, channels: int, size, n: int, repeats: int):
+    """GFLOP/s of the 3x3 convolution and of the matrix multiply in ``dtype``."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, channels, *size, generator=g).to(dtype)
+    weight = (torch.randn(channels, channels, 3, 3, generator=g) * 0.01).to(dtype)
+    a, b = (torch.randn(n, n, generator=g).to(dtype) for _ in range(2))
+    conv_flop = 2.0 * channels * channels * 9 * size[0] * size[1]
+    conv = _best_gflops(
+        lambda: torch.nn.functional.conv2d(x, weight, padding=1), conv_flop, repeats
+    )
+    return conv, _best_gflops(lambda: a @ b, 2.0 * n**3, repeats)
+
+
+@functools.lru_cache(maxsize=2)
+def machine_limit(quick: bool = False, repeats: int = 0) -> Dict[str, Any]:
+    """
+    The best arithmetic throughput reached on this machine now, on torch's thread count, through
+    the libraries the inference paths use: a large 3x3 convolution (oneDNN; 256 -> 256 channels
+    on a 200x304 map, FPN-like) and a large matrix multiply (``torch.matmul``, 4096^3), in FP32,
+    and in bf16 where the CPU has bf16 dot products. Best of ``repeats`` runs (load from other
+    processes only slows a run down). Cached per process: every benchmark of one ``run_all``
+    compares with the same measurement.
+
+    Returns:
+        dict: "fp32_gflops" (the limit: the best FP32 probe), "bf16_gflops" (None without
+        support), each probe's GFLOP/s ("conv3x3_fp32", "matmul_fp32", ...), "threads",
+        "bf16_supported", "load_average".
+    """
+    repeats = repeats or (2 if quick else 5)
+    channels, (h, w), n = (64, (50, 76), 1024) if quick else (256, (200, 304), 4096)
+    dtypes = [("fp32", torch.float32)]
+    if cpu_supports_bf16():
+        dtypes.append(("bf16", torch.bfloat16))
+    result: Dict[str, Any] = {"threads": torch.get_num_threads()}
+    for name, dtype in dtypes:
+        conv, matmul = _probes(dtype, channels, (h, w), n, repeats)
+        result[f"conv3x3_{name}"], result[f"matmul_{name}"] = conv, matmul
+        result[f"{name}_gflops"] = max(conv, matmul)
+    result.setdefault("bf16_gflops", None)
+    result["bf16_supported"] = cpu_supports_bf16()
+    result["load_average"] = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+    return result
+
+
+def throughput(
+    multiply_adds: float, seconds: float, limit_gflops: Optional[float] = None
+) -> Dict[str, Optional[float]]:
+    """
+    A path's achieved arithmetic rate: ``multiply_adds`` (fvcore's count of what it executed:
+    one multiply-add = one fvcore "flop") x 2 over ``seconds``, and its share of the machine's
+    limit (e.g. ``machine_limit()["fp32_gflops"]``).
+
+    Returns:
+        dict: "gflops_per_s", "share_of_limit" (None without a limit).
+    """
+    rate = 2.0 * float(multiply_adds) / float(seconds) / 1e9
+    share = rate / float(limit_gflops) if limit_gflops else None
+    return {"gflops_per_s": rate, "share_of_limit": share}

@@ -25,6 +25,8 @@ from common import BENCH_DIR, make_row
 
 # (name, module in benchmarks/, candidate entry points returning rows, what it compares)
 BENCHMARKS: List[Tuple[str, str, Tuple[str, ...], str]] = [
+    # first: the machine's limit, which the inference rows report their share of
+    ("limit", "bench_limit", ("run",), "the machine's FP32 / bf16 GFLOP/s (conv, matmul)"),
     ("postprocess", "bench_postprocess", ("run",), "panoptic post-processing vs detectron2"),
     ("inference", "bench_inference", ("run",), "end-to-end inference vs detectron2 PanopticFPN"),
     ("train_step", "bench_train_step", ("run",), "one training step vs detectron2 PanopticFPN"),
