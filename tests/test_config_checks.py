@@ -238,3 +238,18 @@ def test_class_count_check_speaks_the_config_language():
         "the config needs: MODEL.ROI_HEADS.NUM_CLASSES 3 MODEL.SEM_SEG_HEAD.NUM_CLASSES 4"
     )
     assert class_count_problems(layout, "panoptic_synthetic_train", None, 4) == []  # no ROI heads
+
+
+def test_python_config_given_to_a_yaml_command_says_so(tmp_path):
+    python_config = QUICK_CONFIG[: -len(".yaml")] + ".py"
+    with pytest.raises(ConfigError) as e:
+        merge_config(get_model_zoo_cfg(), python_config)
+    msg = str(e.value)
+    assert f"config file {python_config} is a Python config (LazyConfig)" in msg
+    assert f"its YAML twin: {QUICK_CONFIG}" in msg
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("MODEL: [unclosed\n")
+    with pytest.raises(
+        ConfigError, match=f"config file {re.escape(str(broken))} is not valid YAML"
+    ):
+        merge_config(get_model_zoo_cfg(), str(broken))

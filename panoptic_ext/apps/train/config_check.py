@@ -12,9 +12,11 @@ counts that do not fit the datasets, before a model is built or an iteration run
 
 import difflib
 import logging
+import os
 import re
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
+import yaml
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
@@ -77,6 +79,19 @@ def _explain(error: BaseException, source: str, cfg: CfgNode) -> str:
     return f"{source}: {text}"
 
 
+def _check_yaml_config_file(path: str) -> None:
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path} does not exist")
+    if path.endswith(".py"):
+        twin = os.path.splitext(path)[0] + ".yaml"
+        hint = f" (its YAML twin: {twin})" if os.path.isfile(twin) else ""
+        raise ConfigError(
+            f"config file {path} is a Python config (LazyConfig), but this command reads YAML "
+            f"configs (KEY VALUE overrides): give it a .yaml config{hint}; train_net.py trains "
+            "and evaluates both kinds"
+        )
+
+
 def merge_config(
     cfg: CfgNode, config_file: Optional[str] = None, opts: Optional[Sequence[str]] = None
 ) -> CfgNode:
@@ -93,8 +108,11 @@ def merge_config(
         CfgNode: ``cfg``.
     """
     if config_file:
+        _check_yaml_config_file(config_file)
         try:
             cfg.merge_from_file(config_file)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {config_file} is not valid YAML: {e}") from e
         except (AssertionError, KeyError, ValueError, TypeError) as e:
             raise ConfigError(_explain(e, f"config file {config_file}", cfg)) from e
     if opts:
@@ -122,9 +140,9 @@ def _choices(cfg: CfgNode) -> Dict[str, Iterable[str]]:
     """Key -> allowed values, for the keys whose registry or list is importable now."""
     from detectron2.modeling import META_ARCH_REGISTRY, SEM_SEG_HEADS_REGISTRY
 
-    from panoptic_ext.data.mapper import ON_BAD_RECORD_CHOICES
     from panoptic_ext.apps.train.run_dir import EXISTING_OUTPUT_CHOICES
     from panoptic_ext.apps.train.solver import OPTIMIZERS
+    from panoptic_ext.data.mapper import ON_BAD_RECORD_CHOICES
 
     ret: Dict[str, Iterable[str]] = {
         "MODEL.META_ARCHITECTURE": _registered(META_ARCH_REGISTRY),
@@ -152,9 +170,11 @@ def _choices(cfg: CfgNode) -> Dict[str, Iterable[str]]:
     return ret
 
 
-def _get(cfg: CfgNode, key: str) -> Any:
+def _get(cfg: CfgNode, key: str, *default: Any) -> Any:
     node = cfg
     for part in key.split("."):
+        if default and part not in node:  # a config without that key (e.g. no RUN node)
+            return default[0]
         node = node[part]
     return node
 
@@ -243,22 +263,12 @@ INPUT.MAX_SIZE_TEST | - | > 0 | pixels
 """  # noqa: E501
 
 
-def _parse_rules(table: str) -> Tuple[RangeRule, ...]:
-    rules = []
-    for line in table.strip().splitlines():
-        rule = RangeRule(*(None if p.strip() == "-" else p.strip() for p in line.split("|")))
-        assert rule.valid in _VALID, line
-        rules.append(rule)
-    return tuple(rules)
-
-
-RANGE_RULES: Tuple[RangeRule, ...] = _parse_rules(_RANGE_TABLE)
+RANGE_RULES: Tuple[RangeRule, ...] = tuple(
+    RangeRule(*(None if part.strip() == "-" else part.strip() for part in line.split("|")))
+    for line in _RANGE_TABLE.strip().splitlines()
+)
 _RULES = {k: r for r in RANGE_RULES for k in (r.yaml_key, r.lazy_key) if k}
 LAZY_RANGE_KEYS: Tuple[str, ...] = tuple(r.lazy_key for r in RANGE_RULES if r.lazy_key)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def range_problem(key: str, value: Any) -> Optional[str]:
@@ -275,8 +285,8 @@ def range_problem(key: str, value: Any) -> Optional[str]:
     if rule is None:
         return None
     values = list(value) if isinstance(value, (list, tuple)) else [value]
-    bad = [v for v in values if _is_number(v) and not _VALID[rule.valid](v)]
-    if not bad:
+    numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if all(_VALID[rule.valid](v) for v in numbers):
         return None
     each = "every value " if isinstance(value, (list, tuple)) else ""
     within = "in " if rule.valid[0] in "([" else ""
@@ -298,14 +308,7 @@ def check_ranges(values: Dict[str, Any], source: str = "config") -> None:
 def check_config_ranges(cfg: CfgNode) -> None:
     """:func:`check_ranges` of every yacs key of :data:`RANGE_RULES` (clip value only when
     clipping is enabled)."""
-    values = {}
-    for rule in RANGE_RULES:
-        if rule.yaml_key is None:
-            continue
-        try:
-            values[rule.yaml_key] = _get(cfg, rule.yaml_key)
-        except (KeyError, AttributeError):  # a config without that key (e.g. no RUN node)
-            continue
+    values = {r.yaml_key: _get(cfg, r.yaml_key, None) for r in RANGE_RULES if r.yaml_key}
     if not cfg.SOLVER.CLIP_GRADIENTS.ENABLED:
         values.pop("SOLVER.CLIP_GRADIENTS.CLIP_VALUE", None)
     check_ranges(values)
