@@ -12,10 +12,11 @@ import pytest
 import torch
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, SemSegEvaluator
+from detectron2.evaluation import DatasetEvaluators
 from detectron2.structures import Boxes, Instances
 from PIL import Image
 
+import panoptic_ext.evaluation.build as build_module
 from panoptic_ext import add_panoptic_ext_config
 from panoptic_ext.compat import detectron2_has_compiled_ops
 from panoptic_ext.evaluation import (
@@ -211,229 +212,257 @@ def reference_pq(tmp_dir, dataset_name, gt, records, outputs):
     return pq_compute(meta.panoptic_json, pred_json, meta.panoptic_root, pred_root)
 
 
-class TestPanopticQualityEvaluator:
-    def test_perfect_prediction(self, dataset):
-        name, gt, records = dataset
-        outputs = [model_output(*gt[r["image_id"]]) for r in records]
-        res = run(PanopticQualityEvaluator(name), records, outputs)["panoptic_seg"]
-        for key in ("PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st"):
-            assert res[key] == pytest.approx(100.0), key
-        assert res["PQ-person"] == pytest.approx(100.0) and res["RQ-sky"] == pytest.approx(100.0)
-
-    def test_errors_equal_pq_compute(self, dataset, tmp_path):
-        name, gt, records = dataset
-        ids_a, segs_a = gt[records[0]["image_id"]]
-        ids_b, segs_b = gt[records[1]["image_id"]]
-        outputs = [
-            model_output(ids_a, segs_a, drop=(102,), relabel={100: ROAD}),  # FN person; sky->road
-            model_output(ids_b, segs_b, with_crowd_person=False, relabel={103: PERSON}),
-        ]
-        res = run(PanopticQualityEvaluator(name), records, outputs)["panoptic_seg"]
-        ref = reference_pq(str(tmp_path), name, gt, records, outputs)
-        assert res["PQ"] == pytest.approx(100 * ref["All"]["pq"], abs=1e-9)
-        assert res["PQ_th"] == pytest.approx(100 * ref["Things"]["pq"], abs=1e-9)
-        assert res["SQ_st"] == pytest.approx(100 * ref["Stuff"]["sq"], abs=1e-9)
-        assert res["RQ"] == pytest.approx(100 * ref["All"]["rq"], abs=1e-9)
-        assert res["PQ-car"] == pytest.approx(100 * ref["per_class"][CAR]["pq"], abs=1e-9)
-        # Hand-computed: person: FN in image a (the crowd prediction is ignored), TP + FP (the
-        # car called person) in image b; car: TP in image a, FN in image b.
-        assert res["RQ-person"] == pytest.approx(100 * 1 / (1 + 0.5 + 0.5))
-        assert res["RQ-car"] == pytest.approx(100 * 1 / (1 + 0.5))
-        assert res["PQ"] < 100
-
-    def test_saved_predictions_evaluate_the_same(self, dataset, tmp_path):
-        name, gt, records = dataset
-        ids_b, segs_b = gt[records[1]["image_id"]]
-        outputs = [
-            model_output(*gt[records[0]["image_id"]]),
-            model_output(ids_b, segs_b, drop=(101,)),
-        ]
-        out_dir = str(tmp_path / "eval")
-        res = run(PanopticQualityEvaluator(name, out_dir, save_pngs=True), records, outputs)
-        res = res["panoptic_seg"]
-        meta = MetadataCatalog.get(name)
-        saved = pq_compute(
-            meta.panoptic_json, os.path.join(out_dir, "predictions.json"), meta.panoptic_root
-        )
-        assert res["PQ"] == pytest.approx(100 * saved["All"]["pq"])
-        assert res["PQ_st"] == pytest.approx(100 * saved["Stuff"]["pq"]) and res["PQ_st"] < 100
-        with open(os.path.join(out_dir, "pq_results.json")) as f:
-            assert json.load(f)["All"]["pq"] == pytest.approx(saved["All"]["pq"])
-
-    def test_output_dir_keeps_only_the_json_by_default(self, dataset, tmp_path):
-        """As detectron2's COCOPanopticEvaluator: predictions.json, no PNGs (opt-in)."""
-        name, gt, records = dataset
-        outputs = [model_output(*gt[r["image_id"]]) for r in records]
-        out_dir = tmp_path / "eval"
-        evaluator = PanopticQualityEvaluator(name, str(out_dir))
-        res = run(evaluator, records, outputs)["panoptic_seg"]
-        assert res["PQ"] == pytest.approx(100.0)
-        assert sorted(os.listdir(out_dir)) == ["pq_results.json", "predictions.json"]
-        with open(out_dir / "predictions.json") as f:
-            annotations = json.load(f)["annotations"]
-        assert [a["image_id"] for a in annotations] == [r["image_id"] for r in records]
-        assert all("png_string" not in a and a["segments_info"] for a in annotations)
-
-    def test_label_divisor_encoding(self, dataset):
-        """segments_info None: panoptic ids are record_id * label_divisor + instance (-1 VOID)."""
-        name, gt, records = dataset
-        meta = MetadataCatalog.get(name)
-        record_id = {
-            **meta.thing_dataset_id_to_contiguous_id,
-            **meta.stuff_dataset_id_to_contiguous_id,
-        }
-        outputs = []
-        for r in records:
-            ids, segments = gt[r["image_id"]]
-            pan = torch.full(ids.shape, -1, dtype=torch.int32)
-            for k, s in enumerate(segments):
-                if not s["iscrowd"]:
-                    pan[torch.from_numpy(ids == s["id"])] = record_id[s["category_id"]] * 1000 + k
-            outputs.append({"panoptic_seg": (pan, None)})
-        res = run(PanopticQualityEvaluator(name), records, outputs)["panoptic_seg"]
-        assert res["PQ"] == pytest.approx(100.0)
-
-    def test_inconsistent_output_names_the_image(self, dataset):
-        name, gt, records = dataset
-        output = model_output(*gt[records[0]["image_id"]])
-        pan, segments_info = output["panoptic_seg"]
-        output["panoptic_seg"] = (pan, segments_info[1:])  # id 1 in the map, not listed
-        evaluator = PanopticQualityEvaluator(name)
-        evaluator.reset()
-        with pytest.raises(ValueError, match=r"segment ids \[1\] are in the predicted PNG"):
-            evaluator.process(records[:1], [output])
-        with pytest.raises(ValueError, match="not in its panoptic JSON"):
-            evaluator.process([dict(records[0], image_id=12345)], [output])
+def test_perfect_prediction(dataset):
+    name, gt, records = dataset
+    outputs = [model_output(*gt[r["image_id"]]) for r in records]
+    res = run(PanopticQualityEvaluator(name), records, outputs)["panoptic_seg"]
+    for key in ("PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st"):
+        assert res[key] == pytest.approx(100.0), key
+    assert res["PQ-person"] == pytest.approx(100.0) and res["RQ-sky"] == pytest.approx(100.0)
 
 
-class TestPanopticSemSegEvaluator:
-    def test_perfect_and_folded_predictions(self, dataset):
-        name, gt, records = dataset
-        outputs = [model_output(*gt[r["image_id"]]) for r in records]
-        res = run(PanopticSemSegEvaluator(name), records, outputs)["sem_seg"]
-        assert res["mIoU"] == pytest.approx(100.0) and res["pACC"] == pytest.approx(100.0)
-        assert {k for k in res if k.startswith("IoU-")} == {"IoU-things", "IoU-road", "IoU-sky"}
-        # "all"-layout logits (person, car, road, sky) are folded to the merged labels.
-        for o in outputs:
-            merged = o["sem_seg"]
-            o["sem_seg"] = torch.cat([merged[:1] * 0.5, merged[:1], merged[1:]])
-        assert run(PanopticSemSegEvaluator(name), records, outputs)["sem_seg"] == res
-
-    def test_hand_computed_everything_sky(self, dataset):
-        name, gt, records = dataset
-        outputs = []
-        for r in records:
-            o = model_output(*gt[r["image_id"]])
-            o["sem_seg"] = torch.zeros_like(o["sem_seg"])
-            o["sem_seg"][2] = 1  # every pixel: sky
-            outputs.append(o)
-        res = run(PanopticSemSegEvaluator(name), records, outputs)["sem_seg"]
-        valid = sky = 0
-        for ids, _ in gt.values():
-            valid += int((ids != 0).sum())  # crowd keeps its class, VOID is ignored
-            sky += int((ids == 100).sum())
-        assert res["IoU-sky"] == pytest.approx(100 * sky / valid)
-        assert res["IoU-road"] == 0 and res["IoU-things"] == 0
-        assert res["mIoU"] == pytest.approx(100 * sky / valid / 3)
-        assert res["pACC"] == pytest.approx(100 * sky / valid)
-        assert res["ACC-sky"] == pytest.approx(100.0)
-
-    def test_all_classes_from_panoptic_output(self, dataset):
-        name, gt, records = dataset
-        ids_a, segs_a = gt[records[0]["image_id"]]
-        outputs = [model_output(ids_a, segs_a), model_output(*gt[records[1]["image_id"]])]
-        evaluator = PanopticSemSegEvaluator(
-            name, label_space="all", prediction_source="panoptic_seg"
-        )
-        res = run(evaluator, records, outputs)["sem_seg"]
-        assert res["mIoU"] == pytest.approx(100.0)
-        assert {"IoU-person", "IoU-car", "IoU-road", "IoU-sky"} <= set(res)
-        # Without the crowd segment, its person pixels become VOID predictions: misses.
-        outputs[0] = model_output(ids_a, segs_a, with_crowd_person=False)
-        res = run(evaluator, records, outputs)["sem_seg"]
-        crowd = int((ids_a == 104).sum())
-        person = sum(int(np.isin(ids, [102, 104]).sum()) for ids, _ in gt.values())
-        assert res["IoU-person"] == pytest.approx(100 * (person - crowd) / person)
-        assert res["IoU-car"] == pytest.approx(100.0)
-        # The merged logits cannot give the four classes.
-        with pytest.raises(ValueError, match="prediction_source='panoptic_seg'"):
-            run(PanopticSemSegEvaluator(name, label_space="all"), records, outputs)
+def test_errors_equal_pq_compute(dataset, tmp_path):
+    name, gt, records = dataset
+    ids_a, segs_a = gt[records[0]["image_id"]]
+    ids_b, segs_b = gt[records[1]["image_id"]]
+    outputs = [
+        model_output(ids_a, segs_a, drop=(102,), relabel={100: ROAD}),  # FN person; sky->road
+        model_output(ids_b, segs_b, with_crowd_person=False, relabel={103: PERSON}),
+    ]
+    res = run(PanopticQualityEvaluator(name), records, outputs)["panoptic_seg"]
+    ref = reference_pq(str(tmp_path), name, gt, records, outputs)
+    assert res["PQ"] == pytest.approx(100 * ref["All"]["pq"], abs=1e-9)
+    assert res["PQ_th"] == pytest.approx(100 * ref["Things"]["pq"], abs=1e-9)
+    assert res["SQ_st"] == pytest.approx(100 * ref["Stuff"]["sq"], abs=1e-9)
+    assert res["RQ"] == pytest.approx(100 * ref["All"]["rq"], abs=1e-9)
+    assert res["PQ-car"] == pytest.approx(100 * ref["per_class"][CAR]["pq"], abs=1e-9)
+    # Hand-computed: person: FN in image a (the crowd prediction is ignored), TP + FP (the
+    # car called person) in image b; car: TP in image a, FN in image b.
+    assert res["RQ-person"] == pytest.approx(100 * 1 / (1 + 0.5 + 0.5))
+    assert res["RQ-car"] == pytest.approx(100 * 1 / (1 + 0.5))
+    assert res["PQ"] < 100
 
 
-class TestPanopticInstanceEvaluator:
-    def test_perfect_and_swapped_classes(self, dataset, tmp_path):
-        name, gt, records = dataset
-        outputs = [model_output(*gt[r["image_id"]]) for r in records]
-        evaluator = PanopticInstanceEvaluator(name, str(tmp_path / "inst"))
-        # detectron2's fast COCOeval exactly when its compiled ops are there (same results)
-        assert evaluator._use_fast_impl is detectron2_has_compiled_ops()
-        res = run(evaluator, records, outputs)
-        assert res["segm"]["AP"] == pytest.approx(100.0)
-        assert res["bbox"]["AP"] == pytest.approx(100.0)
-        assert res["segm"]["AP-person"] == pytest.approx(100.0)
-        assert res["segm"]["AP-car"] == pytest.approx(100.0)
-        # The instances JSON derived from the panoptic ground truth.
-        with open(tmp_path / "inst" / f"{name}_instances_from_panoptic.json") as f:
-            instances = json.load(f)
-        assert [c["id"] for c in instances["categories"]] == [PERSON, CAR]
-        assert sorted(a["iscrowd"] for a in instances["annotations"]) == [0, 0, 0, 0, 1, 1]
-        # Swapped classes: nothing matches.
-        swapped = [
-            model_output(*gt[r["image_id"]], relabel={102: CAR, 103: PERSON}) for r in records
-        ]
-        res = run(PanopticInstanceEvaluator(name), records, swapped)
-        assert res["segm"]["AP"] == pytest.approx(0.0)
+def test_saved_predictions_evaluate_the_same(dataset, tmp_path):
+    name, gt, records = dataset
+    ids_b, segs_b = gt[records[1]["image_id"]]
+    outputs = [
+        model_output(*gt[records[0]["image_id"]]),
+        model_output(ids_b, segs_b, drop=(101,)),
+    ]
+    out_dir = str(tmp_path / "eval")
+    res = run(PanopticQualityEvaluator(name, out_dir, save_pngs=True), records, outputs)
+    res = res["panoptic_seg"]
+    meta = MetadataCatalog.get(name)
+    saved = pq_compute(
+        meta.panoptic_json, os.path.join(out_dir, "predictions.json"), meta.panoptic_root
+    )
+    assert res["PQ"] == pytest.approx(100 * saved["All"]["pq"])
+    assert res["PQ_st"] == pytest.approx(100 * saved["Stuff"]["pq"]) and res["PQ_st"] < 100
+    with open(os.path.join(out_dir, "pq_results.json")) as f:
+        assert json.load(f)["All"]["pq"] == pytest.approx(saved["All"]["pq"])
 
 
-class TestBuild:
-    def cfg(self):
-        cfg = get_cfg()
-        add_panoptic_ext_config(cfg)
-        return cfg
+def test_output_dir_keeps_only_the_json_by_default(dataset, tmp_path):
+    """As detectron2's COCOPanopticEvaluator: predictions.json, no PNGs (opt-in)."""
+    name, gt, records = dataset
+    outputs = [model_output(*gt[r["image_id"]]) for r in records]
+    out_dir = tmp_path / "eval"
+    evaluator = PanopticQualityEvaluator(name, str(out_dir))
+    res = run(evaluator, records, outputs)["panoptic_seg"]
+    assert res["PQ"] == pytest.approx(100.0)
+    assert sorted(os.listdir(out_dir)) == ["pq_results.json", "predictions.json"]
+    with open(out_dir / "predictions.json") as f:
+        annotations = json.load(f)["annotations"]
+    assert [a["image_id"] for a in annotations] == [r["image_id"] for r in records]
+    assert all("png_string" not in a and a["segments_info"] for a in annotations)
 
-    def test_panoptic_dataset(self, dataset):
-        name, gt, records = dataset
-        outputs = [model_output(*gt[r["image_id"]]) for r in records]
-        cfg = self.cfg()
-        evaluators = build_panoptic_evaluators(cfg, name)
-        assert isinstance(evaluators, DatasetEvaluators)
-        res = run(evaluators, records, outputs)
-        assert set(res) == {"panoptic_seg", "sem_seg", "bbox", "segm"}
-        assert res["panoptic_seg"]["PQ"] == pytest.approx(100.0)
-        # Cityscapes: mIoU over its 19 classes, from the panoptic output; COCO: the model's
-        # merged semantic classes from the semantic logits
-        cityscapes = MetadataCatalog.get(name).evaluator_type == "cityscapes_panoptic_seg"
-        assert ("IoU-person" in res["sem_seg"]) == cityscapes
-        assert ("IoU-things" in res["sem_seg"]) == (not cityscapes)
-        only_pq = build_panoptic_evaluators(cfg, name, tasks=["panoptic_seg"])
-        assert set(run(only_pq, records, outputs)) == {"panoptic_seg"}
-        cfg.MODEL.PANOPTIC_EXT.POSTPROCESS.RETURN_INSTANCES = False
-        without_instances = [{k: v for k, v in o.items() if k != "instances"} for o in outputs]
-        res = run(build_panoptic_evaluators(cfg, name), records, without_instances)
-        assert set(res) == {"panoptic_seg", "sem_seg"}
-        with pytest.raises(ValueError, match="unknown evaluation tasks"):
-            build_panoptic_evaluators(cfg, name, tasks=["boxes"])
 
-    def test_other_evaluator_types(self, tmp_path):
-        name = f"tiny_other_{uuid.uuid4().hex[:8]}"
-        DatasetCatalog.register(name, lambda: [])
-        meta = MetadataCatalog.get(name)
-        meta.set(stuff_classes=["a", "b"], ignore_label=255, evaluator_type="sem_seg")
-        try:
-            evaluators = build_panoptic_evaluators(self.cfg(), name)
-            assert isinstance(evaluators._evaluators[0], SemSegEvaluator)
-            MetadataCatalog.remove(name)
-            json_file = str(tmp_path / "instances.json")
-            with open(json_file, "w") as f:
-                json.dump({"images": [], "annotations": [], "categories": []}, f)
-            MetadataCatalog.get(name).set(json_file=json_file, evaluator_type="coco")
-            evaluator = build_panoptic_evaluators(self.cfg(), name)._evaluators[0]
-            assert isinstance(evaluator, COCOEvaluator)
-            assert evaluator._use_fast_impl is detectron2_has_compiled_ops()
-            MetadataCatalog.remove(name)
-            MetadataCatalog.get(name).set(evaluator_type="lvis")
-            with pytest.raises(NotImplementedError, match="evaluator_type 'lvis'"):
-                build_panoptic_evaluators(self.cfg(), name)
-        finally:
-            DatasetCatalog.remove(name)
-            MetadataCatalog.remove(name)
+def test_label_divisor_encoding(dataset):
+    """segments_info None: panoptic ids are record_id * label_divisor + instance (-1 VOID)."""
+    name, gt, records = dataset
+    meta = MetadataCatalog.get(name)
+    record_id = {
+        **meta.thing_dataset_id_to_contiguous_id,
+        **meta.stuff_dataset_id_to_contiguous_id,
+    }
+    outputs = []
+    for r in records:
+        ids, segments = gt[r["image_id"]]
+        pan = torch.full(ids.shape, -1, dtype=torch.int32)
+        for k, s in enumerate(segments):
+            if not s["iscrowd"]:
+                pan[torch.from_numpy(ids == s["id"])] = record_id[s["category_id"]] * 1000 + k
+        outputs.append({"panoptic_seg": (pan, None)})
+    res = run(PanopticQualityEvaluator(name), records, outputs)["panoptic_seg"]
+    assert res["PQ"] == pytest.approx(100.0)
+
+
+def test_inconsistent_output_names_the_image(dataset):
+    name, gt, records = dataset
+    output = model_output(*gt[records[0]["image_id"]])
+    pan, segments_info = output["panoptic_seg"]
+    output["panoptic_seg"] = (pan, segments_info[1:])  # id 1 in the map, not listed
+    evaluator = PanopticQualityEvaluator(name)
+    evaluator.reset()
+    with pytest.raises(ValueError, match=r"segment ids \[1\] are in the predicted PNG"):
+        evaluator.process(records[:1], [output])
+    with pytest.raises(ValueError, match="not in its panoptic JSON"):
+        evaluator.process([dict(records[0], image_id=12345)], [output])
+
+
+def test_perfect_and_folded_predictions(dataset):
+    name, gt, records = dataset
+    outputs = [model_output(*gt[r["image_id"]]) for r in records]
+    res = run(PanopticSemSegEvaluator(name), records, outputs)["sem_seg"]
+    assert res["mIoU"] == pytest.approx(100.0) and res["pACC"] == pytest.approx(100.0)
+    assert {k for k in res if k.startswith("IoU-")} == {"IoU-things", "IoU-road", "IoU-sky"}
+    # "all"-layout logits (person, car, road, sky) are folded to the merged labels.
+    for o in outputs:
+        merged = o["sem_seg"]
+        o["sem_seg"] = torch.cat([merged[:1] * 0.5, merged[:1], merged[1:]])
+    assert run(PanopticSemSegEvaluator(name), records, outputs)["sem_seg"] == res
+
+
+def test_hand_computed_everything_sky(dataset):
+    name, gt, records = dataset
+    outputs = []
+    for r in records:
+        o = model_output(*gt[r["image_id"]])
+        o["sem_seg"] = torch.zeros_like(o["sem_seg"])
+        o["sem_seg"][2] = 1  # every pixel: sky
+        outputs.append(o)
+    res = run(PanopticSemSegEvaluator(name), records, outputs)["sem_seg"]
+    valid = sky = 0
+    for ids, _ in gt.values():
+        valid += int((ids != 0).sum())  # crowd keeps its class, VOID is ignored
+        sky += int((ids == 100).sum())
+    assert res["IoU-sky"] == pytest.approx(100 * sky / valid)
+    assert res["IoU-road"] == 0 and res["IoU-things"] == 0
+    assert res["mIoU"] == pytest.approx(100 * sky / valid / 3)
+    assert res["pACC"] == pytest.approx(100 * sky / valid)
+    assert res["ACC-sky"] == pytest.approx(100.0)
+
+
+def test_all_classes_from_panoptic_output(dataset):
+    name, gt, records = dataset
+    ids_a, segs_a = gt[records[0]["image_id"]]
+    outputs = [model_output(ids_a, segs_a), model_output(*gt[records[1]["image_id"]])]
+    evaluator = PanopticSemSegEvaluator(name, label_space="all", prediction_source="panoptic_seg")
+    res = run(evaluator, records, outputs)["sem_seg"]
+    assert res["mIoU"] == pytest.approx(100.0)
+    assert {"IoU-person", "IoU-car", "IoU-road", "IoU-sky"} <= set(res)
+    # Without the crowd segment, its person pixels become VOID predictions: misses.
+    outputs[0] = model_output(ids_a, segs_a, with_crowd_person=False)
+    res = run(evaluator, records, outputs)["sem_seg"]
+    crowd = int((ids_a == 104).sum())
+    person = sum(int(np.isin(ids, [102, 104]).sum()) for ids, _ in gt.values())
+    assert res["IoU-person"] == pytest.approx(100 * (person - crowd) / person)
+    assert res["IoU-car"] == pytest.approx(100.0)
+    # The merged logits cannot give the four classes.
+    with pytest.raises(ValueError, match="prediction_source='panoptic_seg'"):
+        run(PanopticSemSegEvaluator(name, label_space="all"), records, outputs)
+
+
+def recording(module, name, calls):
+    """``module.name`` (a class or function) that also appends (name, keyword arguments) to
+    ``calls`` when called."""
+    original = getattr(module, name)
+
+    def call(*args, **kwargs):
+        calls.append((name, kwargs))
+        return original(*args, **kwargs)
+
+    return call
+
+
+@pytest.fixture
+def cocoeval_used(monkeypatch):
+    """(name, keyword arguments) of each COCOeval that detectron2's COCO evaluation builds."""
+    from detectron2.evaluation import coco_evaluation
+
+    used = []
+    for name in ("COCOeval", "COCOeval_opt"):
+        monkeypatch.setattr(coco_evaluation, name, recording(coco_evaluation, name, used))
+    return used
+
+
+def test_perfect_and_swapped_classes(dataset, tmp_path, cocoeval_used):
+    name, gt, records = dataset
+    outputs = [model_output(*gt[r["image_id"]]) for r in records]
+    evaluator = PanopticInstanceEvaluator(name, str(tmp_path / "inst"))
+    res = run(evaluator, records, outputs)
+    # detectron2's fast COCOeval exactly when its compiled ops are there (same results)
+    fast = detectron2_has_compiled_ops()
+    assert {name for name, _ in cocoeval_used} == {"COCOeval_opt" if fast else "COCOeval"}
+    assert res["segm"]["AP"] == pytest.approx(100.0)
+    assert res["bbox"]["AP"] == pytest.approx(100.0)
+    assert res["segm"]["AP-person"] == pytest.approx(100.0)
+    assert res["segm"]["AP-car"] == pytest.approx(100.0)
+    # The instances JSON derived from the panoptic ground truth.
+    with open(tmp_path / "inst" / f"{name}_instances_from_panoptic.json") as f:
+        instances = json.load(f)
+    assert [c["id"] for c in instances["categories"]] == [PERSON, CAR]
+    assert sorted(a["iscrowd"] for a in instances["annotations"]) == [0, 0, 0, 0, 1, 1]
+    # Swapped classes: nothing matches.
+    swapped = [model_output(*gt[r["image_id"]], relabel={102: CAR, 103: PERSON}) for r in records]
+    res = run(PanopticInstanceEvaluator(name), records, swapped)
+    assert res["segm"]["AP"] == pytest.approx(0.0)
+
+
+def panoptic_ext_cfg():
+    cfg = get_cfg()
+    add_panoptic_ext_config(cfg)
+    return cfg
+
+
+def test_panoptic_dataset(dataset):
+    name, gt, records = dataset
+    outputs = [model_output(*gt[r["image_id"]]) for r in records]
+    cfg = panoptic_ext_cfg()
+    evaluators = build_panoptic_evaluators(cfg, name)
+    assert isinstance(evaluators, DatasetEvaluators)
+    res = run(evaluators, records, outputs)
+    assert set(res) == {"panoptic_seg", "sem_seg", "bbox", "segm"}
+    assert res["panoptic_seg"]["PQ"] == pytest.approx(100.0)
+    # Cityscapes: mIoU over its 19 classes, from the panoptic output; COCO: the model's
+    # merged semantic classes from the semantic logits
+    cityscapes = MetadataCatalog.get(name).evaluator_type == "cityscapes_panoptic_seg"
+    assert ("IoU-person" in res["sem_seg"]) == cityscapes
+    assert ("IoU-things" in res["sem_seg"]) == (not cityscapes)
+    only_pq = build_panoptic_evaluators(cfg, name, tasks=["panoptic_seg"])
+    assert set(run(only_pq, records, outputs)) == {"panoptic_seg"}
+    cfg.MODEL.PANOPTIC_EXT.POSTPROCESS.RETURN_INSTANCES = False
+    without_instances = [{k: v for k, v in o.items() if k != "instances"} for o in outputs]
+    res = run(build_panoptic_evaluators(cfg, name), records, without_instances)
+    assert set(res) == {"panoptic_seg", "sem_seg"}
+    with pytest.raises(ValueError, match="unknown evaluation tasks"):
+        build_panoptic_evaluators(cfg, name, tasks=["boxes"])
+
+
+def test_other_evaluator_types(tmp_path, monkeypatch):
+    built = []  # (class name, keyword arguments) of the detectron2 evaluators built
+    for class_name in ("SemSegEvaluator", "COCOEvaluator"):
+        monkeypatch.setattr(build_module, class_name, recording(build_module, class_name, built))
+    name = f"tiny_other_{uuid.uuid4().hex[:8]}"
+    DatasetCatalog.register(name, lambda: [])
+    meta = MetadataCatalog.get(name)
+    meta.set(stuff_classes=["a", "b"], ignore_label=255, evaluator_type="sem_seg")
+    try:
+        assert isinstance(build_panoptic_evaluators(panoptic_ext_cfg(), name), DatasetEvaluators)
+        assert [b[0] for b in built] == ["SemSegEvaluator"]
+        MetadataCatalog.remove(name)
+        json_file = str(tmp_path / "instances.json")
+        with open(json_file, "w") as f:
+            json.dump({"images": [], "annotations": [], "categories": []}, f)
+        MetadataCatalog.get(name).set(json_file=json_file, evaluator_type="coco")
+        build_panoptic_evaluators(panoptic_ext_cfg(), name)
+        assert [b[0] for b in built] == ["SemSegEvaluator", "COCOEvaluator"]
+        assert built[1][1]["use_fast_impl"] is detectron2_has_compiled_ops()
+        MetadataCatalog.remove(name)
+        MetadataCatalog.get(name).set(evaluator_type="lvis")
+        with pytest.raises(NotImplementedError, match="evaluator_type 'lvis'"):
+            build_panoptic_evaluators(panoptic_ext_cfg(), name)
+    finally:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)

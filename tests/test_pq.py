@@ -20,6 +20,7 @@ from panoptic_ext.evaluation import (
     rgb_to_id,
 )
 from panoptic_ext.evaluation.pq_cli import main as pq_main
+from panoptic_ext.evaluation.segment_matching import pair_counts
 from tests.pq_fixtures import (
     DEFAULT_CATEGORIES,
     random_panoptic_pair,
@@ -46,155 +47,165 @@ def per_class(gt, gt_segments, pred, pred_segments):
     return stat, stat.results(CATEGORIES)
 
 
-class TestHandComputed:
-    def test_tp_at_iou_06_for_thing_and_stuff(self):
-        gt = [[1, 1, 1, 1], [1, 1, 1, 1], [2, 2, 2, 2], [2, 2, 2, 2]]
-        pred = [[5, 5, 5, 5], [5, 5, 7, 7], [5, 5, 7, 7], [7, 7, 7, 7]]
-        # pred 5 (person): 8 px, 6 on gt 1 -> IoU 6 / (8 + 8 - 6) = 0.6; same for pred 7 (road).
-        stat, res = per_class(gt, [seg(1, 1, 8), seg(2, 21, 8)], pred, [seg(5, 1), seg(7, 21)])
-        assert res["per_class"][1] == pytest.approx({"pq": 0.6, "sq": 0.6, "rq": 1.0})
-        assert res["per_class"][21] == pytest.approx({"pq": 0.6, "sq": 0.6, "rq": 1.0})
-        assert res["All"] == pytest.approx({"pq": 0.6, "sq": 0.6, "rq": 1.0, "n": 2})
-        assert res["Things"]["n"] == 1 and res["Stuff"]["n"] == 1
-        # Categories without gt and predictions are reported as 0 but not averaged.
-        assert res["per_class"][3] == {"pq": 0.0, "sq": 0.0, "rq": 0.0}
-        assert stat.tp.tolist() == [1, 0, 1, 0] and stat.fp.sum() == 0 and stat.fn.sum() == 0
+def test_tp_at_iou_06_for_thing_and_stuff():
+    gt = [[1, 1, 1, 1], [1, 1, 1, 1], [2, 2, 2, 2], [2, 2, 2, 2]]
+    pred = [[5, 5, 5, 5], [5, 5, 7, 7], [5, 5, 7, 7], [7, 7, 7, 7]]
+    # pred 5 (person): 8 px, 6 on gt 1 -> IoU 6 / (8 + 8 - 6) = 0.6; same for pred 7 (road).
+    stat, res = per_class(gt, [seg(1, 1, 8), seg(2, 21, 8)], pred, [seg(5, 1), seg(7, 21)])
+    assert res["per_class"][1] == pytest.approx({"pq": 0.6, "sq": 0.6, "rq": 1.0})
+    assert res["per_class"][21] == pytest.approx({"pq": 0.6, "sq": 0.6, "rq": 1.0})
+    assert res["All"] == pytest.approx({"pq": 0.6, "sq": 0.6, "rq": 1.0, "n": 2})
+    assert res["Things"]["n"] == 1 and res["Stuff"]["n"] == 1
+    # Categories without gt and predictions are reported as 0 but not averaged.
+    assert res["per_class"][3] == {"pq": 0.0, "sq": 0.0, "rq": 0.0}
+    assert stat.tp.tolist() == [1, 0, 1, 0] and stat.fp.sum() == 0 and stat.fn.sum() == 0
 
-    def test_iou_exactly_half_does_not_match(self):
-        gt = [[1, 1, 1, 0]]
-        pred = [[4, 4, 0, 4]]  # inter 2, union 3 + 3 - 2 - 1 (pred on VOID) = 3: IoU 2/3
-        _, res = per_class(gt, [seg(1, 1, 3)], pred, [seg(4, 1)])
-        assert res["per_class"][1]["pq"] == pytest.approx(2 / 3)
-        gt = [[1, 1, 0, 0]]
-        pred = [[4, 9, 9, 9]]  # pred 4: inter 1, union 1 + 2 - 1 = 2: IoU exactly 0.5
-        stat, res = per_class(gt, [seg(1, 1, 2)], pred, [seg(4, 1), seg(9, 3)])
-        assert (stat.tp[0], stat.fp[0], stat.fn[0]) == (0, 1, 1)
-        assert res["per_class"][1]["pq"] == 0.0
 
-    def test_false_positive_and_false_negative(self):
-        gt = [[1, 1, 2, 2], [1, 1, 2, 2], [3, 3, 2, 2], [3, 3, 2, 2]]
-        pred = [[5, 5, 6, 6], [5, 5, 6, 6], [8, 6, 6, 6], [6, 6, 6, 6]]
-        # gt 1 (person) matched exactly; gt 3 (car) missed (FN); pred 8 (car) on gt 3 with
-        # IoU 1/4 (FP); stuff gt 2 vs pred 6: inter 8, union 11 + 8 - 8 = 11.
-        stat, res = per_class(
-            gt,
-            [seg(1, 1, 4), seg(2, 22, 8), seg(3, 3, 4)],
-            pred,
-            [seg(5, 1), seg(6, 22), seg(8, 3)],
+def test_iou_exactly_half_does_not_match():
+    gt = [[1, 1, 1, 0]]
+    pred = [[4, 4, 0, 4]]  # inter 2, union 3 + 3 - 2 - 1 (pred on VOID) = 3: IoU 2/3
+    _, res = per_class(gt, [seg(1, 1, 3)], pred, [seg(4, 1)])
+    assert res["per_class"][1]["pq"] == pytest.approx(2 / 3)
+    gt = [[1, 1, 0, 0]]
+    pred = [[4, 9, 9, 9]]  # pred 4: inter 1, union 1 + 2 - 1 = 2: IoU exactly 0.5
+    stat, res = per_class(gt, [seg(1, 1, 2)], pred, [seg(4, 1), seg(9, 3)])
+    assert (stat.tp[0], stat.fp[0], stat.fn[0]) == (0, 1, 1)
+    assert res["per_class"][1]["pq"] == 0.0
+
+
+def test_false_positive_and_false_negative():
+    gt = [[1, 1, 2, 2], [1, 1, 2, 2], [3, 3, 2, 2], [3, 3, 2, 2]]
+    pred = [[5, 5, 6, 6], [5, 5, 6, 6], [8, 6, 6, 6], [6, 6, 6, 6]]
+    # gt 1 (person) matched exactly; gt 3 (car) missed (FN); pred 8 (car) on gt 3 with
+    # IoU 1/4 (FP); stuff gt 2 vs pred 6: inter 8, union 11 + 8 - 8 = 11.
+    stat, res = per_class(
+        gt,
+        [seg(1, 1, 4), seg(2, 22, 8), seg(3, 3, 4)],
+        pred,
+        [seg(5, 1), seg(6, 22), seg(8, 3)],
+    )
+    assert stat.tp.tolist() == [1, 0, 0, 1]
+    assert stat.fp.tolist() == [0, 1, 0, 0]
+    assert stat.fn.tolist() == [0, 1, 0, 0]
+    assert res["per_class"][3] == {"pq": 0.0, "sq": 0.0, "rq": 0.0}
+    assert res["per_class"][22]["pq"] == pytest.approx(8 / 11)
+    assert res["Things"] == pytest.approx({"pq": 0.5, "sq": 0.5, "rq": 0.5, "n": 2})
+    assert res["All"]["pq"] == pytest.approx((1 + 0 + 8 / 11) / 3)
+    assert res["All"]["n"] == 3
+
+
+def test_crowd_swallows_false_positive_of_its_class_only():
+    gt = [[9, 9, 9, 9], [9, 9, 9, 9], [4, 4, 4, 4], [2, 2, 2, 2]]
+    gt_segments = [seg(4, 1, 4, iscrowd=1), seg(9, 21, 8), seg(2, 22, 4)]
+    # pred 5 (person): 3 px on the person crowd + 1 on road -> 3/4 ignored, not an FP.
+    # pred 6 (car): 3 px on the person crowd -> FP (the crowd is of another class).
+    # The crowd segment itself is never a false negative.
+    pred = [[7, 7, 7, 7], [7, 7, 7, 5], [5, 5, 5, 6], [6, 6, 8, 8]]
+    stat, res = per_class(gt, gt_segments, pred, [seg(5, 1), seg(6, 3), seg(7, 21), seg(8, 22)])
+    assert (stat.tp[0], stat.fp[0], stat.fn[0]) == (0, 0, 0)
+    assert (stat.tp[1], stat.fp[1], stat.fn[1]) == (0, 1, 0)
+    assert res["per_class"][1] == {"pq": 0.0, "sq": 0.0, "rq": 0.0}  # not averaged
+    assert res["Things"]["n"] == 1  # only car
+    # road: pred 7 (7 px) on gt 9: inter 7, union 7 + 8 - 7 = 8.
+    assert res["per_class"][21]["pq"] == pytest.approx(7 / 8)
+    # sky: pred 8 (2 px) on gt 2 (4 px): IoU 0.5 -> FP + FN.
+    assert (stat.tp[3], stat.fp[3], stat.fn[3]) == (0, 1, 1)
+
+
+def test_only_the_last_crowd_segment_of_a_class_counts():
+    # panopticapi keeps one crowd segment per category: the last one listed.
+    gt = [[4, 4, 4, 4], [6, 6, 6, 6], [9, 9, 9, 9]]
+    gt_segments = [seg(4, 1, 4, iscrowd=1), seg(6, 1, 4, iscrowd=1), seg(9, 21, 4)]
+    pred = [[5, 5, 5, 5], [7, 7, 7, 7], [8, 8, 8, 8]]
+    stat, _ = per_class(gt, gt_segments, pred, [seg(5, 1), seg(7, 1), seg(8, 21)])
+    assert (stat.tp[0], stat.fp[0], stat.fn[0]) == (0, 1, 0)  # pred 5 on the first crowd
+    assert (stat.tp[2], stat.fp[2], stat.fn[2]) == (1, 0, 0)
+
+
+def test_void_swallows_false_positive_and_leaves_union():
+    gt = [[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 0, 0], [2, 2, 2, 2]]
+    # pred 5 covers gt 1 plus 4 VOID px: IoU = 4 / (8 + 4 - 4 - 4) = 1.
+    # pred 6 (car) lies on 3 VOID px + 1 road px: ignored. pred 7 (road) matches gt 2.
+    pred = [[5, 5, 5, 5], [5, 5, 5, 5], [0, 6, 6, 6], [6, 7, 7, 7]]
+    stat, res = per_class(
+        gt, [seg(1, 1, 4), seg(2, 21, 4)], pred, [seg(5, 1), seg(6, 3), seg(7, 21)]
+    )
+    assert res["per_class"][1] == pytest.approx({"pq": 1.0, "sq": 1.0, "rq": 1.0})
+    assert stat.fp.sum() == 0
+    assert res["per_class"][21]["pq"] == pytest.approx(0.75)
+    # Half on VOID is not enough (> 0.5 is needed).
+    pred = [[5, 5, 5, 5], [5, 5, 5, 5], [0, 0, 6, 6], [6, 6, 7, 7]]
+    stat, _ = per_class(gt, [seg(1, 1, 4), seg(2, 21, 4)], pred, [seg(5, 1), seg(6, 3), seg(7, 21)])
+    assert stat.fp[1] == 1
+
+
+def test_gt_area_comes_from_json_and_unlisted_gt_ids_are_ignored():
+    gt = [[1, 1, 1, 1], [77, 77, 77, 77]]  # 77 is not listed: neither VOID nor a segment
+    pred = [[5, 5, 5, 5], [5, 5, 5, 5]]
+    # union = 8 + area(JSON) - 4 - 0: with area 4 IoU = 0.5 (no match); area 2 -> 4/6.
+    stat, _ = per_class(gt, [seg(1, 1, 4)], pred, [seg(5, 1)])
+    assert (stat.tp[0], stat.fp[0], stat.fn[0]) == (0, 1, 1)
+    stat, _ = per_class(gt, [seg(1, 1, 2)], pred, [seg(5, 1)])
+    assert stat.tp[0] == 1 and stat.iou[0] == pytest.approx(4 / 6)
+    # Without "area" the pixel count is used.
+    stat, _ = per_class(gt, [seg(1, 1)], pred, [seg(5, 1)])
+    assert stat.tp[0] == 0
+
+
+def test_no_category_with_segments():
+    stat = PQStat(list(CATEGORIES))
+    res = stat.results(CATEGORIES)
+    assert res["All"] == {"pq": 0.0, "sq": 0.0, "rq": 0.0, "n": 0}
+
+
+ERROR_GT = np.array([[1, 1], [2, 2]])
+ERROR_GT_SEGMENTS = [seg(1, 1, 2), seg(2, 21, 2)]
+
+
+def check_error(pred, pred_segments, match):
+    with pytest.raises(PanopticFormatError, match=match):
+        pq_image(
+            ERROR_GT, ERROR_GT_SEGMENTS, np.array(pred), pred_segments, list(CATEGORIES), "img7"
         )
-        assert stat.tp.tolist() == [1, 0, 0, 1]
-        assert stat.fp.tolist() == [0, 1, 0, 0]
-        assert stat.fn.tolist() == [0, 1, 0, 0]
-        assert res["per_class"][3] == {"pq": 0.0, "sq": 0.0, "rq": 0.0}
-        assert res["per_class"][22]["pq"] == pytest.approx(8 / 11)
-        assert res["Things"] == pytest.approx({"pq": 0.5, "sq": 0.5, "rq": 0.5, "n": 2})
-        assert res["All"]["pq"] == pytest.approx((1 + 0 + 8 / 11) / 3)
-        assert res["All"]["n"] == 3
-
-    def test_crowd_swallows_false_positive_of_its_class_only(self):
-        gt = [[9, 9, 9, 9], [9, 9, 9, 9], [4, 4, 4, 4], [2, 2, 2, 2]]
-        gt_segments = [seg(4, 1, 4, iscrowd=1), seg(9, 21, 8), seg(2, 22, 4)]
-        # pred 5 (person): 3 px on the person crowd + 1 on road -> 3/4 ignored, not an FP.
-        # pred 6 (car): 3 px on the person crowd -> FP (the crowd is of another class).
-        # The crowd segment itself is never a false negative.
-        pred = [[7, 7, 7, 7], [7, 7, 7, 5], [5, 5, 5, 6], [6, 6, 8, 8]]
-        stat, res = per_class(gt, gt_segments, pred, [seg(5, 1), seg(6, 3), seg(7, 21), seg(8, 22)])
-        assert (stat.tp[0], stat.fp[0], stat.fn[0]) == (0, 0, 0)
-        assert (stat.tp[1], stat.fp[1], stat.fn[1]) == (0, 1, 0)
-        assert res["per_class"][1] == {"pq": 0.0, "sq": 0.0, "rq": 0.0}  # not averaged
-        assert res["Things"]["n"] == 1  # only car
-        # road: pred 7 (7 px) on gt 9: inter 7, union 7 + 8 - 7 = 8.
-        assert res["per_class"][21]["pq"] == pytest.approx(7 / 8)
-        # sky: pred 8 (2 px) on gt 2 (4 px): IoU 0.5 -> FP + FN.
-        assert (stat.tp[3], stat.fp[3], stat.fn[3]) == (0, 1, 1)
-
-    def test_only_the_last_crowd_segment_of_a_class_counts(self):
-        # panopticapi keeps one crowd segment per category: the last one listed.
-        gt = [[4, 4, 4, 4], [6, 6, 6, 6], [9, 9, 9, 9]]
-        gt_segments = [seg(4, 1, 4, iscrowd=1), seg(6, 1, 4, iscrowd=1), seg(9, 21, 4)]
-        pred = [[5, 5, 5, 5], [7, 7, 7, 7], [8, 8, 8, 8]]
-        stat, _ = per_class(gt, gt_segments, pred, [seg(5, 1), seg(7, 1), seg(8, 21)])
-        assert (stat.tp[0], stat.fp[0], stat.fn[0]) == (0, 1, 0)  # pred 5 on the first crowd
-        assert (stat.tp[2], stat.fp[2], stat.fn[2]) == (1, 0, 0)
-
-    def test_void_swallows_false_positive_and_leaves_union(self):
-        gt = [[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 0, 0], [2, 2, 2, 2]]
-        # pred 5 covers gt 1 plus 4 VOID px: IoU = 4 / (8 + 4 - 4 - 4) = 1.
-        # pred 6 (car) lies on 3 VOID px + 1 road px: ignored. pred 7 (road) matches gt 2.
-        pred = [[5, 5, 5, 5], [5, 5, 5, 5], [0, 6, 6, 6], [6, 7, 7, 7]]
-        stat, res = per_class(
-            gt, [seg(1, 1, 4), seg(2, 21, 4)], pred, [seg(5, 1), seg(6, 3), seg(7, 21)]
-        )
-        assert res["per_class"][1] == pytest.approx({"pq": 1.0, "sq": 1.0, "rq": 1.0})
-        assert stat.fp.sum() == 0
-        assert res["per_class"][21]["pq"] == pytest.approx(0.75)
-        # Half on VOID is not enough (> 0.5 is needed).
-        pred = [[5, 5, 5, 5], [5, 5, 5, 5], [0, 0, 6, 6], [6, 6, 7, 7]]
-        stat, _ = per_class(
-            gt, [seg(1, 1, 4), seg(2, 21, 4)], pred, [seg(5, 1), seg(6, 3), seg(7, 21)]
-        )
-        assert stat.fp[1] == 1
-
-    def test_gt_area_comes_from_json_and_unlisted_gt_ids_are_ignored(self):
-        gt = [[1, 1, 1, 1], [77, 77, 77, 77]]  # 77 is not listed: neither VOID nor a segment
-        pred = [[5, 5, 5, 5], [5, 5, 5, 5]]
-        # union = 8 + area(JSON) - 4 - 0: with area 4 IoU = 0.5 (no match); area 2 -> 4/6.
-        stat, _ = per_class(gt, [seg(1, 1, 4)], pred, [seg(5, 1)])
-        assert (stat.tp[0], stat.fp[0], stat.fn[0]) == (0, 1, 1)
-        stat, _ = per_class(gt, [seg(1, 1, 2)], pred, [seg(5, 1)])
-        assert stat.tp[0] == 1 and stat.iou[0] == pytest.approx(4 / 6)
-        # Without "area" the pixel count is used.
-        stat, _ = per_class(gt, [seg(1, 1)], pred, [seg(5, 1)])
-        assert stat.tp[0] == 0
-
-    def test_no_category_with_segments(self):
-        stat = PQStat(list(CATEGORIES))
-        res = stat.results(CATEGORIES)
-        assert res["All"] == {"pq": 0.0, "sq": 0.0, "rq": 0.0, "n": 0}
 
 
-class TestErrors:
-    gt = np.array([[1, 1], [2, 2]])
-    gt_segments = [seg(1, 1, 2), seg(2, 21, 2)]
+def test_id_in_png_not_in_json():
+    check_error([[1, 1], [3, 3]], [seg(1, 1)], r"img7: segment ids \[3\] are in the predicted")
 
-    def check(self, pred, pred_segments, match):
-        with pytest.raises(PanopticFormatError, match=match):
-            pq_image(
-                self.gt, self.gt_segments, np.array(pred), pred_segments, list(CATEGORIES), "img7"
-            )
 
-    def test_id_in_png_not_in_json(self):
-        self.check([[1, 1], [3, 3]], [seg(1, 1)], r"img7: segment ids \[3\] are in the predicted")
+def test_id_in_json_not_in_png():
+    check_error([[1, 1], [0, 0]], [seg(1, 1), seg(4, 3)], r"img7: .*\[4\] are in segments")
 
-    def test_id_in_json_not_in_png(self):
-        self.check([[1, 1], [0, 0]], [seg(1, 1), seg(4, 3)], r"img7: .*\[4\] are in segments")
 
-    def test_unknown_category(self):
-        self.check([[1, 1], [0, 0]], [seg(1, 99)], r"img7: .*unknown category ids \[99\]")
+def test_unknown_category():
+    check_error([[1, 1], [0, 0]], [seg(1, 99)], r"img7: .*unknown category ids \[99\]")
 
-    def test_duplicated_ids(self):
-        self.check([[1, 1], [0, 0]], [seg(1, 1), seg(1, 3)], r"img7: duplicated predicted")
 
-    def test_size_mismatch(self):
-        self.check([[1, 1, 1]], [seg(1, 1)], r"img7: prediction has size \(1, 3\)")
+def test_duplicated_ids():
+    check_error([[1, 1], [0, 0]], [seg(1, 1), seg(1, 3)], r"img7: duplicated predicted")
 
-    @pytest.mark.parametrize("engine", ["pure", "auto"])
-    def test_missing_files_and_images(self, tmp_path, engine):
-        rng = np.random.default_rng(0)
-        paths = write_panoptic_files(str(tmp_path), [random_panoptic_pair(rng, 12, 10)] * 2)
-        gt_json, gt_folder, pred_json, pred_folder = paths
-        os.remove(os.path.join(pred_folder, "000001.png"))
-        with pytest.raises(FileNotFoundError, match="image 1 .*000001.png"):
-            pq_compute(gt_json, pred_json, gt_folder, pred_folder, engine=engine)
-        with open(pred_json) as f:
-            pred = json.load(f)
-        pred["annotations"] = pred["annotations"][:1]
-        with open(pred_json, "w") as f:
-            json.dump(pred, f)
-        with pytest.raises(PanopticFormatError, match="no prediction for the image with id 1"):
-            pq_compute(gt_json, pred_json, gt_folder, pred_folder, engine=engine)
-        with pytest.raises(FileNotFoundError, match="nowhere"):
-            pq_compute(gt_json, pred_json, gt_folder, "nowhere")
+
+def test_size_mismatch():
+    check_error([[1, 1, 1]], [seg(1, 1)], r"img7: prediction has size \(1, 3\)")
+
+
+@pytest.mark.parametrize("engine", ["pure", "auto"])
+def test_missing_files_and_images(tmp_path, engine):
+    rng = np.random.default_rng(0)
+    paths = write_panoptic_files(str(tmp_path), [random_panoptic_pair(rng, 12, 10)] * 2)
+    gt_json, gt_folder, pred_json, pred_folder = paths
+    os.remove(os.path.join(pred_folder, "000001.png"))
+    with pytest.raises(FileNotFoundError, match="image 1 .*000001.png"):
+        pq_compute(gt_json, pred_json, gt_folder, pred_folder, engine=engine)
+    with open(pred_json) as f:
+        pred = json.load(f)
+    pred["annotations"] = pred["annotations"][:1]
+    with open(pred_json, "w") as f:
+        json.dump(pred, f)
+    with pytest.raises(PanopticFormatError, match="no prediction for the image with id 1"):
+        pq_compute(gt_json, pred_json, gt_folder, pred_folder, engine=engine)
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        pq_compute(gt_json, pred_json, gt_folder, "nowhere")
 
 
 def test_rgb_encoding_round_trip(tmp_path):
@@ -339,3 +350,31 @@ def test_default_folders_and_cli(generated_files, tmp_path, capsys):
         assert json.load(f)["All"]["pq"] == pytest.approx(ours["All"]["pq"])
     assert pq_main(["--gt-json", gt_json, "--pred-json", str(tmp_path / "none.json")]) == 1
     assert "none.json does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64, np.uint32, np.uint8])
+def test_pair_counts_equal_np_unique_over_pixels(dtype):
+    """Counts over runs (repeated rows, long runs, speckle, random 24-bit ids) are the counts of
+    panopticapi's np.unique over gt * 2**24 + pred."""
+    rng = np.random.default_rng(4)
+    high = 256 if dtype == np.uint8 else 1 << 24
+    gt = rng.integers(0, 1 << 24, (50, 100)).astype(np.int32)
+    pred = rng.integers(0, high, (50, 100)).astype(dtype)
+    gt[:10], pred[:10] = 7, 9  # repeated rows
+    gt[20, :50] = 9  # a run over a noisy prediction
+    keys, counts = pair_counts(gt, pred)
+    ref_keys, ref_counts = np.unique(gt.astype(np.int64) * (1 << 24) + pred, return_counts=True)
+    assert (keys == ref_keys).all() and (counts == ref_counts).all()
+    assert counts.sum() == gt.size
+    empty = np.zeros((0, 3), np.int32)
+    assert [len(a) for a in pair_counts(empty, empty)] == [0, 0]
+
+
+def test_pair_counts_refuse_ids_that_are_not_rgb_encodable():
+    ok = np.ones((2, 2), np.int32)
+    with pytest.raises(ValueError, match="predicted segment ids must be non-negative"):
+        pair_counts(ok, -ok)
+    with pytest.raises(ValueError, match=r"ground-truth segment ids must be < 2\*\*24"):
+        pair_counts(ok << 24, ok)
+    with pytest.raises(ValueError, match="must be integers, got a float64 map"):
+        pair_counts(ok, ok.astype(np.float64))
