@@ -17,7 +17,9 @@ config reproduces the final evaluation.
 
 OUTPUT_DIR is locked while the job runs (a second one stops at once, naming the first). Without
 ``--resume``, a previous run found there is moved to ``OUTPUT_DIR.previous-<date>-<time>``
-(``RUN.EXISTING_OUTPUT refuse|overwrite`` as an override changes that).
+(``RUN.EXISTING_OUTPUT refuse|overwrite`` as an override changes that). ``--resume`` continues an
+interrupted run: its training, or, when training had finished (e.g. interrupted during the final
+evaluation), the final evaluation, metrics, curves and pictures from ``model_final.pth``.
 """
 
 # ruff: noqa: E402  (imports after setting OMP_WAIT_POLICY)
@@ -31,18 +33,24 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse
 import json
 import logging
+import math
 import time
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.detection_utils import read_image
+from detectron2.evaluation.testing import flatten_results_dict
 from detectron2.utils.visualizer import Visualizer
 from PIL import Image
 
-from panoptic_ext.apps.train import ProgressHook, Trainer, default_setup, get_panoptic_cfg, plot_training_curves
 from panoptic_ext.apps.predict import class_layout_for_cfg, predict_images, record_to_panoptic
+from panoptic_ext.apps.train import Trainer, default_setup, get_panoptic_cfg, plot_training_curves
+from panoptic_ext.apps.train.checkpoint import PanopticCheckpointer
+from panoptic_ext.apps.train.config_check import ConfigError, check_config
+from panoptic_ext.apps.train.config_loading import save_config
+from panoptic_ext.apps.train.resume_config import read_saved_run
 from panoptic_ext.apps.train.run_dir import prepare_output_dir
 
 DEFAULT_CONFIG = "configs/Synthetic-PanopticSegmentation/panoptic_fpn_R_18_scratch_cpu.yaml"
@@ -50,15 +58,27 @@ logger = logging.getLogger("panoptic_ext.main_job")
 _EXISTING_OUTPUT_KEY = "RUN.EXISTING_OUTPUT"
 
 
-def parse_args() -> argparse.Namespace:
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config-file", default=DEFAULT_CONFIG, metavar="FILE")
-    parser.add_argument("--num-vis", type=int, default=8, help="val images to visualize")
+    parser.add_argument(
+        "--num-vis", type=_non_negative, default=8, help="val images to visualize (>= 0)"
+    )
     parser.add_argument(
         "--resume", action="store_true", help="continue from OUTPUT_DIR's last checkpoint"
     )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 def _prepare_datasets(cfg: CfgNode) -> float:
@@ -101,44 +121,106 @@ def _final_metrics(results: Dict[str, Any]) -> Dict[str, float]:
     return metrics
 
 
-def main() -> None:
+def _finished_training(cfg: CfgNode) -> bool:
+    """Whether OUTPUT_DIR's last checkpoint is the end of this config's training (for
+    ``--resume``: only the final evaluation and what follows it are left)."""
+    if not os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")):
+        return False
+    path, iteration, _, _ = read_saved_run(cfg.OUTPUT_DIR)
+    if iteration is None or iteration + 1 < cfg.SOLVER.MAX_ITER:
+        return False
+    if iteration + 1 > cfg.SOLVER.MAX_ITER:
+        raise ConfigError(
+            f"--resume: {path} has finished {iteration + 1} iterations, more than SOLVER.MAX_ITER "
+            f"{cfg.SOLVER.MAX_ITER}: set SOLVER.MAX_ITER {iteration + 1} to finish that run (its "
+            f"final evaluation), or above {iteration + 1} to train it longer"
+        )
+    return True
+
+
+def main(argv: Optional[List[str]] = None) -> None:
     wall_start = time.perf_counter()
-    args = parse_args()
-    cfg = get_panoptic_cfg(args.config_file, args.opts)
-    if _EXISTING_OUTPUT_KEY not in args.opts[::2]:
-        # Running `make train` again keeps the previous run, moved aside (with a log line).
-        cfg.RUN.EXISTING_OUTPUT = "move"
-    cfg.freeze()
-    lock, messages = prepare_output_dir(cfg, resume=args.resume)
+    args = parse_args(argv)
     try:
-        _run(cfg, args, wall_start, messages)
+        cfg = get_panoptic_cfg(args.config_file, args.opts)
+        if _EXISTING_OUTPUT_KEY not in args.opts[::2]:
+            # Running `make train` again keeps the previous run, moved aside (with a log line).
+            cfg.RUN.EXISTING_OUTPUT = "move"
+        cfg.freeze()
+        check_config(cfg)  # ranges, choices, class counts: before anything is written
+        final_only = args.resume and _finished_training(cfg)
+    except ConfigError as e:
+        raise SystemExit(f"main_job: {e}") from e
+    lock, messages = prepare_output_dir(cfg, resume=args.resume, eval_only=final_only)
+    try:
+        _run(cfg, args, wall_start, messages, final_only)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _run(cfg: CfgNode, args: argparse.Namespace, wall_start: float, messages: List[str]) -> None:
+def _final_evaluation(cfg: CfgNode) -> Dict[str, Any]:
+    """Evaluate ``model_final.pth`` as the last step of training does, and log the results in
+    ``metrics.json`` at the last iteration as that step would have."""
+    model = Trainer.build_model(cfg)
+    weights = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
+    PanopticCheckpointer(model, cfg.OUTPUT_DIR, require_complete=True).load(weights)
+    results = Trainer.test(cfg, model.eval())
+    scalars = {k: v for k, v in flatten_results_dict(results).items() if isinstance(v, float)}
+    with open(os.path.join(cfg.OUTPUT_DIR, "metrics.json"), "a") as f:
+        f.write(json.dumps({**scalars, "iteration": cfg.SOLVER.MAX_ITER - 1}) + "\n")
+    return results
+
+
+def _logged_seconds_per_iter(metrics_file: str) -> float:
+    """Mean of detectron2's logged step times (metrics.json "time"), NaN without any."""
+    times = []
+    if os.path.isfile(metrics_file):
+        with open(metrics_file) as f:
+            times = [json.loads(line).get("time") for line in f if line.strip()]
+    times = [t for t in times if isinstance(t, (int, float))]
+    return sum(times) / len(times) if times else math.nan
+
+
+def _run(
+    cfg: CfgNode,
+    args: argparse.Namespace,
+    wall_start: float,
+    messages: List[str],
+    final_only: bool = False,
+) -> None:
     output_dir = cfg.OUTPUT_DIR
     load_start = os.getloadavg()
-    default_setup(cfg, args)
+    # an earlier run's config.yaml stays until its checkpoint is accepted
+    default_setup(cfg, args, save=not args.resume)
     for message in messages:
         logger.warning(message)
 
     dataset_seconds = _prepare_datasets(cfg)
-    trainer = Trainer(cfg)
-    progress = ProgressHook(period=20.0)
-    trainer.register_hooks([progress])
-    trainer.resume_or_load(resume=args.resume)
     train_start = time.perf_counter()
-    results = trainer.train()
+    metrics_file = os.path.join(output_dir, "metrics.json")
+    if final_only:
+        logger.info("--resume: training is complete; evaluating model_final.pth")
+        results = _final_evaluation(cfg)
+        start_iter = cfg.SOLVER.MAX_ITER
+        seconds_per_iter = _logged_seconds_per_iter(metrics_file)
+    else:
+        trainer = Trainer(cfg)
+        trainer.resume_or_load(resume=args.resume)
+        if args.resume:
+            save_config(cfg)
+        results = trainer.train()
+        start_iter = trainer.start_iter
+        # detectron2's IterationTimer: step times (data loading included, hooks excluded) after
+        # its warm-up iterations; the logged ones for runs too short for that.
+        step_times = trainer.storage.histories().get("time")
+        seconds_per_iter = (
+            step_times.global_avg() if step_times else _logged_seconds_per_iter(metrics_file)
+        )
     train_seconds = time.perf_counter() - train_start
     if not results:
         raise RuntimeError("training ran no evaluation: is DATASETS.TEST empty?")
     metrics = _final_metrics(results)
-    # detectron2's IterationTimer: step times (data loading included, hooks excluded) after
-    # its warm-up iterations; the progress hook's median for runs too short for that.
-    step_times = trainer.storage.histories().get("time")
-    seconds_per_iter = step_times.global_avg() if step_times else progress.seconds_per_iter
 
     curves = plot_training_curves(
         os.path.join(output_dir, "metrics.json"), os.path.join(output_dir, "training_curves.png")
@@ -154,7 +236,7 @@ def _run(cfg: CfgNode, args: argparse.Namespace, wall_start: float, messages: Li
         "train_and_eval_time_s": round(train_seconds, 1),
         "seconds_per_iter": round(seconds_per_iter, 3),
         "iterations": cfg.SOLVER.MAX_ITER,
-        "start_iter": trainer.start_iter,
+        "start_iter": start_iter,
         "config_file": args.config_file,
         "opts": args.opts,
         "weights": weights,

@@ -32,7 +32,7 @@ from panoptic_ext.apps.ablation.compute import count_compute
 from panoptic_ext.apps.ablation.separate import SeparateNetworksPanoptic, separate_network_configs
 from panoptic_ext.apps.ablation.spec import Run, run_config
 from panoptic_ext.apps.train.checkpoint import PanopticCheckpointer
-from panoptic_ext.apps.train.config_loading import default_setup
+from panoptic_ext.apps.train.config_loading import default_setup, save_config
 from panoptic_ext.apps.train.resume_config import read_saved_run
 from panoptic_ext.apps.train.run_dir import prepare_output_dir
 from panoptic_ext.apps.train.trainer import Trainer
@@ -206,12 +206,14 @@ def _train(cfg: CfgNode, config_file: str) -> Optional[Dict[str, Any]]:
     logger.info("%s %s", "Resuming" if resume else "Training", cfg.OUTPUT_DIR)
     lock, messages = prepare_output_dir(cfg, resume=resume)
     try:
-        default_setup(cfg, _args(config_file, resume, False))
+        default_setup(cfg, _args(config_file, resume, False), save=not resume)
         for message in messages:
             logger.warning(message)
         trainer = Trainer(cfg)
         trainer.register_hooks([_StepTimes(os.path.join(cfg.OUTPUT_DIR, _TIMES_FILE))])
         trainer.resume_or_load(resume=resume)
+        if resume:
+            save_config(cfg)  # once the checkpoint is accepted
         return trainer.train()
     finally:
         if lock is not None:
@@ -229,7 +231,7 @@ def _load_final(cfg: CfgNode) -> torch.nn.Module:
 def _evaluate(cfg: CfgNode, model: torch.nn.Module, config_file: str) -> Dict[str, Any]:
     lock, _ = prepare_output_dir(cfg, resume=True, eval_only=True)
     try:
-        default_setup(cfg, _args(config_file, True, True))
+        default_setup(cfg, _args(config_file, True, True), save=False)
         return Trainer.test(cfg, model)
     finally:
         if lock is not None:
