@@ -24,6 +24,7 @@ from common import (
     current_rss_mb,
     emit_worker_result,
     inference_inputs,
+    machine_limit,
     make_row,
     median,
     min_ratio,
@@ -33,13 +34,14 @@ from common import (
     reference_cfg,
     reset_peak_rss,
     run_worker,
+    throughput,
     time_interleaved,
 )
 
 from panoptic_ext.modeling import CPU_SPEEDUPS, optimize_for_cpu_inference
 
 REFERENCE = "detectron2 PanopticFPN"
-TARGET = 0.8
+TARGET = 0.7  # issue 23 (was 0.8)
 # Variants: name -> (model, outputs read). "ours" returns every output detectron2 returns
 # (sem_seg logits, instances, panoptic_seg); "ours_panoptic" is configured to return only
 # panoptic_seg (POSTPROCESS.RETURN_SEM_SEG / RETURN_INSTANCES False), all a panoptic user needs.
@@ -123,6 +125,47 @@ def outputs_identical(
     return diffs
 
 
+class _MaskHeadLayers(torch.nn.Module):
+    """A mask head's ``layers`` as a module, for fvcore."""
+
+    def __init__(self, head: torch.nn.Module):
+        super().__init__()
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head.layers(x)
+
+
+def executed_multiply_adds(
+    model: torch.nn.Module, image: torch.Tensor, scores: torch.Tensor, score_threshold: float = 0.5
+) -> Dict[str, float]:
+    """
+    fvcore's multiply-adds (as benchmarks/bench_flops.py counts them) that each variant executes
+    on ``image``: detectron2's model and ours with every output run the mask head on every
+    detection; ours with the panoptic output only, on the detections scoring at least
+    ``score_threshold`` (padded to a batch of 16, as PanopticROIHeads does; ``scores`` are the
+    detections' scores).
+    """
+    from fvcore.nn import FlopCountAnalysis
+
+    from panoptic_ext.apps.ablation.compute import count_compute
+
+    total = count_compute(model, image)["gflops"] * 1e9
+    heads = model.roi_heads
+    in_channels = [s.channels for s in model.backbone.output_shape().values()][0]
+    side = int(heads.mask_pooler.output_size[0])
+    analysis = FlopCountAnalysis(
+        _MaskHeadLayers(heads.mask_head).eval(), (torch.zeros(1, in_channels, side, side),)
+    )
+    analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+    with torch.no_grad():
+        per_roi = float(analysis.total())
+    needed = int((scores >= score_threshold).sum())
+    rows = 0 if needed == 0 else max(needed, min(len(scores), 16))
+    skipped = len(scores) - rows
+    return {"d2": total, "ours": total, "ours_panoptic": total - skipped * per_roi}
+
+
 def _worker(variant: str, weights: str, height: int, width: int, tiny: bool) -> None:
     """Build one variant in this fresh process, run one inference, report time and memory."""
     state_dict = torch.load(weights, map_location="cpu")
@@ -188,6 +231,10 @@ def run(
     things = sum(s["isthing"] for r in reference for s in r["panoptic_seg"][1])
     detections = sum(len(r["instances"]) for r in reference)
     confident = sum(int((r["instances"].scores >= 0.5).sum()) for r in reference)
+    macs = executed_multiply_adds(
+        models["d2"], inputs[0]["image"], reference[0]["instances"].scores
+    )
+    limit = machine_limit(quick)
     del reference
 
     cpu: Dict[str, List[float]] = {}
@@ -211,6 +258,18 @@ def run(
             and (name != "ours_panoptic" or diffs["panoptic_only"] is None),
             "identical_outputs": ",".join(k for k in keys if diffs[k] is None),
         }
+        ours_rate = throughput(macs[name], median(times[name]), limit["fp32_gflops"])
+        reference_rate = throughput(macs["d2"], median(times["d2"]), limit["fp32_gflops"])
+        extra.update(
+            executed_gmacs=round(macs[name] / 1e9, 2),
+            reference_executed_gmacs=round(macs["d2"] / 1e9, 2),
+            ours_gflops_per_s=round(ours_rate["gflops_per_s"], 2),
+            reference_gflops_per_s=round(reference_rate["gflops_per_s"], 2),
+            ours_share_of_limit=round(ours_rate["share_of_limit"], 4),
+            reference_share_of_limit=round(reference_rate["share_of_limit"], 4),
+            fp32_limit_gflops_per_s=round(limit["fp32_gflops"], 2),
+            load_average=round(os.getloadavg()[0], 2),
+        )
         different = [diffs[k] for k in keys if diffs[k] is not None]
         if different:
             extra["difference"] = "; ".join(different)
