@@ -3,6 +3,7 @@ sweep that is interrupted and resumed without running its finished run again, th
 the fusion of two separate networks equal to the joint model's post-processing."""
 
 import csv
+import json
 import os
 
 import pytest
@@ -10,8 +11,8 @@ import torch
 from detectron2.modeling import build_model
 
 from panoptic_ext.apps.ablation import (
+    DIVERGED_FILE,
     RESULT_FILE,
-    RunConfigChanged,
     SeparateNetworksPanoptic,
     SweepSpecError,
     load_sweeps,
@@ -23,8 +24,10 @@ from panoptic_ext.apps.train import Trainer, get_panoptic_cfg
 from tests.common import random_image_batch
 from tests.reliability_common import register_tiny_synthetic, tiny_cfg, unregister
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PREFIX = "ablation_tiny"
-SEMANTIC = "MODEL.PANOPTIC_EXT.LOSS_WEIGHTS.SEMANTIC"
+SEMANTIC = "MODEL.SEM_SEG_HEAD.LOSS_WEIGHT"
+SECOND = "SEM_SEG_HEAD.LOSS_WEIGHT=1.0"  # the run of the two-point sweeps' second point
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +54,7 @@ def _spec(tmp_path, text, name="spec.yaml"):
     [
         (f"sweep: ['{SEMANTIC}=0.5,1']\nsweeps: []\n", "unknown key 'sweeps'"),
         ("points: [{name: a, overides: []}]\n", "unknown key 'overides'"),
-        ("sweep: ['MODEL.PANOPTIC_EXT.LOSS_WEIGHT.SEMANTIC=0.5,1']\n", "did you mean"),
+        ("sweep: ['MODEL.SEM_SEG_HEAD.LOSS_WEIGT=0.5,1']\n", "did you mean"),
         # a YAML flow list splits an unquoted entry at its commas
         (f"sweep: [{SEMANTIC}=0.5,1]\n", "quote entries"),
         (f"sweep: ['{SEMANTIC}=0.5,abc']\n", "has type str, but"),
@@ -105,7 +108,7 @@ def test_paper_sweeps_share_runs(config_file):
     assert lambda_s[0.5] == "baseline"  # the config's own weights
     assert lambda_s[1.0] == by_sweep["lambda_i"].points[-1].runs[0].name
     zero = dict(by_sweep["lambda_i"].points[0].runs[0].overrides)
-    assert zero["MODEL.PANOPTIC_EXT.LOSS_WEIGHTS.INSTANCE"] == 0.0
+    assert zero["MODEL.PANOPTIC_FPN.INSTANCE_LOSS_WEIGHT"] == 0.0
     assert zero["MODEL.PANOPTIC_EXT.LOSS_WEIGHTS.SCALE_RPN"] is True
     all_things = dict(by_sweep["sem_seg_things"].points[1].runs[0].overrides)
     assert all_things["MODEL.SEM_SEG_HEAD.NUM_CLASSES"] == 6  # 3 thing + 3 stuff, from the data
@@ -126,41 +129,101 @@ def _interrupt_at(monkeypatch, run_name, iteration):
     monkeypatch.setattr(Trainer, "run_step", run_step)
 
 
-def test_two_point_sweep_resumes_after_interruption(config_file, tmp_path, monkeypatch):
-    output = tmp_path / "sweep"
-    argv = ["--config-file", config_file, "--sweep", f"{SEMANTIC}=0.5,1.0", "--output",
+def _two_point_argv(config_file, output):
+    return ["--config-file", config_file, "--sweep", f"{SEMANTIC}=0.5,1.0", "--output",
             str(output), "--quick",
             # an untrained detector: keep its low-scoring detections so that AP is computed
             "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"]  # fmt: skip
-    _interrupt_at(monkeypatch, "LOSS_WEIGHTS.SEMANTIC=1.0", iteration=3)
+
+
+def test_two_point_sweep_resumes_after_interruption(config_file, tmp_path, monkeypatch):
+    output = tmp_path / "sweep"
+    argv = _two_point_argv(config_file, output)
+    _interrupt_at(monkeypatch, SECOND, iteration=3)
     with pytest.raises(KeyboardInterrupt):
         main(argv)
-    first, second = output / "baseline", output / "LOSS_WEIGHTS.SEMANTIC=1.0"
+    first, second = output / "baseline", output / SECOND
     assert (first / RESULT_FILE).is_file()
     assert not (second / RESULT_FILE).exists()
     assert (second / "last_checkpoint").read_text().strip() == "model_0000001.pth"
     finished = {p: os.stat(first / p).st_mtime_ns for p in (RESULT_FILE, "model_final.pth")}
-
     monkeypatch.undo()
+
+    # the base overrides changed: the interrupted run would train its rest with another learning
+    # rate, and the finished one's row would show a config it did not train with
+    checkpoint = os.stat(second / "model_0000001.pth").st_mtime_ns
+    with pytest.raises(SystemExit) as e:
+        main(argv + ["SOLVER.BASE_LR", "0.002"])
+    msg = str(e.value)
+    assert f"{second} holds a run (interrupted at model_0000001.pth) of another config" in msg
+    assert f"{first} holds a run (finished) of another config" in msg
+    assert msg.count("SOLVER.BASE_LR: 0.001 -> 0.002") == 2
+    assert (second / "last_checkpoint").read_text().strip() == "model_0000001.pth"
+    assert os.stat(second / "model_0000001.pth").st_mtime_ns == checkpoint  # nothing trained
+
     result = main(argv)
     # the finished run was not run again; the interrupted one continued from its checkpoint
     assert {p: os.stat(first / p).st_mtime_ns for p in finished} == finished
     assert "Resuming at iteration 2" in (second / "log.txt").read_text()  # after model_0000001
-    assert result["missing"] == []
+    assert result["missing"] == [] and result["diverged"] == [] and result["failed"] == {}
     with open(output / "results.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["value"] for r in rows] == ["0.5", "1.0"]
     for row in rows:
         for key in ("PQ", "PQ_th", "PQ_st", "mIoU", "box_AP", "mask_AP", "gflops", "params_m"):
             assert row[key] not in ("", "nan"), (key, row)
-        assert float(row["train_seconds"]) > 0
+        assert float(row["train_seconds"]) > 0 and row["status"] == "finished"
     table = (output / "results.md").read_text()
-    assert "| SEMANTIC | PQ | PQ_th | PQ_st | mIoU | box AP | mask AP |" in table
-    assert os.path.getsize(output / "plots" / "SEMANTIC.png") > 1000
+    assert "| LOSS_WEIGHT | PQ | PQ_th | PQ_st | mIoU | box AP | mask AP |" in table
+    assert os.path.getsize(output / "plots" / "LOSS_WEIGHT.png") > 1000
 
-    # another base config: the finished runs are not silently reported as its results
-    with pytest.raises(RunConfigChanged, match=r"SOLVER.BASE_LR: 0.001 -> 0.002"):
-        main(argv + ["SOLVER.BASE_LR", "0.002"])
+
+def test_diverging_point_does_not_stop_the_sweep(config_file, tmp_path, monkeypatch):
+    output = tmp_path / "sweep"
+    argv = _two_point_argv(config_file, output)
+    original = Trainer.run_step
+
+    def run_step(self):  # the baseline's semantic head becomes NaN at iteration 2
+        if self.iter == 2 and os.path.basename(self.cfg.OUTPUT_DIR) == "baseline":
+            with torch.no_grad():
+                self.model.sem_seg_head.predictor.weight.fill_(float("nan"))
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "run_step", run_step)
+    result = main(argv)  # no exception: the second point ran, the report was written
+    assert result["diverged"] == ["baseline"] and result["failed"] == {}
+    assert [r["run"] for r in result["rows"]] == [SECOND]
+    record = json.loads((output / "baseline" / DIVERGED_FILE).read_text())
+    assert "Non-finite loss at iteration 2: loss_sem_seg = nan" in record["message"]
+    table = (output / "results.md").read_text()
+    assert "| 0.5 | diverged | diverged |" in table and "not run" not in table
+    with open(output / "results.csv") as f:
+        status = {r["run"]: r["status"] for r in csv.DictReader(f)}
+    assert status == {"baseline": "diverged", SECOND: "finished"}
+
+    # run again: the diverged run is not trained again (it would diverge again), and it is told
+    # apart from a run not run yet by its record
+    monkeypatch.undo()
+    before = sorted(os.listdir(output / "baseline"))
+    result = main(argv)
+    assert result["diverged"] == ["baseline"]
+    assert sorted(os.listdir(output / "baseline")) == before
+    assert "| 0.5 | diverged |" in (output / "results.md").read_text()
+
+
+def test_bad_tool_arguments_fail_before_any_run(config_file, tmp_path, capsys):
+    output = tmp_path / "out"
+    base = ["--sweep", "seeds", "--output", str(output)]
+    with pytest.raises(SystemExit):
+        main(["--config-file", config_file, "--jobs", "0"] + base)
+    assert "argument --jobs: must be >= 1, got 0" in capsys.readouterr().err
+    python_config = os.path.join(
+        ROOT, "configs/quick_schedules/panoptic_fpn_R_18_synthetic_instant_test.py"
+    )
+    with pytest.raises(SystemExit) as e:
+        main(["--config-file", python_config] + base)
+    assert f"config file {python_config} is a Python config (LazyConfig)" in str(e.value)
+    assert not output.exists()
 
 
 @pytest.mark.slow

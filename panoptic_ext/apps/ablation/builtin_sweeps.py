@@ -8,30 +8,32 @@ from typing import Any, Dict, List
 
 __all__ = ["BUILTIN_SWEEPS", "BUILTIN_GROUPS"]
 
-_LW = "MODEL.PANOPTIC_EXT.LOSS_WEIGHTS"
+_LW = "MODEL.PANOPTIC_EXT.LOSS_WEIGHTS"  # the schedule of factors on lambda_i, lambda_s
+_LAMBDA_I = "MODEL.PANOPTIC_FPN.INSTANCE_LOSS_WEIGHT"
+_LAMBDA_S = "MODEL.SEM_SEG_HEAD.LOSS_WEIGHT"
 
 BUILTIN_SWEEPS: Dict[str, Dict[str, Any]] = {
     "lambda_s": {
         "description": "Table 2: semantic loss weight lambda_s with lambda_i = 1 "
         "(0 trains the instance branch alone)",
         "axis": "lambda_s",
-        "overrides": [f"{_LW}.INSTANCE=1.0"],
-        "sweep": [f"{_LW}.SEMANTIC=0.0,0.25,0.5,1.0"],
+        "overrides": [f"{_LAMBDA_I}=1.0"],
+        "sweep": [f"{_LAMBDA_S}=0.0,0.25,0.5,1.0"],
     },
     "lambda_i": {
         "description": "Table 2: instance loss weight lambda_i with lambda_s = 1 (0 trains the "
         "semantic branch alone: the RPN losses are scaled by lambda_i there too)",
         "axis": "lambda_i",
-        "overrides": [f"{_LW}.SEMANTIC=1.0"],
+        "overrides": [f"{_LAMBDA_S}=1.0"],
         "points": [
             {
                 "name": "0",
                 "value": 0.0,
-                "overrides": [f"{_LW}.INSTANCE=0.0", f"{_LW}.SCALE_RPN=true"],
+                "overrides": [f"{_LAMBDA_I}=0.0", f"{_LW}.SCALE_RPN=true"],
             },
-            {"name": "0.25", "value": 0.25, "overrides": [f"{_LW}.INSTANCE=0.25"]},
-            {"name": "0.5", "value": 0.5, "overrides": [f"{_LW}.INSTANCE=0.5"]},
-            {"name": "1.0", "value": 1.0, "overrides": [f"{_LW}.INSTANCE=1.0"]},
+            {"name": "0.25", "value": 0.25, "overrides": [f"{_LAMBDA_I}=0.25"]},
+            {"name": "0.5", "value": 0.5, "overrides": [f"{_LAMBDA_I}=0.5"]},
+            {"name": "1.0", "value": 1.0, "overrides": [f"{_LAMBDA_I}=1.0"]},
         ],
     },
     "sem_seg_things": {

@@ -155,7 +155,7 @@ def _saved_config(run_dir: str) -> Optional[tuple]:
     if _last_checkpoint(run_dir) is None:
         return None
     path, _, text, _ = read_saved_run(run_dir)
-    return f"interrupted ({os.path.basename(path)})", text or ""
+    return f"interrupted at {os.path.basename(path)}", text or ""
 
 
 def check_run_folder(run: Run, config_file: str, opts, output_root: str) -> None:
@@ -177,7 +177,7 @@ def check_run_folder(run: Run, config_file: str, opts, output_root: str) -> None
     changed = _config_differences(text, cfg.dump()) if text else ["(its config was not saved)"]
     if changed:
         raise RunConfigChanged(
-            f"{run_dir} holds a {what} run of another config than this sweep makes for it "
+            f"{run_dir} holds a run ({what}) of another config than this sweep makes for it "
             f"({'; '.join(changed)}): give the sweep the settings that run had, use another "
             f"--output, or delete {run_dir} to run that point again from the start"
         )

@@ -2,7 +2,7 @@
 Sweep specs: which runs an ablation makes, checked before any of them starts.
 
 A spec is a built-in name (:data:`BUILTIN_SWEEPS`, or "paper" for all of them), a YAML file, or
-an inline sweep such as ``"MODEL.PANOPTIC_EXT.LOSS_WEIGHTS.SEMANTIC=0.25,0.5"``. A YAML file
+an inline sweep such as ``"MODEL.SEM_SEG_HEAD.LOSS_WEIGHT=0.25,0.5"``. A YAML file
 holds one mapping::
 
     name: lambda_s                  # default: the file's name
