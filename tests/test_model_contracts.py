@@ -12,7 +12,11 @@ from detectron2.utils.events import EventStorage
 
 import panoptic_ext  # noqa: F401  (registers the plugins)
 from panoptic_ext.compat import import_detectron2_export
-from panoptic_ext.modeling import LOSS_WEIGHT_SCHEDULE_REGISTRY, optimize_for_cpu_inference
+from panoptic_ext.modeling import (
+    LOSS_WEIGHT_SCHEDULE_REGISTRY,
+    bf16_autocast,
+    optimize_for_cpu_inference,
+)
 from tests.common import (
     assert_same_outputs,
     detectron2_reference_cfg,
@@ -32,7 +36,7 @@ def _cfg(**postprocess):
     cfg.MODEL.ROI_HEADS.NAME = "PanopticROIHeads"
     cfg.MODEL.PANOPTIC_FPN.COMBINE.STUFF_AREA_LIMIT = 64  # small images
     cfg.TEST.DETECTIONS_PER_IMAGE = 40
-    cfg.MODEL.SEM_SEG_HEAD.LOSS_WEIGHT = 1.0  # lambda_s is LOSS_WEIGHTS.SEMANTIC alone
+    cfg.MODEL.SEM_SEG_HEAD.LOSS_WEIGHT = 1.0  # lambda_s
     for key, value in postprocess.items():
         cfg.MODEL.PANOPTIC_EXT.POSTPROCESS[key] = value
     return cfg
@@ -193,3 +197,18 @@ def test_cpu_speedups_refuse_training_mode_and_other_devices():
         optimize_for_cpu_inference(ours.eval().to("meta"))
     with pytest.raises(ValueError, match="unknown CPU speed-ups"):
         optimize_for_cpu_inference(_pair()[0], speedups=["turbo"])
+
+
+def test_bf16_path_is_opt_in_and_refused_without_cpu_support(pair):
+    ours, _ = pair
+    inputs = random_image_batch(SIZES[:1], seed=7)
+    with bf16_autocast(enabled=False):  # off: FP32, outputs unchanged
+        assert not torch.is_autocast_enabled("cpu")
+        assert_same_outputs(ours(inputs), _infer(ours, inputs))
+    with pytest.raises(RuntimeError, match="avx512_bf16.*TEST.CPU_BF16 False"):
+        bf16_autocast(flags=frozenset({"avx2", "fma"}))
+    # with support: detectron2's bf16 autocast results
+    with torch.no_grad(), bf16_autocast(flags=frozenset({"avx512_bf16"})):
+        assert torch.get_autocast_dtype("cpu") == torch.bfloat16
+        outputs = ours(inputs)
+    assert_same_outputs(outputs, _infer(ours, inputs, torch.bfloat16))

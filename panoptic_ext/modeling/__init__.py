@@ -5,7 +5,7 @@ meta-architecture and its test-time augmentation (``PanopticFPNWithTTA``). Impor
 all of them. ``optimize_for_cpu_inference`` is the explicit pass of CPU-only inference speed-ups.
 """
 
-from .cpu_inference import CPU_SPEEDUPS, optimize_for_cpu_inference
+from .cpu_inference import CPU_SPEEDUPS, bf16_autocast, optimize_for_cpu_inference
 from .loss_weights import (
     LOSS_WEIGHT_SCHEDULE_REGISTRY,
     LossWeights,
@@ -38,6 +38,7 @@ __all__ = [
     "PanopticFPNWithTTA",
     "PanopticROIHeads",
     "SemanticFPNHead",
+    "bf16_autocast",
     "build_loss_weight_schedule",
     "build_panoptic_postprocessor",
     "check_test_aug",

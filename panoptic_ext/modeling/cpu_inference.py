@@ -11,15 +11,23 @@ saves at 800x1216 (R50-FPN, 2 threads) is measured by ``benchmarks/bench_inferen
 --speedups`` and listed in README.
 """
 
+import contextlib
 import logging
-from typing import Dict
+from typing import ContextManager, Dict, FrozenSet, Optional
 
 import torch
 from torch import nn
 
 from ..compat import autocast_enabled
 
-__all__ = ["CPU_SPEEDUPS", "cpu_fast_path_applies", "optimize_for_cpu_inference"]
+__all__ = [
+    "CPU_SPEEDUPS",
+    "bf16_autocast",
+    "cpu_fast_path_applies",
+    "cpu_flags",
+    "cpu_supports_bf16",
+    "optimize_for_cpu_inference",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -75,3 +83,52 @@ def optimize_for_cpu_inference(model: nn.Module, speedups=CPU_SPEEDUPS) -> Dict[
     changed = {name: apply[name](model) for name in CPU_SPEEDUPS if name in speedups}
     logger.info("CPU inference speed-ups applied: %s", changed)
     return changed
+
+
+# CPU features that give bf16 dot products in hardware (oneDNN uses them); without them bf16 is
+# emulated in FP32 and slower than FP32 itself.
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_flags() -> FrozenSet[str]:
+    """The CPU's feature flags (``/proc/cpuinfo``; empty where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_supports_bf16(flags: Optional[FrozenSet[str]] = None) -> bool:
+    """Whether the CPU (or the given ``flags``) has bf16 dot products (AVX-512 BF16 or AMX)."""
+    flags = cpu_flags() if flags is None else flags
+    return any(f in flags for f in BF16_CPU_FLAGS)
+
+
+def bf16_autocast(enabled: bool = True, flags: Optional[FrozenSet[str]] = None) -> ContextManager:
+    """
+    The reduced-precision CPU inference path, opt-in (``TEST.CPU_BF16``; never the default):
+    ``torch.autocast("cpu", dtype=torch.bfloat16)`` around a model's inference. Convolutions and
+    matrix multiplies run in bf16 (the outputs differ from FP32's; the CPU speed-ups of
+    :func:`optimize_for_cpu_inference` and the fast post-processing step aside under autocast).
+
+    Args:
+        enabled (bool): False gives a context that changes nothing (FP32).
+        flags (frozenset): the CPU flags to check (default: this machine's, :func:`cpu_flags`).
+
+    Raises:
+        RuntimeError: enabled on a CPU without bf16 dot products (avx512_bf16 / amx_bf16), where
+            bf16 would be emulated and slower than FP32.
+    """
+    if not enabled:
+        return contextlib.nullcontext()
+    if not cpu_supports_bf16(flags):
+        raise RuntimeError(
+            "TEST.CPU_BF16 asks for bf16 CPU inference, but this CPU has none of the flags "
+            f"{list(BF16_CPU_FLAGS)} in /proc/cpuinfo (bf16 would be emulated, slower than FP32): "
+            "set TEST.CPU_BF16 False"
+        )
+    return torch.autocast("cpu", dtype=torch.bfloat16)
