@@ -77,6 +77,18 @@ VARIANTS = {
 PEAK_VARIANTS = ("onnx", "onnx_panoptic")
 
 
+# Opt-in reduced precision (--int8): the panoptic export with int8 convolutions (static
+# quantization calibrated on two synthetic images other than the timed one).
+INT8 = ("onnx_panoptic_int8", NO_SPIN, "panoptic output, int8 convolutions (opt-in, not exact)")
+
+
+def export_int8(workdir: str, size: Tuple[int, int]) -> None:
+    from panoptic_ext.apps.export.quantize import quantize_export
+
+    images = [x["image"].float().numpy() for x in inference_inputs([size, size], seed=100)]
+    quantize_export(os.path.join(workdir, "onnx_panoptic"), os.path.join(workdir, INT8[0]), images)
+
+
 def export_calibrated(workdir: str, size: Tuple[int, int], tiny: bool) -> None:
     """Export ours with the shared calibrated weights to ``workdir/<name>`` (see EXPORTS)."""
     from panoptic_ext.apps.export import export_model
@@ -236,7 +248,13 @@ def run(
     repeats: int = 2,
     size: Optional[Tuple[int, int]] = None,
     profile: bool = False,
+    int8: bool = False,
 ) -> List:
+    if int8:
+        from panoptic_ext.apps.export.quantize import check_cpu_support
+
+        check_cpu_support("int8")
+        VARIANTS["int8"] = INT8
     size = size or (QUICK_SIZE if quick else DEFAULT_SIZE)
     repeats = 1 if quick else repeats
     torch.set_num_threads(THREADS)
@@ -246,6 +264,8 @@ def run(
     names = list(timed.values()) + ["d2"]
     with tempfile.TemporaryDirectory() as workdir:
         export_calibrated(workdir, size, quick)
+        if int8:
+            export_int8(workdir, size)
         models = {n: load(n, workdir, quick) for n in names}
         inputs = inference_inputs([size])
         outputs = {n: infer(m, inputs)[0] for n, m in models.items()}
@@ -300,6 +320,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument(
         "--profile", action="store_true", help="ONNX Runtime's per-operator profile, conv limit"
     )
+    parser.add_argument("--int8", action="store_true", help="add the opt-in int8 export's row")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--variant", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
@@ -310,7 +331,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         _worker(args.variant, workdir, int(height), int(width), args.tiny)
         return
     size = tuple(int(v) for v in args.size.split("x")) if args.size else None
-    for row in run(args.quick, args.repeats, size, args.profile):
+    for row in run(args.quick, args.repeats, size, args.profile, args.int8):
         print(row)
 
 

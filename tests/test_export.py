@@ -3,6 +3,7 @@ host-side fusion give the eager model's panoptic outputs; bad input fails clearl
 
 import hashlib
 import json
+import logging
 import os
 import sys
 
@@ -279,8 +280,12 @@ def test_export_without_weights_is_refused_unless_allowed(setup, tmp_path, caplo
     assert not out.exists()
     meta = export_main(argv + ["--allow-random-weights"])
     assert meta["random_weights"] is True
-    with caplog.at_level("WARNING"):
+    project_logger = logging.getLogger("panoptic_ext")  # does not propagate after setup_logger
+    project_logger.addHandler(caplog.handler)
+    try:
         predictor = PanopticONNXPredictor(str(out))
+    finally:
+        project_logger.removeHandler(caplog.handler)
     assert predictor.random_weights
     assert "RANDOMLY INITIALIZED" in caplog.text
     assert not PanopticONNXPredictor(str(root / "onnx")).random_weights
