@@ -190,6 +190,21 @@ def _metadata(args: argparse.Namespace, names: Sequence[str], started: float) ->
     }
 
 
+def _merged(path: str, result: Dict[str, Any], names: Sequence[str]) -> Dict[str, Any]:
+    """``result`` plus the rows and errors of the other benchmarks in the results file ``path``,
+    in the suite order of BENCHMARKS; the earlier run's metadata goes under meta.kept_from."""
+    with open(path) as f:
+        old = json.load(f)
+    kept = [r for r in old.get("rows", []) if r.get("suite") not in names]
+    order = {name: i for i, name in enumerate(NAMES)}
+    rows = sorted(kept + result["rows"], key=lambda r: order.get(r.get("suite"), len(order)))
+    errors = [e for e in old.get("errors", []) if e.get("benchmark") not in names]
+    meta = dict(result["meta"])
+    meta["kept_from"] = {k: v for k, v in old.get("meta", {}).items() if k != "kept_from"}
+    meta["kept_suites"] = sorted({r.get("suite") for r in kept})
+    return {"meta": meta, "rows": rows, "errors": errors + result["errors"]}
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, 1 repeat (smoke test)")
@@ -199,6 +214,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--output", default=None, help="results JSON (default benchmarks/...)")
     parser.add_argument("--plot", default=None, help="scaling plot PNG (default benchmarks/...)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    parser.add_argument(
+        "--update",
+        action="store_true",
+        help="keep the rows of the benchmarks not run from the existing output file (their "
+        "run's metadata under meta.kept_from)",
+    )
     args = parser.parse_args(argv)
 
     names = [n.strip() for n in args.only.split(",") if n.strip()] or NAMES
@@ -220,6 +241,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     meta = _metadata(args, names, started)
     meta["load_average_at_start"] = load_at_start
     result = {"meta": meta, "rows": rows, "errors": errors}
+    if args.update and os.path.isfile(output):
+        result = _merged(output, result, names)
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     with open(output, "w") as f:
         json.dump(result, f, indent=1)
