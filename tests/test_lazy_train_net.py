@@ -136,7 +136,7 @@ def test_run_checks(dataset, trained, tmp_path):
     output_dir = tmp_path / "checks"
     shutil.copytree(trained, output_dir)
     opts = _opts(dataset, output_dir)
-    with pytest.raises(OutputDirError, match="add --resume.*train.existing_output move"):
+    with pytest.raises(OutputDirError, match="add --resume.*train.existing_output=move"):
         main(parse_args(["--config-file", QUICK + ".py"] + opts))
     with pytest.raises(ResumeConfigError, match="set train.max_iter above 4"):
         main(parse_args(["--config-file", QUICK + ".py", "--resume"] + opts))

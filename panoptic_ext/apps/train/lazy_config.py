@@ -16,7 +16,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils.registry import locate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from panoptic_ext.apps.train.config_check import ConfigError
+from panoptic_ext.apps.train.config_check import LAZY_RANGE_KEYS, ConfigError, check_ranges
 
 __all__ = [
     "DEFAULT_TRAIN",
@@ -25,6 +25,7 @@ __all__ = [
     "check_lazy_class_counts",
     "lazy_config_text",
     "load_lazy_config",
+    "output_ids",
 ]
 
 LAZY_CONFIG_KEYS = ("model", "dataloader", "optimizer", "lr_multiplier", "train")
@@ -183,11 +184,12 @@ def load_lazy_config(path: str, overrides: Sequence[str] = ()) -> DictConfig:
     """
     Load a Python (or LazyConfig YAML) config, fill ``train`` keys it leaves out from
     :data:`DEFAULT_TRAIN`, apply ``key=value`` overrides and check every ``L(...)`` node's
-    arguments.
+    arguments and the value ranges of :data:`~panoptic_ext.apps.train.config_check.RANGE_RULES`.
 
     Raises:
         ConfigError: a missing top-level key, an override of an unknown key (with the nearest
-            existing keys), a value of the wrong type, or an argument a target does not take.
+            existing keys), a value of the wrong type or out of range, or an argument a target
+            does not take.
     """
     cfg = LazyConfig.load(path)
     missing = [k for k in LAZY_CONFIG_KEYS if k not in cfg]
@@ -200,22 +202,25 @@ def load_lazy_config(path: str, overrides: Sequence[str] = ()) -> DictConfig:
     cfg.train = merged
     _apply_overrides(cfg, list(overrides))
     check_lazy_arguments(cfg)
+    check_ranges({k: OmegaConf.select(cfg, k, default=None) for k in LAZY_RANGE_KEYS}, path)
     return cfg
 
 
 def check_lazy_class_counts(cfg: DictConfig) -> None:
     """
     ``model.roi_heads.num_classes`` and ``model.sem_seg_head.num_classes`` against the classes of
-    the registered datasets in ``dataloader.{train,test}.dataset.names`` (the YAML path's
-    :func:`~panoptic_ext.apps.train.config_check.check_config_against_datasets`).
+    the registered datasets in ``dataloader.{train,test}.dataset.names``: the one class-count
+    check (:func:`panoptic_ext.data.class_counts.check_class_counts`), in LazyConfig paths.
 
     Raises:
         ConfigError: naming the keys, the dataset and the values it needs.
     """
+    from panoptic_ext.data.class_counts import LAZY_CLASS_COUNT_KEYS, check_class_counts
     from panoptic_ext.data.label_space import dataset_class_layout
 
-    model = cfg.model
-    things = OmegaConf.select(model, "postprocessor.sem_seg_things", default="merged")
+    things = OmegaConf.select(cfg, "model.postprocessor.sem_seg_things", default="merged")
+    keys = LAZY_CLASS_COUNT_KEYS
+    counts = [OmegaConf.select(cfg, k, default=None) for k in (keys.things, keys.sem_seg)]
     for split in ("train", "test"):
         names = OmegaConf.select(cfg.dataloader, f"{split}.dataset.names", default=None)
         for name in [names] if isinstance(names, str) else list(names or []):
@@ -224,21 +229,24 @@ def check_lazy_class_counts(cfg: DictConfig) -> None:
             ):
                 continue
             layout = dataset_class_layout(name, things)
-            expected = {
-                "model.roi_heads.num_classes": layout.num_thing_classes,
-                "model.sem_seg_head.num_classes": layout.num_sem_seg_classes,
-            }
-            wrong = {k: v for k, v in expected.items() if OmegaConf.select(cfg, k) != v}
-            if wrong:
-                raise ConfigError(
-                    f"dataset {name!r} (dataloader.{split}) has {layout.num_thing_classes} thing "
-                    f"and {layout.num_stuff_classes} stuff classes, which with sem_seg_things="
-                    f"{things!r} needs: "
-                    + " ".join(f"{k}={v}" for k, v in wrong.items())
-                    + " (config has "
-                    + ", ".join(f"{k}={OmegaConf.select(cfg, k)}" for k in wrong)
-                    + ")"
-                )
+            try:
+                check_class_counts(layout, name, *counts, keys=keys)
+            except ValueError as e:
+                raise ConfigError(f"{e} (dataloader.{split})") from None
+
+
+def output_ids(
+    dataset_name: str, sem_seg_things: str = "merged", kind: str = "thing", convention="dataset"
+):
+    """
+    A Python config's post-processor ``thing_ids`` (``kind`` "thing") or ``stuff_ids``
+    ("stuff"): one half of :func:`panoptic_ext.data.label_space.output_category_ids` (the YAML
+    path's MODEL.PANOPTIC_EXT.POSTPROCESS.CATEGORY_IDS).
+    """
+    from panoptic_ext.data.label_space import output_category_ids
+
+    thing_ids, stuff_ids = output_category_ids(dataset_name, sem_seg_things, convention)
+    return thing_ids if kind == "thing" else stuff_ids
 
 
 def _plain(value: Any) -> Any:

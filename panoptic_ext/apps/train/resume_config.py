@@ -12,13 +12,13 @@ checkpoint; ``config.yaml`` for older ones) and refuses the changes a resumed ru
 import os
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import yaml
 from detectron2.config import CfgNode
 
-from panoptic_ext.apps.train.checkpoint import read_last_checkpoint
+from panoptic_ext.apps.train.checkpoint import PanopticCheckpointer, read_last_checkpoint
 
 __all__ = [
     "ResumeConfigError",
@@ -60,16 +60,9 @@ def _flatten(node: Any, prefix: str = "") -> Dict[str, Any]:
     return {prefix[:-1]: node}
 
 
-def _normalised(cfg: CfgNode) -> Dict[str, Any]:
-    # Through YAML, as config.yaml stores it: tuples become lists.
-    return _flatten(CfgNode.load_cfg(cfg.dump()))
-
-
 def _load_flat(text: str) -> Dict[str, Any]:
-    return _flatten(CfgNode.load_cfg(text))
-
-
-def _load_flat_lazy(text: str) -> Dict[str, Any]:
+    """A config saved as YAML (config.yaml, or in a checkpoint) as {key: value}: what the current
+    config is compared as, through the same YAML (tuples become lists)."""
     return _flatten(yaml.safe_load(text) or {})
 
 
@@ -91,7 +84,6 @@ class RunSettings:
     download_timeout: float
     cpu_speedups: bool
     flat_config: Dict[str, Any]  # key -> value, as the saved config is read back
-    load_saved: Callable[[str], Dict[str, Any]]  # a saved config's text -> flat_config
     refused: Dict[str, str] = field(default_factory=dict)  # changes --resume refuses, why
     not_used: Dict[str, str] = field(default_factory=dict)  # keys --resume does not use
 
@@ -104,6 +96,21 @@ class RunSettings:
         sep = "=" if self.language == "python" else " "
         return f"{self.key(name)}{sep}{value}"
 
+    def checkpointer(self, model: torch.nn.Module, **kwargs: Any) -> PanopticCheckpointer:
+        """A :class:`PanopticCheckpointer` of ``model`` in the output directory with this run's
+        loading options, its messages in this config language."""
+        return PanopticCheckpointer(
+            model,
+            self.output_dir,
+            allow_partial=self.allow_partial,
+            download_timeout=self.download_timeout,
+            option_names={
+                "allow_partial": self.setting("allow_partial", True),
+                "download_timeout": self.key("download_timeout"),
+            },
+            **kwargs,
+        )
+
     @classmethod
     def from_cfg(cls, cfg: CfgNode) -> "RunSettings":
         return cls(
@@ -115,8 +122,7 @@ class RunSettings:
             allow_partial=cfg.RUN.ALLOW_PARTIAL_WEIGHTS,
             download_timeout=cfg.RUN.WEIGHTS_DOWNLOAD_TIMEOUT,
             cpu_speedups=cfg.TEST.CPU_SPEEDUPS,
-            flat_config=_normalised(cfg),
-            load_saved=_load_flat,
+            flat_config=_load_flat(cfg.dump()),
             refused={"SOLVER.OPTIMIZER": _OTHER_OPTIMIZER},
             not_used={"MODEL.WEIGHTS": _NOT_USED},
         )
@@ -136,8 +142,7 @@ class RunSettings:
             allow_partial=train.allow_partial_weights,
             download_timeout=train.download_timeout,
             cpu_speedups=train.cpu_speedups,
-            flat_config=_load_flat_lazy(lazy_config_text(cfg)),
-            load_saved=_load_flat_lazy,
+            flat_config=_load_flat(lazy_config_text(cfg)),
             refused={"optimizer.name": _OTHER_OPTIMIZER, "optimizer._target_": _OTHER_OPTIMIZER},
             not_used={"train.init_checkpoint": _NOT_USED},
         )
@@ -209,7 +214,7 @@ def check_resume(run: RunSettings) -> List[str]:
         raise nothing_to_train(path, iteration + 1, run)
     if text is None:
         return [f"--resume from {path}: no saved config found, config changes cannot be listed"]
-    diffs = _differences(run.load_saved(text), run.flat_config)
+    diffs = _differences(_load_flat(text), run.flat_config)
     refused = [(k, old, new) for k, old, new in diffs if k in run.refused]
     if refused:
         lines = [f"  {k}: {old!r} -> {new!r}: {run.refused[k]}" for k, old, new in refused]

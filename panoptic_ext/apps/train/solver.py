@@ -74,17 +74,6 @@ def panoptic_param_groups(
     )
 
 
-def _param_groups(cfg: CfgNode, model: torch.nn.Module) -> List[Dict[str, Any]]:
-    return panoptic_param_groups(
-        model,
-        base_lr=cfg.SOLVER.BASE_LR,
-        weight_decay=cfg.SOLVER.WEIGHT_DECAY,
-        weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
-        bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
-        weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
-    )
-
-
 def add_full_model_gradient_clipping(
     optimizer_type: Type[torch.optim.Optimizer], max_norm: float, norm_type: float = 2.0
 ) -> Type[torch.optim.Optimizer]:
@@ -124,10 +113,6 @@ def _with_clipping(clip: Mapping[str, Any], optimizer_type: Type[torch.optim.Opt
     # detectron2's clipping of each parameter ("value" / "norm") reads a config node.
     solver = CfgNode({"CLIP_GRADIENTS": {k.upper(): v for k, v in clip.items()}})
     return maybe_add_gradient_clipping(CfgNode({"SOLVER": solver}), optimizer_type)
-
-
-def _clip_options(cfg: CfgNode) -> Dict[str, Any]:
-    return {k.lower(): v for k, v in cfg.SOLVER.CLIP_GRADIENTS.items()}
 
 
 def panoptic_optimizer(
@@ -186,18 +171,28 @@ def build_optimizer(cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimiz
     (SOLVER.CLIP_GRADIENTS, whose CLIP_TYPE may also be "full_model"). The parameters of
     loss-weight schedules (learned log-variances) get no weight decay.
     """
-    name = cfg.SOLVER.OPTIMIZER
-    if name not in OPTIMIZERS:
-        raise ValueError(f"SOLVER.OPTIMIZER must be one of {sorted(OPTIMIZERS)}, got {name!r}")
+    solver = cfg.SOLVER
+    if solver.OPTIMIZER not in OPTIMIZERS:
+        raise ValueError(
+            f"SOLVER.OPTIMIZER must be one of {sorted(OPTIMIZERS)}, got {solver.OPTIMIZER!r}"
+        )
+    params = panoptic_param_groups(
+        model,
+        base_lr=solver.BASE_LR,
+        weight_decay=solver.WEIGHT_DECAY,
+        weight_decay_norm=solver.WEIGHT_DECAY_NORM,
+        bias_lr_factor=solver.BIAS_LR_FACTOR,
+        weight_decay_bias=solver.WEIGHT_DECAY_BIAS,
+    )
     optimizer = panoptic_optimizer(
-        _param_groups(cfg, model),
-        name=name,
-        lr=cfg.SOLVER.BASE_LR,
-        weight_decay=cfg.SOLVER.WEIGHT_DECAY,
-        momentum=cfg.SOLVER.MOMENTUM,
-        nesterov=cfg.SOLVER.NESTEROV,
-        betas=cfg.SOLVER.BETAS,
-        clip_gradients=_clip_options(cfg),
+        params,
+        name=solver.OPTIMIZER,
+        lr=solver.BASE_LR,
+        weight_decay=solver.WEIGHT_DECAY,
+        momentum=solver.MOMENTUM,
+        nesterov=solver.NESTEROV,
+        betas=solver.BETAS,
+        clip_gradients={k.lower(): v for k, v in solver.CLIP_GRADIENTS.items()},
     )
     logger.info("Optimizer: %s", type(optimizer).__name__)
     return optimizer

@@ -8,7 +8,7 @@ from detectron2.engine import default_argument_parser, hooks
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
-from panoptic_ext.apps.train.checkpoint import PanopticCheckpointer, read_last_checkpoint
+from panoptic_ext.apps.train.checkpoint import read_last_checkpoint
 from panoptic_ext.apps.train.config_check import ConfigError
 from panoptic_ext.apps.train.config_loading import default_setup, save_config, setup_cfg
 from panoptic_ext.apps.train.lazy_config import check_lazy_class_counts, load_lazy_config
@@ -51,17 +51,8 @@ def _evaluate(trainer_cls: Any, cfg: Any, run: RunSettings, resume: bool):
     """Load the weights (or with ``resume`` the last checkpoint), every weight required, and
     evaluate them as training does (``trainer_cls.test``, and TTA with TEST.AUG.ENABLED)."""
     model = trainer_cls.build_model(cfg)
-    PanopticCheckpointer(
-        model,
-        save_dir=run.output_dir,
-        allow_partial=run.allow_partial,
-        require_complete=True,  # a missing weight would be evaluated untrained
-        download_timeout=run.download_timeout,
-        option_names={
-            "allow_partial": run.setting("allow_partial", True),
-            "download_timeout": run.key("download_timeout"),
-        },
-    ).resume_or_load(run.weights, resume=resume)
+    # every weight required: a missing one would be evaluated untrained
+    run.checkpointer(model, require_complete=True).resume_or_load(run.weights, resume=resume)
     results = trainer_cls.test(cfg, model)
     if trainer_cls is Trainer:
         if cfg.TEST.AUG.ENABLED:

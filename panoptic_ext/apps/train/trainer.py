@@ -89,18 +89,10 @@ class _RunMixin:
     def _run_checkpointer(self, config_text: str, max_to_keep: int) -> PanopticCheckpointer:
         """Atomic saves of the model and trainer (optimizer, scheduler, hooks) with the run's
         config (what ``--resume`` compares with), strict loads, the newest periodic ones kept."""
-        run = self.run
-        return PanopticCheckpointer(
+        return self.run.checkpointer(
             self.model,
-            run.output_dir,
-            allow_partial=run.allow_partial,
             max_to_keep=max_to_keep,
-            download_timeout=run.download_timeout,
             extra_state={"config": config_text},
-            option_names={
-                "allow_partial": run.setting("allow_partial", True),
-                "download_timeout": run.key("download_timeout"),
-            },
             trainer=weakref.proxy(self),
         )
 
