@@ -14,6 +14,7 @@ import difflib
 import logging
 import os
 import re
+from collections import abc
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 import yaml
@@ -284,11 +285,12 @@ def range_problem(key: str, value: Any) -> Optional[str]:
     rule = _RULES.get(key)
     if rule is None:
         return None
-    values = list(value) if isinstance(value, (list, tuple)) else [value]
+    many = isinstance(value, abc.Sequence) and not isinstance(value, str)  # also ListConfig
+    values = list(value) if many else [value]
     numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
     if all(_VALID[rule.valid](v) for v in numbers):
         return None
-    each = "every value " if isinstance(value, (list, tuple)) else ""
+    each = "every value " if many else ""
     within = "in " if rule.valid[0] in "([" else ""
     return f"{key} = {value!r}: {each}must be {within}{rule.valid} ({rule.meaning})"
 
