@@ -71,7 +71,9 @@ def apply_cpu_speedups(model: torch.nn.Module, enabled: bool) -> None:
     swapped modules run the original code under autograd, so training goes on unchanged.
     """
     model = model.module if isinstance(model, DistributedDataParallel) else model
-    if not enabled or any(p.device.type != "cpu" for p in model.parameters()):
+    if not enabled or not isinstance(model, torch.nn.Module):  # e.g. an exported model's runtime
+        return
+    if any(p.device.type != "cpu" for p in model.parameters()):
         return
     training = model.training
     optimize_for_cpu_inference(model.eval())
