@@ -79,10 +79,10 @@ def read_panoptic_png(path: str) -> np.ndarray:
             + (f" with {depth}-bit samples" if depth not in (None, 8) else "")
         )
     width, height = image.size
-    # R, G, B, X (or A) bytes read as little-endian uint32 = R + 256 G + 256^2 B + 256^3 X.
+    # R, G, B, X (or A) bytes read as little-endian int32 = R + 256 G + 256^2 B + 256^3 X.
     raw = image.tobytes("raw", "RGBX" if image.mode == "RGB" else "RGBA")
-    pixels = np.frombuffer(raw, dtype="<u4").reshape(height, width)
-    return (pixels & 0xFFFFFF).astype(np.int32)
+    pixels = np.frombuffer(raw, dtype="<i4").reshape(height, width)
+    return np.bitwise_and(pixels, 0xFFFFFF, dtype=np.int32)
 
 
 def pq_image_of_files(

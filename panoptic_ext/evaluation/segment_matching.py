@@ -224,9 +224,10 @@ def pair_counts(gt_ids: np.ndarray, pred_ids: np.ndarray) -> Tuple[np.ndarray, n
     Returns:
         (keys, counts): sorted distinct int64 keys and their int64 pixel counts.
     """
-    flat = _checked_ids(gt_ids, "ground-truth").astype(np.int64).ravel()
-    flat <<= 24
-    flat |= _checked_ids(pred_ids, "predicted").astype(np.int64, copy=False).ravel()
+    gt_ids = _checked_ids(gt_ids, "ground-truth")
+    pred_ids = _checked_ids(pred_ids, "predicted")
+    flat = np.left_shift(gt_ids, 24, dtype=np.int64).ravel()
+    np.bitwise_or(flat, pred_ids.ravel(), out=flat, casting="unsafe")  # pred < 2**24: exact
     if not flat.size:
         return flat, flat
     starts = np.concatenate(([0], np.flatnonzero(flat[1:] != flat[:-1]) + 1))
