@@ -307,7 +307,7 @@ def _bar_chart(path: str, title: str, names: List[str], rows: List[Mapping[str, 
     ax.set_xlim(0, 100)
     ax.set_xlabel("%")
     ax.set_title(title)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     ax.grid(axis="x", alpha=0.3)
     return _save_figure(fig, path)
 
@@ -325,7 +325,7 @@ def _stacked_chart(path: str, title: str, labels: List[str], stacks: Dict[str, L
     ax.set_yticklabels(labels, fontsize=8)
     ax.set_xlabel("segments")
     ax.set_title(title)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     ax.grid(axis="x", alpha=0.3)
     return _save_figure(fig, path)
 
