@@ -173,7 +173,8 @@ def _end_worker(store, rank: int, world_size: int, seconds: float) -> None:
     a process could end in SIGABRT (gloo or the store raising in a destructor) instead of
     reporting its job's error.
     """
-    if store is not None and not _wait_for_all(store, "panoptic_ext/finished", world_size, seconds):
+    finished = _store_step(rank, _wait_for_all, store, "panoptic_ext/finished", world_size, seconds)
+    if finished is False:
         logger.warning(
             "Process %d: not every process finished within %.0f s; leaving anyway", rank, seconds
         )
@@ -182,12 +183,22 @@ def _end_worker(store, rank: int, world_size: int, seconds: float) -> None:
         dist.destroy_process_group()
     except Exception as e:  # the job's own error, if any, is what matters to the user
         logger.warning("Process %d: destroying the process group failed: %s", rank, e)
-    if store is None:
-        return
     if rank == 0:
-        _wait_for_all(store, "panoptic_ext/destroyed", world_size, seconds)
+        _store_step(rank, _wait_for_all, store, "panoptic_ext/destroyed", world_size, seconds)
     else:
-        store.add("panoptic_ext/destroyed", 1)
+        _store_step(rank, lambda s, key, *_: s.add(key, 1), store, "panoptic_ext/destroyed")
+
+
+def _store_step(rank: int, step: Callable[..., Any], store, *args: Any) -> Any:
+    """``step(store, *args)``; None without a store or if the store is gone (e.g. its host
+    process died: the teardown goes on, the job's own error stays the one reported)."""
+    if store is None:
+        return None
+    try:
+        return step(store, *args)
+    except Exception as e:
+        logger.warning("Process %d: the rendezvous store is unreachable: %s", rank, e)
+        return None
 
 
 def _cpu_worker(
