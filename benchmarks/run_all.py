@@ -215,6 +215,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--plot", default=None, help="scaling plot PNG (default benchmarks/...)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     parser.add_argument(
+        "--repeats", type=int, default=0, help="timed rounds, for benchmarks that take it"
+    )
+    parser.add_argument(
         "--update",
         action="store_true",
         help="keep the rows of the benchmarks not run from the existing output file (their "
@@ -237,7 +240,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     started = time.time()
     load_at_start = os.getloadavg() if hasattr(os, "getloadavg") else None
-    rows, errors = run_benchmarks(names, args.quick, {"plot_path": plot})
+    options: Dict[str, Any] = {"plot_path": plot}
+    if args.repeats:
+        options["repeats"] = args.repeats
+    rows, errors = run_benchmarks(names, args.quick, options)
     meta = _metadata(args, names, started)
     meta["load_average_at_start"] = load_at_start
     result = {"meta": meta, "rows": rows, "errors": errors}
