@@ -10,7 +10,11 @@ and parameters.
 ``--sweep`` takes built-in sweeps (lambda_s, lambda_i, sem_seg_things, losses, networks, seeds;
 "paper" for all), sweep YAML files or inline sweeps ``KEY=v1,v2`` (see
 ``panoptic_ext/apps/ablation/spec.py``). Run it again to finish an interrupted sweep: finished runs
-are not run again, an interrupted one resumes from its last checkpoint.
+are not run again, an interrupted one resumes from its last checkpoint, one whose loss diverged
+(``ablation_diverged.json``) stays "diverged" in the report; a run folder that holds a run of
+another config (e.g. other base overrides) is refused before anything runs, naming the changed
+keys. A failing run does not stop the others: the report is written, then the command exits with
+status 1 naming it.
 """
 
 # ruff: noqa: E402  (imports after setting OMP_WAIT_POLICY)
