@@ -10,6 +10,7 @@ operators) and concatenating the results gives the same tensor, bit for bit.
 :func:`parallelize_roi_poolers` wraps the level poolers of a model's ROI poolers in place.
 """
 
+import atexit
 import logging
 import os
 import threading
@@ -30,19 +31,30 @@ logger = logging.getLogger(__name__)
 _MIN_ROIS_PER_CHUNK = 16
 
 _POOL: Optional[ThreadPoolExecutor] = None
+_POOL_WORKERS = 0
 _POOL_PID: Optional[int] = None
 _POOL_LOCK = threading.Lock()
 
 
+def _shutdown_pool() -> None:
+    if _POOL is not None and _POOL_PID == os.getpid():
+        _POOL.shutdown(wait=False)
+
+
+atexit.register(_shutdown_pool)
+
+
 def _pool(workers: int) -> ThreadPoolExecutor:
-    """A process-wide thread pool with at least ``workers`` threads."""
-    global _POOL, _POOL_PID
+    """A process-wide thread pool with at least ``workers`` threads (shut down at exit)."""
+    global _POOL, _POOL_WORKERS, _POOL_PID
     with _POOL_LOCK:
         # A forked child inherits the pool object but not its threads: work submitted to it
         # would never run, so each process makes its own.
-        if _POOL is None or _POOL._max_workers < workers or _POOL_PID != os.getpid():
+        if _POOL is None or _POOL_WORKERS < workers or _POOL_PID != os.getpid():
+            if _POOL is not None and _POOL_PID == os.getpid():
+                _POOL.shutdown(wait=False)  # its queued work still runs
             _POOL = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="roi_align")
-            _POOL_PID = os.getpid()
+            _POOL_WORKERS, _POOL_PID = workers, os.getpid()
         return _POOL
 
 
