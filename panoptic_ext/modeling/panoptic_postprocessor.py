@@ -50,8 +50,9 @@ built as ``cls(cfg)``. A post-processor is called once per image:
   (height, width).
 
 It returns a dict: ``"panoptic_seg"``: (panoptic_seg, segments_info) as detectron2's
-``combine_semantic_and_instance_outputs``, with category ids in the label space of the test
-dataset's metadata (see :class:`PanopticPostprocessorBase`); and when enabled by
+``combine_semantic_and_instance_outputs``, with the category ids that
+``MODEL.PANOPTIC_EXT.POSTPROCESS.CATEGORY_IDS`` names (see :class:`PanopticPostprocessorBase`;
+never dependent on when the test dataset was registered); and when enabled by
 ``POSTPROCESS.RETURN_SEM_SEG`` / ``RETURN_INSTANCES``: ``"sem_seg"`` (C, H, W) logits and
 ``"instances"`` (:func:`detector_postprocess` output, full-image masks).
 
@@ -194,8 +195,10 @@ class PanopticPostprocessorBase:
     label space: with ``thing_ids`` / ``stuff_ids`` given, a thing segment's ``category_id`` is
     ``thing_ids[instance class]`` and a stuff segment's is ``stuff_ids[merged label]``: the
     contiguous ids of the dataset's metadata, which detectron2's ``Visualizer`` and
-    ``COCOPanopticEvaluator`` read. Without them, detectron2's PanopticFPN convention (instance
-    class; merged label, as "separated" metadata has). The "instances" output keeps
+    ``COCOPanopticEvaluator`` read (``CATEGORY_IDS "dataset"``, the default; building fails
+    if ``DATASETS.TEST[0]`` is not registered yet). Without them, detectron2's PanopticFPN
+    convention (instance class; merged label, as "separated" metadata has): ``CATEGORY_IDS
+    "detectron2"``, or ``DATASETS.TEST`` empty. The "instances" output keeps
     detectron2's instance classes ``0..T-1`` in ``pred_classes``, which its ``COCOEvaluator``
     requires.
     """
