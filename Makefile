@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # torch's OpenMP threads spin-wait by default, which is 5-10x slower on a busy 2-core machine.
 export OMP_WAIT_POLICY ?= PASSIVE
-LINT_PATHS := $(wildcard panoptic_ext tests tools benchmarks demo train_net.py setup.py)
+LINT_PATHS := $(wildcard panoptic_ext panoptic_pq tests tools benchmarks demo train_net.py setup.py)
 # Second venv: detectron2 main built with its compiled ops from a source tarball (make test-d2main).
 D2MAIN_VENV := .venv-d2main
 D2MAIN_TARBALL ?= ../shared/detectron2-main-02b5c4e.tar.gz

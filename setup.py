@@ -7,7 +7,8 @@ setup(
     name="panoptic_ext",
     version="0.1.0",
     description="Panoptic FPN (Kirillov et al., 2019) as Detectron2 plugins",
-    packages=find_packages(include=("panoptic_ext", "panoptic_ext.*")),
+    # panoptic_pq: the PQ library of `panoptic-pq` (numpy, Pillow, hotcoco; no torch)
+    packages=find_packages(include=("panoptic_ext", "panoptic_ext.*", "panoptic_pq")),
     python_requires=">=3.8",
     # torch, torchvision and detectron2 are installed by tools/setup_env.sh (see README):
     # detectron2 is not on PyPI, and torch must match it.
@@ -31,7 +32,7 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "panoptic-pq=panoptic_ext.evaluation.pq_cli:main",
+            "panoptic-pq=panoptic_pq.cli:main",
         ]
     },
 )

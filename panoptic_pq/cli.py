@@ -1,12 +1,12 @@
 """Command line of ``pq_compute`` (console script ``panoptic-pq``):
 
-    python -m panoptic_ext.evaluation.pq_cli --gt-json panoptic_val2017.json \
+    python -m panoptic_pq.cli --gt-json panoptic_val2017.json \
         --pred-json predictions.json [--gt-folder DIR] [--pred-folder DIR] [--workers N] \
         [--per-class] [--output results.json] [--engine auto|hotcoco|pure] \
         [--report DIR [--images IMAGE_DIR]]
 
 prints panopticapi's table (PQ, SQ, RQ of All / Things / Stuff). ``pq_compute`` itself lives in
-:mod:`panoptic_ext.evaluation.panoptic_files` (``from panoptic_ext.evaluation import pq_compute``).
+:mod:`panoptic_pq.panoptic_files` (``from panoptic_pq import pq_compute``).
 """
 
 import argparse
@@ -82,7 +82,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         with open(args.output, "w") as f:
             json.dump(results, f, indent=2, sort_keys=True)
     if args.report:
-        from .report import write_panoptic_report
+        from panoptic_ext.evaluation.report import write_panoptic_report
 
         try:
             report = write_panoptic_report(

@@ -7,7 +7,7 @@
 
 PNGs are decoded with Pillow and matched with numpy (:mod:`.segment_matching`); hotcoco is the
 default engine of ``pq_compute`` (:mod:`.hotcoco_engine`). This module and the command line
-(:mod:`panoptic_ext.evaluation.pq_cli`) import neither torch nor detectron2.
+(:mod:`panoptic_pq.cli`) import neither torch nor detectron2.
 """
 
 import io

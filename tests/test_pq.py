@@ -19,8 +19,8 @@ from panoptic_ext.evaluation import (
     read_panoptic_png,
     rgb_to_id,
 )
-from panoptic_ext.evaluation.pq_cli import main as pq_main
-from panoptic_ext.evaluation.segment_matching import pair_counts
+from panoptic_pq.cli import main as pq_main
+from panoptic_pq.segment_matching import pair_counts
 from tests.pq_fixtures import (
     DEFAULT_CATEGORIES,
     random_panoptic_pair,

@@ -1,5 +1,5 @@
 """The ``panoptic-pq`` command starts without torch and detectron2 (fresh processes), and prints
-the same PQ as ``pq_compute``; ``import panoptic_ext`` elsewhere still registers the plugins."""
+the same PQ as ``pq_compute`` (its library, :mod:`panoptic_pq`, imports no torch)."""
 
 import os
 import subprocess
@@ -18,7 +18,7 @@ RUN_AS_CONSOLE_SCRIPT = """
 import runpy, sys
 sys.argv = ["panoptic-pq"] + sys.argv[1:]
 try:
-    runpy.run_module("panoptic_ext.evaluation.pq_cli", run_name="__main__")
+    runpy.run_module("panoptic_pq.cli", run_name="__main__")
 except SystemExit as e:
     code = e.code
 heavy = sorted(m for m in ("torch", "detectron2", "cv2") if m in sys.modules)
@@ -77,12 +77,12 @@ def test_console_script_imports_neither_torch_nor_detectron2(pq_files, engine):
 
 def test_python_m_imports_neither_torch_nor_detectron2(pq_files):
     result = _run(
-        ["-m", "panoptic_ext.evaluation.pq_cli"] + _cli_args(pq_files, "pure"),
+        ["-m", "panoptic_pq.cli"] + _cli_args(pq_files, "pure"),
         PYTHONPROFILEIMPORTTIME="1",
     )
     assert result.returncode == 0, result.stderr
     imported = [line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()]
-    assert "panoptic_ext.evaluation.panoptic_files" in imported
+    assert "panoptic_pq.panoptic_files" in imported
     assert not [m for m in imported if m.split(".")[0] in ("torch", "detectron2")]
     assert _all_row(result.stdout)
 
@@ -92,14 +92,3 @@ def test_cli_errors_name_the_file_without_torch(pq_files, tmp_path):
     result = _run(["-c", RUN_AS_CONSOLE_SCRIPT, "--gt-json", pq_files[0], "--pred-json", missing])
     assert "exit 1 heavy modules: []" in result.stdout
     assert f"panoptic-pq: error: prediction JSON file {missing} does not exist" in result.stderr
-
-
-def test_import_panoptic_ext_elsewhere_still_registers_the_plugins():
-    code = (
-        "import panoptic_ext.evaluation.pq_cli\n"
-        "from detectron2.modeling import META_ARCH_REGISTRY\n"
-        "print('PanopticFPNExt' in META_ARCH_REGISTRY)\n"
-    )
-    result = _run(["-c", code])
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.split()[-1] == "True"

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from panoptic_ext.evaluation import PanopticFormatError, pq_compute
-from panoptic_ext.evaluation.pq_cli import main as pq_main
+from panoptic_pq.cli import main as pq_main
 from tests.pq_fixtures import random_panoptic_pair, write_panoptic_files
 
 ENGINES = ["pure", "auto"]

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from panoptic_ext.evaluation import pq_image, read_panoptic_png
-from panoptic_ext.evaluation.panoptic_files import pq_image_of_files
+from panoptic_pq.panoptic_files import pq_image_of_files
 from tests.pq_fixtures import DEFAULT_CATEGORIES, random_panoptic_pair
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

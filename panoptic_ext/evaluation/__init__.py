@@ -15,8 +15,8 @@ Two layers:
 import importlib
 from typing import Any
 
-from .panoptic_files import format_pq_table, pq_compute, read_panoptic_png
-from .segment_matching import PanopticFormatError, PQStat, pq_image
+from panoptic_pq.panoptic_files import format_pq_table, pq_compute, read_panoptic_png
+from panoptic_pq.segment_matching import PanopticFormatError, PQStat, pq_image
 
 # Names of the modules that import detectron2 (or panoptic_ext.data, which does), loaded when
 # one of their names is first used.

@@ -27,11 +27,12 @@ from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
+from panoptic_pq.panoptic_files import read_panoptic_png
+from panoptic_pq.segment_matching import segment_index_map
+
 from ..compat import detectron2_has_compiled_ops
 from ..data.class_layout import PanopticClassLayout
 from .panoptic_evaluation import load_panoptic_ground_truth
-from .panoptic_files import read_panoptic_png
-from .segment_matching import segment_index_map
 
 __all__ = ["PanopticInstanceEvaluator", "panoptic_to_coco_instances"]
 

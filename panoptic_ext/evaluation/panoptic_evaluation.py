@@ -21,11 +21,12 @@ from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
+from panoptic_pq.json_checks import categories_by_id, load_panoptic_json_file
+from panoptic_pq.panoptic_files import format_pq_table, pq_image_of_files
+from panoptic_pq.segment_matching import PQStat
+
 from ..data.class_layout import PanopticClassLayout
 from ..data.panoptic_ids import id_to_rgb
-from .json_checks import categories_by_id, load_panoptic_json_file
-from .panoptic_files import format_pq_table, pq_image_of_files
-from .segment_matching import PQStat
 
 __all__ = ["PanopticQualityEvaluator", "load_panoptic_ground_truth"]
 

@@ -24,10 +24,11 @@ from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
+from panoptic_pq.panoptic_files import read_panoptic_png
+from panoptic_pq.segment_matching import segment_index_map
+
 from ..data.class_layout import PanopticClassLayout
 from .panoptic_evaluation import load_panoptic_ground_truth
-from .panoptic_files import read_panoptic_png
-from .segment_matching import segment_index_map
 
 __all__ = ["PanopticSemSegEvaluator", "panoptic_to_semantic", "semantic_label_map"]
 
