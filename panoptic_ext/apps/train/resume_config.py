@@ -1,4 +1,5 @@
-"""``--resume`` against the config of the run it continues.
+"""A run's options in either config language (:class:`RunSettings`), and ``--resume`` against the
+config of the run it continues.
 
 A resumed run rebuilds its model, data, schedule and hooks from the current config, but restores
 the optimizer's hyper-parameters and the LR scheduler's base rates from the checkpoint: detectron2
@@ -39,8 +40,6 @@ _KEYS = {
     "existing_output": ("RUN.EXISTING_OUTPUT", "train.existing_output"),
     "allow_partial": ("RUN.ALLOW_PARTIAL_WEIGHTS", "train.allow_partial_weights"),
     "download_timeout": ("RUN.WEIGHTS_DOWNLOAD_TIMEOUT", "train.download_timeout"),
-    "max_to_keep": ("SOLVER.CHECKPOINT_MAX_TO_KEEP", "train.checkpointer.max_to_keep"),
-    "cpu_speedups": ("TEST.CPU_SPEEDUPS", "train.cpu_speedups"),
     "optimizer": ("SOLVER.OPTIMIZER", "optimizer"),
 }
 _OTHER_OPTIMIZER = "the checkpoint holds the state of the other optimizer"
