@@ -34,7 +34,9 @@ def save_config(cfg: Any, name: str = "config.yaml") -> Optional[str]:
         atomic_write_text(cfg.dump(), path)
     else:
         tmp = os.path.join(output_dir, f".{name}.{os.getpid()}.tmp")
-        LazyConfig.save(cfg, tmp)
+        LazyConfig.save(cfg, tmp)  # logs the error itself if the config is not serializable
+        if not os.path.isfile(tmp):
+            return None
         os.replace(tmp, path)
     logging.getLogger("detectron2").info("Full config saved to %s", path)
     return path
