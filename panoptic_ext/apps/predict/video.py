@@ -8,6 +8,7 @@ properly and plays. The output is written as it goes: Matroska (``.mkv``, the de
 files stay playable up to the last frame written even if the process is killed.
 """
 
+import contextlib
 import logging
 import os
 import sys
@@ -90,12 +91,26 @@ def _writable(path: str, fourcc: str) -> bool:
         return os.path.isfile(name) and os.path.getsize(name) > 0
 
 
+@contextlib.contextmanager
+def _quiet_opencv() -> Iterator[None]:
+    """Without OpenCV's log lines (a codec probe that fails prints errors that are not)."""
+    level = cv2.getLogLevel() if hasattr(cv2, "getLogLevel") else None
+    if level is not None:
+        cv2.setLogLevel(0)
+    try:
+        yield
+    finally:
+        if level is not None:
+            cv2.setLogLevel(level)
+
+
 def _writer(path: str, fourcc: str, fps: float, size: Tuple[int, int]) -> cv2.VideoWriter:
     code = cv2.VideoWriter_fourcc(*fourcc)
-    # FFmpeg's muxers first: their AVI files stay readable when truncated, OpenCV's own do not.
-    writer = cv2.VideoWriter(path, cv2.CAP_FFMPEG, code, fps, size, True)
-    if not writer.isOpened():
-        writer = cv2.VideoWriter(path, code, fps, size, True)
+    with _quiet_opencv():
+        # FFmpeg's muxers first: their AVI files stay readable when truncated, OpenCV's are not.
+        writer = cv2.VideoWriter(path, cv2.CAP_FFMPEG, code, fps, size, True)
+        if not writer.isOpened():
+            writer = cv2.VideoWriter(path, code, fps, size, True)
     return writer
 
 
@@ -200,7 +215,8 @@ def predict_video(
     """
     if not os.path.isfile(video_path):
         raise VideoReadError(f"--video-input {video_path}: no such file")
-    capture = cv2.VideoCapture(video_path)
+    with _quiet_opencv():  # what cannot be opened is said below
+        capture = cv2.VideoCapture(video_path)
     if not capture.isOpened():
         raise VideoReadError(
             f"cannot open the video {video_path}: not a video OpenCV can read, or a damaged file "
@@ -263,7 +279,8 @@ def predict_webcam(
     Raises:
         VideoReadError: no camera ``camera`` can be opened.
     """
-    capture = cv2.VideoCapture(camera)
+    with _quiet_opencv():
+        capture = cv2.VideoCapture(camera)
     if not capture.isOpened():
         raise VideoReadError(
             f"--webcam: no camera could be opened (OpenCV camera index {camera}); connect one, "
