@@ -19,6 +19,8 @@ __all__ = [
     "enable_cpu_ddp",
     "map_dataset_can_skip",
     "fix_map_dataset_retry",
+    "simple_trainer_of",
+    "default_trainer_results",
 ]
 
 # Set on the stand-in ``detectron2/_C.py`` written by tools/install_detectron2.py.

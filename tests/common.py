@@ -31,7 +31,8 @@ def load_cfg(path: str) -> CfgNode:
 def detectron2_reference_cfg(cfg: CfgNode) -> CfgNode:
     """
     ``cfg`` (a PanopticFPNExt config with constant loss weights) for detectron2's own
-    ``PanopticFPN`` and ``SemSegFPNHead``, the same network and losses: for the R50 config this is
+    ``PanopticFPN`` and ``SemSegFPNHead``, the same network and losses (both read detectron2's
+    loss-weight keys): for the R50 config this is
     detectron2's model-zoo config (see test_coco_configs_match_detectron2_model_zoo).
     """
     weights = cfg.MODEL.PANOPTIC_EXT.LOSS_WEIGHTS
@@ -40,8 +41,7 @@ def detectron2_reference_cfg(cfg: CfgNode) -> CfgNode:
     ref.MODEL.META_ARCHITECTURE = "PanopticFPN"
     ref.MODEL.SEM_SEG_HEAD.NAME = "SemSegFPNHead"
     ref.MODEL.ROI_HEADS.NAME = "StandardROIHeads"
-    ref.MODEL.SEM_SEG_HEAD.LOSS_WEIGHT = weights.SEMANTIC * cfg.MODEL.SEM_SEG_HEAD.LOSS_WEIGHT
-    ref.MODEL.PANOPTIC_FPN.INSTANCE_LOSS_WEIGHT = weights.INSTANCE
+    assert weights.get("INSTANCE") is None and weights.get("SEMANTIC") is None, "deprecated"
     return ref
 
 

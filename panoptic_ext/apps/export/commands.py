@@ -191,15 +191,15 @@ def evaluate_main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
 
 def _evaluate_lazy(cfg, model, datasets: Optional[Sequence[str]], output_dir: str):
     """An export of a Python config on its ``dataloader.test`` (or each of ``datasets``)."""
-    from panoptic_ext.apps.train.lazy_trainer import lazy_test
+    from panoptic_ext.apps.train import LazyTrainer
 
     cfg.train.output_dir = output_dir
     if not datasets:
         logger.info("Evaluating %s with %s", cfg.dataloader.test.dataset.names, model.providers)
-        return lazy_test(cfg, model)
+        return LazyTrainer.test(cfg, model)
     results = {}
     for name in datasets:
         cfg.dataloader.test.dataset.names = name
         logger.info("Evaluating %s with %s", name, model.providers)
-        results[name] = lazy_test(cfg, model)
+        results[name] = LazyTrainer.test(cfg, model)
     return results
