@@ -21,6 +21,8 @@ __all__ = [
     "fix_map_dataset_retry",
     "simple_trainer_of",
     "default_trainer_results",
+    "create_local_process_group",
+    "forget_local_process_group",
 ]
 
 # Set on the stand-in ``detectron2/_C.py`` written by tools/install_detectron2.py.
@@ -245,3 +247,32 @@ def default_trainer_results(trainer):
     """The results of a ``DefaultTrainer``'s last evaluation (None if none ran): detectron2 keeps
     them private (``_last_eval_results``) and returns them only with TEST.EXPECTED_RESULTS."""
     return getattr(trainer, "_last_eval_results", None)
+
+
+def create_local_process_group(num_processes_per_machine: int) -> None:
+    """detectron2's per-machine process group (read by ``comm.get_local_rank/size``), made as its
+    ``launch`` makes it; every process must call this together. detectron2 main has
+    ``comm.create_local_process_group``; v0.6 sets its module attribute inside ``launch`` only (no
+    public API), so it is set here the same way."""
+    from detectron2.utils import comm
+
+    if hasattr(comm, "create_local_process_group"):
+        comm.create_local_process_group(num_processes_per_machine)
+        return
+    import torch.distributed as dist
+
+    machine = comm.get_rank() // num_processes_per_machine
+    for i in range(comm.get_world_size() // num_processes_per_machine):
+        group = dist.new_group(
+            list(range(i * num_processes_per_machine, (i + 1) * num_processes_per_machine))
+        )
+        if i == machine:
+            comm._LOCAL_PROCESS_GROUP = group
+
+
+def forget_local_process_group() -> None:
+    """Drop detectron2's per-machine group before its process group is destroyed (neither
+    version has a public way; the group must not outlive the world)."""
+    from detectron2.utils import comm
+
+    comm._LOCAL_PROCESS_GROUP = None

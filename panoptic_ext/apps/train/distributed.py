@@ -5,9 +5,9 @@
 detectron2 v0.6's ``launch`` asserts CUDA and uses NCCL, and on every version ``DefaultTrainer``
 wraps the model with ``create_ddp_model``, which passes ``device_ids=[local_rank]`` that
 ``DistributedDataParallel`` rejects for a CPU model. :func:`launch` here starts CPU workers itself
-(``torch.multiprocessing`` spawn, ``gloo`` process group, detectron2's per-machine group in
-``comm._LOCAL_PROCESS_GROUP``, a barrier) and makes ``create_ddp_model`` CPU-aware in them; with
-CUDA, or with one process, it is detectron2's ``launch``. Its workers end in order (see
+(``torch.multiprocessing`` spawn, ``gloo`` process group, detectron2's per-machine group by
+``compat.create_local_process_group``, a barrier) and makes ``create_ddp_model`` CPU-aware in
+them; with CUDA, or with one process, it is detectron2's ``launch``. Its workers end in order (see
 :func:`_end_worker`), so that an error of the job (e.g. the NaN guard's, raised by every process
 at the same step) is what the launching process reports, never a signal of the teardown.
 """
@@ -25,7 +25,11 @@ import torch.multiprocessing as mp
 from detectron2.engine import launch as d2_launch
 from detectron2.utils import comm
 
-from panoptic_ext.compat import enable_cpu_ddp
+from panoptic_ext.compat import (
+    create_local_process_group,
+    enable_cpu_ddp,
+    forget_local_process_group,
+)
 
 __all__ = ["DEFAULT_TIMEOUT", "launch", "launch_cpu", "use_cpu_launch"]
 
@@ -178,7 +182,7 @@ def _end_worker(store, rank: int, world_size: int, seconds: float) -> None:
         logger.warning(
             "Process %d: not every process finished within %.0f s; leaving anyway", rank, seconds
         )
-    comm._LOCAL_PROCESS_GROUP = None  # set by _cpu_worker: its group must not outlive the world
+    forget_local_process_group()  # set by _cpu_worker: its group must not outlive the world
     try:
         dist.destroy_process_group()
     except Exception as e:  # the job's own error, if any, is what matters to the user
@@ -230,14 +234,7 @@ def _cpu_worker(
         raise
     # The per-machine group that detectron2's comm.get_local_rank/size read, made as its launch
     # makes it (every process creates every group, in the same order).
-    if comm._LOCAL_PROCESS_GROUP is not None:
-        raise RuntimeError("the local process group was already created in this process")
-    num_machines = world_size // num_processes_per_machine
-    for i in range(num_machines):
-        ranks = list(range(i * num_processes_per_machine, (i + 1) * num_processes_per_machine))
-        group = dist.new_group(ranks)
-        if i == machine_rank:
-            comm._LOCAL_PROCESS_GROUP = group
+    create_local_process_group(num_processes_per_machine)
     enable_cpu_ddp()
     comm.synchronize()
     try:
