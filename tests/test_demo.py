@@ -11,9 +11,9 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 from PIL import Image
 
+from panoptic_ext.apps.train import get_panoptic_cfg
 from panoptic_ext.data import rgb_to_id
 from panoptic_ext.data.synthetic import render_sample
-from panoptic_ext.apps.train import get_panoptic_cfg
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK_CONFIG = os.path.join(

@@ -18,7 +18,7 @@ script, no network; its pictures are PNG / JPEG files in ``DIR/images/``. ``DIR/
 holds the numbers.
 
 The PQ numbers are the project's evaluator's (``pq_compute``): each image is matched with
-:func:`~panoptic_ext.evaluation.segment_matching.pq_image` and the statistics are summed in the
+:func:`~panoptic_pq.segment_matching.pq_image` and the statistics are summed in the
 ground truth's order. The error analysis matches segments with the same rules (panopticapi's).
 
 This module imports neither torch nor detectron2 at import time (only numpy, Pillow and
@@ -225,8 +225,8 @@ def _segment_errors(
 
 
 def _analyse_image(pair, gt_folder: str, pred_folder: str, category_ids: Sequence[int]):
-    from .panoptic_files import read_panoptic_png
-    from .segment_matching import pq_image
+    from panoptic_pq.panoptic_files import read_panoptic_png
+    from panoptic_pq.segment_matching import pq_image
 
     gt_ann, pred_ann = pair
     gt_file = os.path.join(gt_folder, gt_ann["file_name"])
@@ -432,8 +432,8 @@ def write_panoptic_report(
     Raises:
         FileNotFoundError, ValueError: as ``pq_compute`` (naming the file, image or key).
     """
-    from .json_checks import categories_by_id, load_panoptic_json_file, pair_annotations
-    from .segment_matching import PQStat
+    from panoptic_pq.json_checks import categories_by_id, load_panoptic_json_file, pair_annotations
+    from panoptic_pq.segment_matching import PQStat
 
     gt_folder = gt_folder or _strip_json(gt_json_file)
     pred_folder = pred_folder or _strip_json(pred_json_file)
@@ -660,7 +660,7 @@ def write_panoptic_report(
         "dark).</p>"
     )
     gallery = []
-    from .panoptic_files import read_panoptic_png
+    from panoptic_pq.panoptic_files import read_panoptic_png
 
     for rank, (pq, image_id, stat, image_errors) in enumerate(worst, start=1):
         gt_ann, pred_ann = pair_of[image_id]
