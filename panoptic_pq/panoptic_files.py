@@ -22,7 +22,7 @@ from PIL import Image, UnidentifiedImageError
 
 from .hotcoco_engine import hotcoco_available, pq_stat_with_hotcoco
 from .json_checks import categories_by_id, load_panoptic_json_file, pair_annotations
-from .segment_matching import PQStat, pq_image
+from .segment_matching import PanopticFormatError, PQStat, pq_image
 
 __all__ = [
     "pq_compute",
@@ -235,6 +235,12 @@ def _pq_compute_files(
     gt_json = load_panoptic_json_file(gt_json_file, "ground-truth")
     pred_json = load_panoptic_json_file(pred_json_file, "prediction")
     categories = categories_by_id(gt_json["categories"], f"ground-truth JSON file {gt_json_file}")
+    if not any(ann["segments_info"] for ann in gt_json["annotations"]):
+        raise PanopticFormatError(
+            f"ground-truth JSON file {gt_json_file}: none of its {len(gt_json['annotations'])} "
+            "annotations has a segment, so every PQ would be 0 whatever the prediction; is it "
+            "the right ground truth (e.g. not a prediction or an empty export)?"
+        )
     gt_folder = gt_folder or _default_folder(gt_json_file)
     pred_folder = pred_folder or _default_folder(pred_json_file)
     for folder, what in ((gt_folder, "ground truth"), (pred_folder, "predicted")):

@@ -92,3 +92,21 @@ def test_cli_errors_name_the_file_without_torch(pq_files, tmp_path):
     result = _run(["-c", RUN_AS_CONSOLE_SCRIPT, "--gt-json", pq_files[0], "--pred-json", missing])
     assert "exit 1 heavy modules: []" in result.stdout
     assert f"panoptic-pq: error: prediction JSON file {missing} does not exist" in result.stderr
+
+
+def test_ground_truth_without_segments_is_an_error_not_zeros(pq_files, tmp_path):
+    import json
+
+    gt_json = pq_files[0]
+    with open(gt_json) as f:
+        data = json.load(f)
+    for ann in data["annotations"]:
+        ann["segments_info"] = []
+    empty = tmp_path / "empty_gt.json"
+    empty.write_text(json.dumps(data))
+    args = _cli_args(pq_files, "pure")
+    args[1] = str(empty)
+    result = _run(["-m", "panoptic_pq.cli", *args, "--gt-folder", pq_files[1]])
+    assert result.returncode != 0
+    assert f"{empty}: none of its 3 annotations has a segment" in result.stderr
+    assert "All" not in result.stdout
