@@ -82,7 +82,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         with open(args.output, "w") as f:
             json.dump(results, f, indent=2, sort_keys=True)
     if args.report:
-        from panoptic_ext.evaluation.report import write_panoptic_report
+        from .report import write_panoptic_report
 
         try:
             report = write_panoptic_report(

@@ -1,4 +1,4 @@
-"""The HTML evaluation report (panoptic_ext.evaluation.report): its numbers are the evaluator's,
+"""The HTML evaluation report (panoptic_pq.report): its numbers are the evaluator's,
 the page is complete and opens from disk, on the synthetic set and on a COCO-like set of 133
 classes."""
 
@@ -14,7 +14,7 @@ from panoptic_ext.data import rgb_to_id
 from panoptic_ext.data.panoptic_ids import id_to_rgb
 from panoptic_ext.data.synthetic import SYNTHETIC_CATEGORIES, render_sample
 from panoptic_ext.evaluation import pq_compute
-from panoptic_ext.evaluation.report import SECTIONS, write_panoptic_report
+from panoptic_pq.report import SECTIONS, write_panoptic_report
 from panoptic_pq.cli import main as pq_cli_main
 
 # COCO's 80 thing ids (1..90 less ten unused) and 53 stuff ids.

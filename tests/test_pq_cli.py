@@ -110,3 +110,12 @@ def test_ground_truth_without_segments_is_an_error_not_zeros(pq_files, tmp_path)
     assert result.returncode != 0
     assert f"{empty}: none of its 3 annotations has a segment" in result.stderr
     assert "All" not in result.stdout
+
+
+def test_report_option_writes_the_page_without_torch(pq_files, tmp_path):
+    out = tmp_path / "report"
+    result = _run(
+        ["-c", RUN_AS_CONSOLE_SCRIPT] + _cli_args(pq_files, "pure") + ["--report", str(out)]
+    )
+    assert "exit 0 heavy modules: []" in result.stdout, result.stderr
+    assert (out / "index.html").is_file()

@@ -133,6 +133,22 @@ def test_eval_only_reproduces_final_evaluation(dataset, trained, tmp_path):
     assert not os.path.exists(tmp_path / "config.yaml")  # an evaluation writes no config
 
 
+def test_eval_only_report_has_the_evaluators_pq(dataset, trained, tmp_path):
+    weights = os.path.join(trained, "model_final.pth")
+    args = parse_args(
+        ["--config-file", QUICK_CONFIG, "--eval-only", "--report"]
+        + _opts(dataset, tmp_path)
+        + ["MODEL.WEIGHTS", weights]
+    )
+    results = main(args)
+    page = tmp_path / "report" / dataset["val"] / "index.html"
+    assert page.is_file()
+    numbers = json.loads((page.parent / "report.json").read_text())
+    assert numbers["results"]["All"]["pq"] * 100 == pytest.approx(results["panoptic_seg"]["PQ"])
+    with pytest.raises(ValueError, match="--report goes with --eval-only"):
+        main(parse_args(["--config-file", QUICK_CONFIG, "--report"] + _opts(dataset, tmp_path)))
+
+
 def test_cpu_speedups_off_in_training_and_eval_only(dataset, trained, tmp_path):
     opts = _opts(dataset, tmp_path, max_iter=1) + ["TEST.EVAL_PERIOD", "0"]
     opts += ["TEST.CPU_SPEEDUPS", "False"]

@@ -2,6 +2,7 @@
 
 import argparse
 import logging
+import os
 from typing import Any, Optional, Sequence
 
 from detectron2.engine import default_argument_parser, hooks
@@ -15,6 +16,7 @@ from panoptic_ext.apps.train.lazy_config import check_lazy_class_counts, load_la
 from panoptic_ext.apps.train.resume_config import RunSettings
 from panoptic_ext.apps.train.run_dir import prepare_output_dir
 from panoptic_ext.apps.train.trainer import LazyTrainer, Trainer
+from panoptic_ext.evaluation.report import write_report_for_dataset
 
 __all__ = ["argument_parser", "main", "parse_args"]
 
@@ -24,8 +26,15 @@ logger = logging.getLogger(__name__)
 def argument_parser(epilog: Optional[str] = None) -> argparse.ArgumentParser:
     """detectron2's ``default_argument_parser``: --config-file, --resume, --eval-only,
     --num-gpus, --num-machines, --machine-rank, --dist-url and trailing overrides
-    (``KEY VALUE`` for a YAML config, ``key=value`` for a Python config)."""
-    return default_argument_parser(epilog=epilog)
+    (``KEY VALUE`` for a YAML config, ``key=value`` for a Python config); and ``--report``."""
+    parser = default_argument_parser(epilog=epilog)
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="with --eval-only and a YAML config: also write the HTML evaluation report of each "
+        "test dataset to OUTPUT_DIR/report/<dataset>/index.html (saves the panoptic PNGs)",
+    )
+    return parser
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -47,13 +56,22 @@ def _check_eval_weights(run: RunSettings, resume: bool) -> None:
     )
 
 
-def _evaluate(trainer_cls: Any, cfg: Any, run: RunSettings, resume: bool):
+def _evaluate(trainer_cls: Any, cfg: Any, run: RunSettings, resume: bool, report: bool = False):
     """Load the weights (or with ``resume`` the last checkpoint), every weight required, and
-    evaluate them as training does (``trainer_cls.test``, and TTA with TEST.AUG.ENABLED)."""
+    evaluate them as training does (``trainer_cls.test``, and TTA with TEST.AUG.ENABLED); with
+    ``report``, write each test dataset's HTML report."""
     model = trainer_cls.build_model(cfg)
     # every weight required: a missing one would be evaluated untrained
     run.checkpointer(model, require_complete=True).resume_or_load(run.weights, resume=resume)
     results = trainer_cls.test(cfg, model)
+    if report and comm.is_main_process():
+        for name in cfg.DATASETS.TEST:
+            page = write_report_for_dataset(
+                name,
+                os.path.join(cfg.OUTPUT_DIR, "inference", name),
+                os.path.join(cfg.OUTPUT_DIR, "report", name),
+            )
+            logger.info("Evaluation report of %s: %s", name, page["html"])
     if trainer_cls is Trainer:
         if cfg.TEST.AUG.ENABLED:
             results.update(Trainer.test_with_TTA(cfg, model))
@@ -81,6 +99,11 @@ def main(args: argparse.Namespace):
     Returns:
         the evaluation results (dict), or None if training ran no evaluation.
     """
+    report = getattr(args, "report", False)
+    if report and not (args.eval_only and not args.config_file.endswith(".py")):
+        raise ConfigError("--report goes with --eval-only and a YAML config")
+    if report:  # the report reads the evaluator's panoptic PNGs
+        args.opts = list(args.opts) + ["TEST.SAVE_PANOPTIC_PNGS", "True"]
     if args.config_file.endswith(".py"):
         cfg = load_lazy_config(args.config_file, args.opts)
         check_lazy_class_counts(cfg)  # before any model is built
@@ -96,7 +119,7 @@ def main(args: argparse.Namespace):
         for message in messages:
             logger.warning(message)
         if args.eval_only:
-            return _evaluate(trainer_cls, cfg, run, args.resume)
+            return _evaluate(trainer_cls, cfg, run, args.resume, report)
         trainer = trainer_cls(cfg)
         if trainer_cls is Trainer and cfg.TEST.AUG.ENABLED:  # as detectron2's train_net.py
             trainer.register_hooks(
