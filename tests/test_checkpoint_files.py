@@ -13,12 +13,12 @@ import time
 import pytest
 import torch
 
-from panoptic_ext.config import add_panoptic_ext_config
 from panoptic_ext.apps.train.checkpoint import (
     CheckpointError,
     CheckpointSaveError,
     PanopticCheckpointer,
 )
+from panoptic_ext.config import add_panoptic_ext_config
 from tests.common import get_model_zoo_cfg
 
 

@@ -19,9 +19,9 @@ from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 from PIL import Image
 
+from panoptic_ext.apps.train.resume import prepare_train_loader
 from panoptic_ext.compat import map_dataset_can_skip
 from panoptic_ext.data import PanopticFPNDatasetMapper, register_panoptic_dataset
-from panoptic_ext.apps.train.resume import prepare_train_loader
 from tests.common import write_coco_panoptic
 from tests.reliability_common import tiny_cfg, unregister
 

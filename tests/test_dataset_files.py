@@ -12,14 +12,14 @@ import pytest
 from detectron2.data import DatasetCatalog, build_detection_train_loader
 from PIL import Image
 
+from panoptic_ext.apps.train.config_check import ConfigError, check_config_against_datasets
+from panoptic_ext.apps.train.resume import prepare_train_loader
 from panoptic_ext.data import (
     PanopticDatasetError,
     PanopticFPNDatasetMapper,
     register_panoptic_dataset,
     validate_panoptic_dataset,
 )
-from panoptic_ext.apps.train.config_check import ConfigError, check_config_against_datasets
-from panoptic_ext.apps.train.resume import prepare_train_loader
 from tests.reliability_common import tiny_cfg, unregister
 
 CATEGORIES = [

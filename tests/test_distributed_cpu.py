@@ -14,8 +14,8 @@ from detectron2.data import DatasetCatalog
 from detectron2.engine import HookBase
 from detectron2.utils import comm
 
-from panoptic_ext.data import ensure_synthetic_panoptic
 from panoptic_ext.apps.train import Trainer, get_panoptic_cfg, launch, main, parse_args
+from panoptic_ext.data import ensure_synthetic_panoptic
 from tests.reliability_common import register_tiny_synthetic, unregister
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -14,8 +14,8 @@ from panoptic_ext.data import rgb_to_id
 from panoptic_ext.data.panoptic_ids import id_to_rgb
 from panoptic_ext.data.synthetic import SYNTHETIC_CATEGORIES, render_sample
 from panoptic_ext.evaluation import pq_compute
-from panoptic_pq.report import SECTIONS, write_panoptic_report
 from panoptic_pq.cli import main as pq_cli_main
+from panoptic_pq.report import SECTIONS, write_panoptic_report
 
 # COCO's 80 thing ids (1..90 less ten unused) and 53 stuff ids.
 COCO_THING_IDS = [i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)]

@@ -10,9 +10,9 @@ from detectron2.data import DatasetCatalog
 from detectron2.engine import DefaultPredictor
 from PIL import Image
 
-from panoptic_ext.apps.train.checkpoint import CheckpointError
 from panoptic_ext.apps.predict.image_input import as_bgr_uint8, read_image_bgr
 from panoptic_ext.apps.predict.predictor import PanopticPredictor
+from panoptic_ext.apps.train.checkpoint import CheckpointError
 from panoptic_ext.evaluation import PanopticQualityEvaluator
 from tests.reliability_common import register_tiny_synthetic, tiny_cfg, unregister
 

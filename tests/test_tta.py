@@ -15,9 +15,9 @@ from detectron2.evaluation.testing import flatten_results_dict
 from detectron2.modeling import build_model
 
 import panoptic_ext  # noqa: F401  (registers the plugins)
+from panoptic_ext.apps.predict.predictor import PanopticPredictor
 from panoptic_ext.apps.train import main, parse_args
 from panoptic_ext.apps.train.config_check import ConfigError, check_config
-from panoptic_ext.apps.predict.predictor import PanopticPredictor
 from panoptic_ext.modeling import PanopticFPNWithTTA
 from tests.common import (
     assert_same_outputs,

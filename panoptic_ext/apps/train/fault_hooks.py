@@ -34,8 +34,8 @@ class NonFiniteLossGuard(HookBase):
     The check runs in a forward hook of the model, i.e. before gradients are computed and the
     weights updated: the weights stay those of the previous iteration, the periodic checkpointer
     (an ``after_step`` hook) does not run for the failed iteration, and
-    :class:`~panoptic_ext.apps.train.checkpoint.PanopticCheckpointer` never writes non-finite weights,
-    so ``last_checkpoint`` keeps naming the last good checkpoint.
+    :class:`~panoptic_ext.apps.train.checkpoint.PanopticCheckpointer` never writes non-finite
+    weights, so ``last_checkpoint`` keeps naming the last good checkpoint.
     """
 
     def __init__(self):
