@@ -26,6 +26,7 @@ from common import (
     inference_inputs,
     machine_limit,
     make_row,
+    measure_machine_limit,
     median,
     min_ratio,
     ours_cfg,
@@ -239,6 +240,8 @@ def run(
 
     cpu: Dict[str, List[float]] = {}
     times = time_interleaved(calls, repeats, warmup=0, cpu_times=cpu)
+    # the limit measured again beside these timings: the higher of the two
+    fp32_limit = max(limit["fp32_gflops"], measure_machine_limit(quick, 2)["fp32_gflops"])
     del models, calls
     mem = measure_memory(state_dict, size, tiny=quick) if memory else {}
     ref_s = median(times["d2"])
@@ -258,8 +261,8 @@ def run(
             and (name != "ours_panoptic" or diffs["panoptic_only"] is None),
             "identical_outputs": ",".join(k for k in keys if diffs[k] is None),
         }
-        ours_rate = throughput(macs[name], median(times[name]), limit["fp32_gflops"])
-        reference_rate = throughput(macs["d2"], median(times["d2"]), limit["fp32_gflops"])
+        ours_rate = throughput(macs[name], median(times[name]), fp32_limit)
+        reference_rate = throughput(macs["d2"], median(times["d2"]), fp32_limit)
         extra.update(
             executed_gmacs=round(macs[name] / 1e9, 2),
             reference_executed_gmacs=round(macs["d2"] / 1e9, 2),
@@ -267,7 +270,7 @@ def run(
             reference_gflops_per_s=round(reference_rate["gflops_per_s"], 2),
             ours_share_of_limit=round(ours_rate["share_of_limit"], 4),
             reference_share_of_limit=round(reference_rate["share_of_limit"], 4),
-            fp32_limit_gflops_per_s=round(limit["fp32_gflops"], 2),
+            fp32_limit_gflops_per_s=round(fp32_limit, 2),
             load_average=round(os.getloadavg()[0], 2),
         )
         different = [diffs[k] for k in keys if diffs[k] is not None]
