@@ -35,9 +35,12 @@ def _fast(cfg):
 
 @pytest.fixture(scope="module")
 def d2_and_ours():
-    """detectron2's PanopticFPN (model-zoo config) and PanopticFPNExt (the project's config)."""
+    """detectron2's PanopticFPN (model-zoo config) and PanopticFPNExt (the project's config, with
+    detectron2's category ids: the shipped config names another COCO dataset's label space)."""
     torch.manual_seed(0)
-    return build_model(_fast(get_model_zoo_cfg())), build_model(_fast(load_cfg(R50_1X)))
+    ours = _fast(load_cfg(R50_1X))
+    ours.MODEL.PANOPTIC_EXT.POSTPROCESS.CATEGORY_IDS = "detectron2"
+    return build_model(_fast(get_model_zoo_cfg())), build_model(ours)
 
 
 def _losses(model, batch):
@@ -154,10 +157,17 @@ def test_inference_outputs_and_detectron2_visualizer(learned_model):
     assert len(raw_instances) == 2 and tuple(raw_sem_seg.shape) == (2, 54, 224, 256)
     panoptic_seg, segments_info = outputs[0]["panoptic_seg"]
     assert panoptic_seg.dtype == torch.int32
-    metadata = MetadataCatalog.get("coco_2017_val_panoptic_separated")
+    # segments_info ids are the contiguous ids of DATASETS.TEST[0] (CATEGORY_IDS "dataset")
+    metadata = MetadataCatalog.get(load_cfg(R50_1X).DATASETS.TEST[0])
     image = inputs[0]["image"].permute(1, 2, 0).numpy()
     vis = Visualizer(image, metadata).draw_panoptic_seg(panoptic_seg, segments_info)
     assert vis.get_image().shape == (200, 250, 3)
+    for s in segments_info:  # each id names a class of that dataset, of the right kind
+        assert s["category_id"] in (
+            metadata.thing_dataset_id_to_contiguous_id.values()
+            if s["isthing"]
+            else metadata.stuff_dataset_id_to_contiguous_id.values()
+        )
 
 
 def test_training_needs_a_semantic_label_map(learned_model):
