@@ -107,6 +107,9 @@ def add_panoptic_ext_config(cfg: CN) -> None:
     # Apply the CPU inference speed-ups (panoptic_ext.modeling.optimize_for_cpu_inference, same
     # outputs) to a CPU model at evaluation and prediction (train_net.py, PanopticPredictor).
     _C.TEST.CPU_SPEEDUPS = True
+    # Opt-in reduced precision for CPU prediction (PanopticPredictor): bf16 autocast
+    # (panoptic_ext.modeling.bf16_autocast); refused on CPUs without bf16 dot products.
+    _C.TEST.CPU_BF16 = False
     # A record whose image or annotation cannot be read or is inconsistent: "fail" raises an
     # error naming the file; "skip" logs a warning naming it and skips it.
     _C.DATALOADER.ON_BAD_RECORD = "fail"

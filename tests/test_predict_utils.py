@@ -132,3 +132,21 @@ def test_collect_images_filters_globs_and_leaves_out_earlier_outputs(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"\*.txt'?: matches no image file"):
         collect_images([str(tmp_path / "*.txt")])
     assert collect_images([notes]) == [notes]  # a file named explicitly is taken as given
+
+
+def test_predictor_bf16_is_opt_in_and_refused_clearly_without_cpu_support(tmp_path):
+    from panoptic_ext.apps.predict.predictor import PanopticPredictor
+    from panoptic_ext.modeling.cpu_inference import cpu_supports_bf16
+
+    cfg = get_panoptic_cfg(QUICK_CONFIG)
+    image = np.zeros((40, 50, 3), np.uint8)
+    assert cfg.TEST.CPU_BF16 is False  # never the default
+    fp32 = PanopticPredictor(cfg)(image)
+    assert fp32["panoptic_seg"][0].shape == (40, 50)
+    cfg.TEST.CPU_BF16 = True
+    if cpu_supports_bf16():
+        out = PanopticPredictor(cfg)(image)
+        assert out["panoptic_seg"][0].shape == (40, 50)
+    else:  # refused when built, not at the first image
+        with pytest.raises(RuntimeError, match="TEST.CPU_BF16"):
+            PanopticPredictor(cfg)

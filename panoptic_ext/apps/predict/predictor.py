@@ -13,7 +13,7 @@ from detectron2.engine import DefaultPredictor
 
 from panoptic_ext.apps.predict.image_input import as_bgr_uint8
 from panoptic_ext.apps.train.checkpoint import PanopticCheckpointer
-from panoptic_ext.modeling import PanopticFPNWithTTA, optimize_for_cpu_inference
+from panoptic_ext.modeling import PanopticFPNWithTTA, bf16_autocast, optimize_for_cpu_inference
 
 __all__ = ["LazyPanopticPredictor", "PanopticPredictor"]
 
@@ -47,6 +47,8 @@ class PanopticPredictor(DefaultPredictor):
       counts are an error (not a warning), ``.pth`` files are read with ``weights_only=True``;
     - with ``TEST.CPU_SPEEDUPS`` (default True), a model on the CPU gets
       :func:`~panoptic_ext.modeling.optimize_for_cpu_inference` (same outputs, faster);
+    - with ``TEST.CPU_BF16`` (opt-in, default False), a CPU model predicts under bf16 autocast
+      (:func:`~panoptic_ext.modeling.bf16_autocast`), refused where the CPU lacks bf16;
     - with ``TEST.AUG.ENABLED``, predictions use test-time augmentation
       (:class:`~panoptic_ext.modeling.PanopticFPNWithTTA`, ``TEST.AUG.MIN_SIZES / MAX_SIZE /
       FLIP``, applied to the image resized to ``INPUT.MIN/MAX_SIZE_TEST``).
@@ -67,6 +69,8 @@ class PanopticPredictor(DefaultPredictor):
             optimize_for_cpu_inference(self.model)
         if cfg.TEST.AUG.ENABLED:
             self.model = PanopticFPNWithTTA(cfg, self.model)
+        self.bf16 = cfg.TEST.CPU_BF16
+        bf16_autocast(self.bf16)  # refuses now, not at the first image, on a CPU without bf16
 
     def __call__(self, original_image: np.ndarray) -> Dict[str, Any]:
         """
@@ -76,7 +80,8 @@ class PanopticPredictor(DefaultPredictor):
         Returns:
             dict: the model's outputs for the image ("panoptic_seg", ...), at its (H, W).
         """
-        return super().__call__(as_bgr_uint8(original_image))
+        with bf16_autocast(self.bf16):
+            return super().__call__(as_bgr_uint8(original_image))
 
 
 class LazyPanopticPredictor:
