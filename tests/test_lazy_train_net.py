@@ -11,32 +11,22 @@ import sys
 import pytest
 import torch
 import yaml
-from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation.testing import flatten_results_dict
 
 from panoptic_ext.apps.train import LazyTrainer, load_lazy_config, main, parse_args, read_metrics
 from panoptic_ext.apps.train.resume_config import ResumeConfigError
 from panoptic_ext.apps.train.run_dir import OutputDirError
-from panoptic_ext.data import register_synthetic_panoptic
 from tests.test_train_net import cpu_speedups_applied
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK = os.path.join(ROOT, "configs/quick_schedules/panoptic_fpn_R_18_synthetic_instant_test")
-PREFIX = "test_lazy_train_net_synthetic"
 MAX_ITER = 4  # eval_period and checkpointer.period are 2 in the quick config
 LEARNED = "panoptic_ext.modeling.loss_weights.LearnedLossWeights"
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("synthetic"))
-    names = register_synthetic_panoptic(
-        PREFIX, root=root, num_train=6, num_val=3, height=64, width=72
-    )
-    yield names
-    for name in names.values():
-        DatasetCatalog.remove(name)
-        MetadataCatalog.remove(name)
+def dataset(tiny_synthetic):
+    return tiny_synthetic
 
 
 def _opts(dataset, output_dir, max_iter=MAX_ITER):

@@ -14,7 +14,6 @@ import sys
 
 import pytest
 import torch
-from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation.testing import flatten_results_dict
 from PIL import Image
 
@@ -26,26 +25,17 @@ from panoptic_ext.apps.train import (
     plot_training_curves,
     read_metrics,
 )
-from panoptic_ext.data import register_synthetic_panoptic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK_CONFIG = os.path.join(
     ROOT, "configs/quick_schedules/panoptic_fpn_R_18_synthetic_instant_test.yaml"
 )
-PREFIX = "test_train_net_synthetic"
 MAX_ITER = 4  # EVAL_PERIOD and CHECKPOINT_PERIOD are 2 in the quick config
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("synthetic"))
-    names = register_synthetic_panoptic(
-        PREFIX, root=root, num_train=6, num_val=3, height=64, width=72
-    )
-    yield names
-    for name in names.values():
-        DatasetCatalog.remove(name)
-        MetadataCatalog.remove(name)
+def dataset(tiny_synthetic):
+    return tiny_synthetic
 
 
 def _opts(dataset, output_dir, max_iter=MAX_ITER):
