@@ -180,3 +180,14 @@ def write_cityscapes_instance_ids(polygons_json: str) -> str:
     out = polygons_json.replace("_polygons.json", "_instanceIds.png")
     Image.fromarray(ids.astype(np.uint16)).save(out)
     return out
+
+
+def resnet18_fpn_backbone(seed: int = 0) -> torch.nn.Module:
+    """detectron2's ResNet-18 FPN backbone of the model-zoo config, random weights, eval mode."""
+    from detectron2.layers import ShapeSpec
+    from detectron2.modeling.backbone.fpn import build_resnet_fpn_backbone
+
+    cfg = get_model_zoo_cfg()
+    cfg.merge_from_list(["MODEL.RESNETS.DEPTH", 18, "MODEL.RESNETS.RES2_OUT_CHANNELS", 64])
+    torch.manual_seed(seed)
+    return build_resnet_fpn_backbone(cfg, ShapeSpec(channels=3)).eval()
