@@ -24,6 +24,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import torch
 
+from panoptic_ext.modeling.cpu_inference import cpu_flags, cpu_supports_bf16
+
 __all__ = [
     "make_row",
     "time_interleaved",
@@ -428,23 +430,6 @@ def panoptic_outputs_equal(ours: Sequence[Mapping], reference: Sequence[Mapping]
 # ---------------------------------------------------------------------------------------------
 # The machine's own limit, and a path's throughput as a share of it.
 # ---------------------------------------------------------------------------------------------
-
-
-def cpu_flags() -> frozenset:
-    """The CPU's feature flags from /proc/cpuinfo (empty where it is not readable)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
-
-
-def cpu_supports_bf16() -> bool:
-    """Whether the CPU has bf16 dot products (AVX-512 BF16 or AMX-BF16)."""
-    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
 
 
 def _best_gflops(fn: Callable[[], Any], flop: float, repeats: int) -> float:

@@ -20,6 +20,7 @@ from panoptic_ext.apps.export.metadata import (
     file_digest,
     read_export_meta,
 )
+from panoptic_ext.modeling.cpu_inference import cpu_flags
 
 __all__ = [
     "PRECISIONS",
@@ -36,19 +37,6 @@ PRECISIONS = {
     "int8": (("avx2", "avx512_vnni", "avx_vnni", "asimd"), "8-bit integer dot products"),
     "bf16": (("avx512_bf16", "amx_bf16"), "bfloat16 dot products (AVX-512 BF16 or AMX)"),
 }
-
-
-def cpu_flags(path: str = "/proc/cpuinfo") -> List[str]:
-    """The CPU's feature flags (``flags`` / ``Features`` of /proc/cpuinfo); [] where unknown."""
-    try:
-        with open(path) as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() in ("flags", "Features"):
-                    return value.split()
-    except OSError:
-        pass
-    return []
 
 
 def check_cpu_support(precision: str, flags: Optional[Sequence[str]] = None) -> None:
