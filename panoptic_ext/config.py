@@ -161,19 +161,21 @@ def get_key(cfg: CN, key: str) -> Any:
 
 def upgrade_deprecated_keys(cfg: CN) -> CN:
     """
-    Move each deprecated key that ``cfg`` sets to its new name (warning once per key), in place,
-    and return ``cfg``. lambda_s keeps its value: the old ``LOSS_WEIGHTS.SEMANTIC`` multiplied
-    ``MODEL.SEM_SEG_HEAD.LOSS_WEIGHT``, so the new ``LOSS_WEIGHT`` is their product.
+    Move each deprecated run key that ``cfg`` sets to its new name (warning once per key), in
+    place, and return ``cfg``. The deprecated loss weights stay where they are: the old lambda_i
+    multiplied every box and mask loss, which detectron2's INSTANCE_LOSS_WEIGHT does not (no
+    classification loss), so ``PanopticFPNExt`` reads them itself and builds the model they gave
+    on every path (this one and a plain ``build_model``).
     """
     for old, new in DEPRECATED_KEYS.items():
+        if old.startswith("MODEL.PANOPTIC_EXT.LOSS_WEIGHTS."):
+            continue
         old_node, old_leaf = _node_and_leaf(cfg, old)
         value = old_node.get(old_leaf)
         if value is None:
             continue
         logger.warning("Config key %s is deprecated: use %s", old, new)
         node, leaf = _node_and_leaf(cfg, new)
-        if old.endswith("LOSS_WEIGHTS.SEMANTIC"):
-            value = float(value) * float(node[leaf])
         node[leaf] = type(node[leaf])(value) if not isinstance(node[leaf], bool) else bool(value)
         old_node[old_leaf] = None
     return cfg

@@ -189,3 +189,21 @@ def test_learned_factors_are_trained_and_checkpointed(tmp_path):
     DetectionCheckpointer(fresh).load(str(tmp_path / "model_final.pth"))
     assert torch.equal(fresh.loss_weight_schedule.log_variances, torch.tensor([0.3, -0.7]))
     assert float(fresh.loss_weight_schedule(0).semantic) == pytest.approx(math.exp(0.7), rel=1e-5)
+
+
+def test_deprecated_loss_weight_keys_give_the_same_model_through_train_nets_config_loading(
+    tmp_path,
+):
+    """train_net.py moves deprecated run keys to their new names; the loss weights stay for the
+    model, so a YAML that sets them builds what a plain build_model builds."""
+    from panoptic_ext.apps.train.config_check import merge_config
+
+    yaml = tmp_path / "old.yaml"
+    yaml.write_text(
+        "MODEL:\n  META_ARCHITECTURE: PanopticFPNExt\n  SEM_SEG_HEAD:\n    LOSS_WEIGHT: 1.0\n"
+        "  PANOPTIC_EXT:\n    LOSS_WEIGHTS:\n      INSTANCE: 0.8\n      SEMANTIC: 0.25\n"
+    )
+    cfg = merge_config(get_model_zoo_cfg(), str(yaml))
+    model = build_model(cfg)
+    assert (model.instance_loss_factor, model.instance_loss_weight) == (0.8, 1.0)
+    assert model.semantic_loss_factor * model.sem_seg_head.loss_weight == 0.25
