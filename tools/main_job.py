@@ -49,7 +49,7 @@ from panoptic_ext.apps.predict import class_layout_for_cfg, predict_images, reco
 from panoptic_ext.apps.train import Trainer, default_setup, get_panoptic_cfg, plot_training_curves
 from panoptic_ext.apps.train.checkpoint import PanopticCheckpointer
 from panoptic_ext.apps.train.config_check import ConfigError, check_config
-from panoptic_ext.apps.train.config_loading import save_config
+from panoptic_ext.apps.train.config_loading import save_config, whole_number_at_least
 from panoptic_ext.apps.train.resume_config import read_saved_run
 from panoptic_ext.apps.train.run_dir import prepare_output_dir
 
@@ -58,21 +58,11 @@ logger = logging.getLogger("panoptic_ext.main_job")
 _EXISTING_OUTPUT_KEY = "RUN.EXISTING_OUTPUT"
 
 
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config-file", default=DEFAULT_CONFIG, metavar="FILE")
     parser.add_argument(
-        "--num-vis", type=_non_negative, default=8, help="val images to visualize (>= 0)"
+        "--num-vis", type=whole_number_at_least(0), default=8, help="val images to visualize (>= 0)"
     )
     parser.add_argument(
         "--resume", action="store_true", help="continue from OUTPUT_DIR's last checkpoint"

@@ -13,6 +13,7 @@ from panoptic_ext.apps.ablation.builtin_sweeps import BUILTIN_GROUPS, BUILTIN_SW
 from panoptic_ext.apps.ablation.report import write_report
 from panoptic_ext.apps.ablation.runner import RunConfigChanged, check_run_folder, run_one
 from panoptic_ext.apps.ablation.spec import Run, SweepSpecError, load_sweeps, unique_runs
+from panoptic_ext.apps.train.config_loading import whole_number_at_least
 
 __all__ = ["QUICK_OPTS", "run_sweeps", "main", "argument_parser"]
 
@@ -151,16 +152,6 @@ def run_sweeps(
     return dict(report, sweeps=sweeps, runs=runs)
 
 
-def _at_least_one(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def argument_parser() -> argparse.ArgumentParser:
     known = ", ".join(sorted(BUILTIN_SWEEPS) + sorted(BUILTIN_GROUPS))
     parser = argparse.ArgumentParser(
@@ -175,7 +166,9 @@ def argument_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     parser.add_argument("--output", required=True, metavar="DIR", help="one folder per run")
     parser.add_argument("--quick", action="store_true", help="4-iteration smoke schedule")
-    parser.add_argument("--jobs", type=_at_least_one, default=1, help="runs at a time (default 1)")
+    parser.add_argument(
+        "--jobs", type=whole_number_at_least(1), default=1, help="runs at a time (default 1)"
+    )
     parser.add_argument("--dry-run", action="store_true", help="check and list the runs only")
     parser.add_argument(
         "--report-only", action="store_true", help="tabulate the finished runs, train nothing"

@@ -16,7 +16,7 @@ from panoptic_ext.apps.train.collect_env import collect_env_info
 from panoptic_ext.apps.train.config_check import check_config, merge_config
 from panoptic_ext.config import add_panoptic_ext_config
 
-__all__ = ["default_setup", "get_panoptic_cfg", "save_config", "setup_cfg"]
+__all__ = ["default_setup", "get_panoptic_cfg", "save_config", "setup_cfg", "whole_number_at_least"]
 
 
 def _output_dir(cfg: Any) -> str:
@@ -112,3 +112,21 @@ def setup_cfg(args: argparse.Namespace, *, log: bool = True) -> CfgNode:
     if log:
         default_setup(cfg, args)
     return cfg
+
+
+def whole_number_at_least(minimum: int):
+    """An argparse ``type``: a whole number >= ``minimum``, else a message saying what was
+    expected (for the tools' own count flags, e.g. ``--jobs``, ``--num-vis``)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected a whole number >= {minimum}, got {text!r}"
+            ) from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
