@@ -3,12 +3,14 @@ Deployment: the R50 Panoptic FPN exported to ONNX and run on ONNX Runtime (2 thr
 project's host-side fusion, vs detectron2's eager PanopticFPN with the same weights on the same
 image; pixel agreement of the panoptic outputs in the same row; peak memory of each in its own
 process. The steps that brought ONNX Runtime where it is (frozen BN folded at export, session
-options) are rows of the same side-by-side run; ``--profile`` adds where ONNX Runtime's time
-goes (its profiler: per-operator shares, the multiply-adds each executes and their GFLOP/s)
-beside the best GFLOP/s of one large convolution on the same threads (MLAS through ONNX Runtime,
-oneDNN through torch): the machine's limit for this workload.
+options) are rows of the same side-by-side run. Each export's row gives the multiply-adds it
+executes (ONNX Runtime's profiler), its GFLOP/s and share of the machine's limit; the panoptic
+row adds where ONNX Runtime's time goes (per-operator shares, multiply-adds and GFLOP/s), the
+best GFLOP/s of one large convolution on the same threads (MLAS through ONNX Runtime, oneDNN
+through torch) and whether the target ratio is reachable at those rates (``target_bound``).
 
-    python benchmarks/bench_export.py [--quick] [--size 800x1216] [--repeats 2] [--profile]
+    python benchmarks/bench_export.py [--quick] [--size 800x1216] [--repeats 2] [--int8]
+    python benchmarks/bench_export.py --no-profile   # without the profile and the bound
 """
 
 import argparse
@@ -25,6 +27,7 @@ from common import (
     calibrated_state_dict,
     emit_worker_result,
     inference_inputs,
+    machine_limit,
     make_row,
     median,
     min_ratio,
@@ -33,6 +36,7 @@ from common import (
     reference_cfg,
     reset_peak_rss,
     run_worker,
+    throughput,
     time_interleaved,
 )
 
@@ -201,6 +205,22 @@ def ort_profile(model_dir: str, image: np.ndarray, config: Dict[str, str]) -> Di
     }
 
 
+def target_bound(profile: Dict[str, Any], reference_s: float, limit: float) -> Dict[str, float]:
+    """
+    Whether the target ratio is reachable on this machine, from the panoptic export's profile:
+    the GFLOP/s the whole graph would have to sustain, the ratio if every multiply-add ran at
+    the best measured rate (``limit``), and the ratio of the convolutions alone as they run now
+    (every other operator and the host-side fusion taking no time).
+    """
+    conv_s = sum(v["s"] for op, v in profile["ops"].items() if op in ("Conv", "FusedConv"))
+    return {
+        "needed_gflops_per_s": round(2 * profile["gmacs"] / (TARGET * reference_s), 1),
+        "best_gflops_per_s": round(limit, 1),
+        "ratio_at_best_rate": round(2 * profile["gmacs"] / limit / reference_s, 3),
+        "ratio_of_convolutions_alone": round(conv_s / reference_s, 3),
+    }
+
+
 def conv_limit(repeats: int = 3) -> Dict[str, float]:
     """
     GFLOP/s of one large 3x3 convolution (256 -> 256 channels at 200x304: the FPN's and RPN's
@@ -247,7 +267,7 @@ def run(
     quick: bool = False,
     repeats: int = 2,
     size: Optional[Tuple[int, int]] = None,
-    profile: bool = False,
+    profile: bool = True,
     int8: bool = False,
 ) -> List:
     if int8:
@@ -277,12 +297,23 @@ def run(
             n: run_worker("bench_export.py", ["--variant", n, *args])["peak_mb"]
             for n in PEAK_VARIANTS + ("d2",)
         }
+        # the multiply-adds each export executes on the image (ONNX Runtime's profiler)
+        image = inputs[0]["image"].float().numpy()
+        profiles = {
+            n: ort_profile(os.path.join(workdir, VARIANTS[n][0]), image, VARIANTS[n][1])
+            for n in PEAK_VARIANTS
+        }
         extra = {}
         if profile:
-            export, config, _ = VARIANTS["onnx_panoptic"]
-            image = inputs[0]["image"].float().numpy()
-            extra["profile"] = ort_profile(os.path.join(workdir, export), image, config)
+            extra["profile"] = profiles["onnx_panoptic"]
             extra["conv_limit_gflops_per_s"] = conv_limit()
+    limit = machine_limit(quick)["fp32_gflops"]
+    if profile:
+        extra["target_bound"] = target_bound(
+            extra["profile"],
+            median(times["d2"]),
+            max(limit, *extra["conv_limit_gflops_per_s"].values()),
+        )
     for name, key in keys.items():
         times[name], outputs[name] = times[timed[key]], outputs[timed[key]]
     model_name = "tiny R18" if quick else "R50"
@@ -291,6 +322,13 @@ def run(
         memory = {}
         if name in peaks:
             memory = {"ours_peak_rss_mb": peaks[name], "reference_peak_rss_mb": peaks["d2"]}
+            rate = throughput(profiles[name]["gmacs"] * 1e9, median(times[name]), limit)
+            memory.update(
+                gmacs=round(profiles[name]["gmacs"], 1),
+                ours_gflops_per_s=round(rate["gflops_per_s"], 1),
+                ours_share_of_limit=round(rate["share_of_limit"], 4),
+                limit_gflops_per_s=round(limit, 1),
+            )
         rows.append(
             make_row(
                 "export",
@@ -318,7 +356,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--size", default=None, help="HxW")
     parser.add_argument(
-        "--profile", action="store_true", help="ONNX Runtime's per-operator profile, conv limit"
+        "--no-profile",
+        dest="profile",
+        action="store_false",
+        help="leave out ONNX Runtime's per-operator table, the conv limit and the target bound",
     )
     parser.add_argument("--int8", action="store_true", help="add the opt-in int8 export's row")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)

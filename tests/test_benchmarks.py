@@ -163,3 +163,40 @@ def test_every_benchmark_runs_quick(tmp_path):
         assert row["pixel_agreement"] >= 0.999, row
         assert row["ours_peak_rss_mb"] > 0
         assert row["reference_peak_rss_mb"] > 0
+
+
+def test_precision_paths_side_by_side(tmp_path, tiny_synthetic):
+    """``bench_precision.py`` on a saved model: PQ and latency of eager FP32, the ONNX FP32 and
+    int8 exports; the ONNX FP32 export keeps the eager PQ; bf16 is refused where the CPU lacks
+    bf16 dot products and measured where it has them."""
+    import torch
+    from detectron2.modeling import build_model
+
+    from panoptic_ext.apps.train import get_panoptic_cfg
+    from panoptic_ext.modeling.cpu_inference import cpu_supports_bf16
+
+    bench = _load("bench_precision")
+    opts = ["DATASETS.TRAIN", f"('{tiny_synthetic['train']}',)"]
+    opts += ["DATASETS.TEST", f"('{tiny_synthetic['val']}',)", "INPUT.MIN_SIZE_TEST", "64"]
+    weights = str(tmp_path / "model.pth")
+    torch.manual_seed(0)
+    torch.save(
+        {"model": build_model(get_panoptic_cfg(bench.DEFAULT_CONFIG, opts)).state_dict()}, weights
+    )
+    rows = bench.run(weights=weights, images=2, calibration_images=2, repeats=1, opts=opts)
+    by_path = {r["workload"].split(",")[0]: r for r in rows}
+    assert list(by_path) == [
+        "eager FP32",
+        "eager bf16 (TEST.CPU_BF16)",
+        "ONNX Runtime FP32",
+        "ONNX Runtime int8 (--precision int8)",
+    ]
+    measured = [r for r in rows if "refused" not in r]
+    for row in measured:
+        assert {"PQ", "PQ_th", "PQ_st"} <= set(row) and row["ratio"] > 0, row
+    assert by_path["ONNX Runtime FP32"]["PQ"] == pytest.approx(by_path["eager FP32"]["PQ"])
+    bf16 = by_path["eager bf16 (TEST.CPU_BF16)"]
+    assert ("refused" in bf16) == (not cpu_supports_bf16()), bf16
+
+    with pytest.raises(FileNotFoundError, match="make train"):
+        bench.run(weights=str(tmp_path / "missing.pth"), opts=opts)
