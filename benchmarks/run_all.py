@@ -4,6 +4,9 @@ Markdown copy of the table, benchmarks/results.md) and the scaling plot benchmar
 
     python benchmarks/run_all.py [--quick] [--only NAME[,NAME...]] [--output FILE]
 
+With ``--only``, the rows of the suites not run are kept from the existing output file (their
+run's metadata under ``meta.kept_from``).
+
 Every figure is a ratio of ours to a reference measured side by side in this run.
 """
 
@@ -217,12 +220,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument(
         "--repeats", type=int, default=0, help="timed rounds, for benchmarks that take it"
     )
-    parser.add_argument(
-        "--update",
-        action="store_true",
-        help="keep the rows of the benchmarks not run from the existing output file (their "
-        "run's metadata under meta.kept_from)",
-    )
     args = parser.parse_args(argv)
 
     names = [n.strip() for n in args.only.split(",") if n.strip()] or NAMES
@@ -247,13 +244,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     meta = _metadata(args, names, started)
     meta["load_average_at_start"] = load_at_start
     result = {"meta": meta, "rows": rows, "errors": errors}
-    if args.update and os.path.isfile(output):
+    if args.only and os.path.isfile(output):  # a partial run keeps the other suites' rows
         result = _merged(output, result, names)
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     with open(output, "w") as f:
         json.dump(result, f, indent=1)
     with open(os.path.splitext(output)[0] + ".md", "w") as f:
-        f.write("\n".join(table_lines(rows, markdown=True)) + "\n")
+        f.write("\n".join(table_lines(result["rows"], markdown=True)) + "\n")
 
     print()
     print_table(rows)

@@ -131,6 +131,23 @@ def test_smoke_limit_and_postprocess(tmp_path):
     assert workloads == {"random", "proposals-wide", "proposals-large", "crowded"}
 
 
+def test_partial_run_keeps_the_other_suites_rows(tmp_path):
+    """``run_all.py --only`` replaces the rows of the suites it runs and keeps the others."""
+    out = tmp_path / "results.json"
+    bench = _load("common")
+    kept = dict(bench.make_row("pq", "earlier", 1, "x", ours_s=1.0, reference_s=2.0), suite="pq")
+    stale = dict(bench.make_row("limit", "stale", 1, "x", ours_s=1.0, reference_s=1.0))
+    stale["suite"] = "limit"
+    out.write_text(json.dumps({"meta": {"date": "earlier"}, "rows": [kept, stale], "errors": []}))
+    cmd = [sys.executable, os.path.join(BENCH_DIR, "run_all.py"), "--quick", "--only", "limit"]
+    subprocess.run(cmd + ["--output", str(out)], cwd=REPO, check=True, capture_output=True)
+    result = json.loads(out.read_text())
+    assert kept in result["rows"] and stale not in result["rows"]
+    assert {r["suite"] for r in result["rows"]} == {"limit", "pq"}
+    assert result["meta"]["kept_from"] == {"date": "earlier"}
+    assert "earlier" in (tmp_path / "results.md").read_text()
+
+
 @pytest.mark.slow
 def test_every_benchmark_runs_quick(tmp_path):
     result, by_suite, png = _run_all_quick(tmp_path)
