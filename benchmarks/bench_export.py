@@ -77,7 +77,7 @@ VARIANTS = {
         "panoptic output, step 3: + denormals as zero",
     ),
 }
-# The variants whose peak memory is measured (each in its own process).
+# The variants whose peak memory is measured (each in its own process; and the int8 export).
 PEAK_VARIANTS = ("onnx", "onnx_panoptic")
 
 
@@ -107,10 +107,11 @@ def export_calibrated(workdir: str, size: Tuple[int, int], tiny: bool) -> None:
 
 
 def load(name: str, workdir: str, tiny: bool):
-    if name in VARIANTS:
+    variant = VARIANTS.get(name) or (INT8 if name == "int8" else None)
+    if variant:
         from panoptic_ext.apps.export import ExportedPanopticModel
 
-        export, config, _ = VARIANTS[name]
+        export, config, _ = variant
         return ExportedPanopticModel(
             os.path.join(workdir, export),
             ["CPUExecutionProvider"],
@@ -295,7 +296,7 @@ def run(
         args = [workdir, str(size[0]), str(size[1])] + (["--tiny"] if quick else [])
         peaks = {
             n: run_worker("bench_export.py", ["--variant", n, *args])["peak_mb"]
-            for n in PEAK_VARIANTS + ("d2",)
+            for n in PEAK_VARIANTS + (("int8",) if int8 else ()) + ("d2",)
         }
         # the multiply-adds each export executes on the image (ONNX Runtime's profiler)
         image = inputs[0]["image"].float().numpy()
@@ -320,6 +321,7 @@ def run(
         memory = {}
         if name in peaks:
             memory = {"ours_peak_rss_mb": peaks[name], "reference_peak_rss_mb": peaks["d2"]}
+        if name in profiles:
             rate = throughput(profiles[name]["gmacs"] * 1e9, median(times[name]), limit)
             memory.update(
                 gmacs=round(profiles[name]["gmacs"], 1),
