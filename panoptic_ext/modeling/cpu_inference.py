@@ -3,12 +3,13 @@
 inference speed-ups to a built model. ``build_model(cfg)`` never applies them; the project's
 predictor and evaluation do, only for a CPU model in eval mode.
 
-Each speed-up swaps a module for a subclass with the same parameters, buffers and state dict
-that computes the same values (bit for bit) faster on the CPU, and runs the original module's
-code whenever its fast path does not apply: with autograd involved, under autocast, while
-tracing or scripting, or on a non-CPU tensor (:func:`cpu_fast_path_applies`). What each one
-saves at 800x1216 (R50-FPN, 2 threads) is measured by ``benchmarks/bench_inference.py
---speedups`` and listed in README.
+Each speed-up replaces a child module (a norm or activation inside detectron2's ``Conv2d``; a
+ROI pooler's level poolers) by one with the same parameters, buffers and state dict that
+computes the same values (bit for bit) faster on the CPU, and runs the original module's code
+whenever its fast path does not apply: with autograd involved, under autocast, while tracing or
+scripting, or on a non-CPU tensor (:func:`cpu_fast_path_applies`). What each one saves at
+800x1216 (R50-FPN, 2 threads) is measured by ``benchmarks/bench_inference.py --speedups`` and
+listed in docs/performance.md.
 """
 
 import contextlib
@@ -32,7 +33,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # The speed-ups, in the order they are applied (see each function's docstring).
-CPU_SPEEDUPS = ("inplace_conv_layers", "fast_backbone", "parallel_roi_align")
+CPU_SPEEDUPS = ("inplace_conv_layers", "parallel_roi_align")
 
 
 def cpu_fast_path_applies(x: torch.Tensor) -> bool:
@@ -61,7 +62,6 @@ def optimize_for_cpu_inference(model: nn.Module, speedups=CPU_SPEEDUPS) -> Dict[
     Raises:
         ValueError: the model is in training mode, not on the CPU, or a speed-up is unknown.
     """
-    from .fast_backbone import use_fast_backbone
     from .inplace_layers import use_inplace_conv_layers
     from .parallel_pooler import parallelize_roi_poolers
 
@@ -77,7 +77,6 @@ def optimize_for_cpu_inference(model: nn.Module, speedups=CPU_SPEEDUPS) -> Dict[
         )
     apply = {
         "inplace_conv_layers": use_inplace_conv_layers,
-        "fast_backbone": use_fast_backbone,
         "parallel_roi_align": parallelize_roi_poolers,
     }
     changed = {name: apply[name](model) for name in CPU_SPEEDUPS if name in speedups}
