@@ -14,11 +14,12 @@ import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image
 
+from .segment_matching import OFFSET, pair_counts, pq_image
+
 __all__ = ["SIZE_RANGES", "colors_from_metadata", "default_category_colors"]
 
 logger = logging.getLogger(__name__)
 
-OFFSET = 256 * 256 * 256
 # COCO's area ranges (pixels): small < 32^2 <= medium < 96^2 <= large.
 SIZE_RANGES: Tuple[Tuple[str, float, float], ...] = (
     ("small", 0, 32**2),
@@ -97,9 +98,7 @@ def _segment_errors(
     "size", "cause", "taken_for" (fn: the class of the prediction covering most of it, when that
     covers more than half of it and is of another class)}.
     """
-    keys, counts = np.unique(
-        gt_ids.astype(np.int64) * OFFSET + pred_ids.astype(np.int64), return_counts=True
-    )
+    keys, counts = pair_counts(gt_ids, pred_ids)
     inter: Dict[Tuple[int, int], int] = {
         (int(k) // OFFSET, int(k) % OFFSET): int(c) for k, c in zip(keys, counts)
     }
@@ -193,7 +192,6 @@ def _segment_errors(
 
 def _analyse_image(pair, gt_folder: str, pred_folder: str, category_ids: Sequence[int]):
     from .panoptic_files import read_panoptic_png
-    from .segment_matching import pq_image
 
     gt_ann, pred_ann = pair
     gt_file = os.path.join(gt_folder, gt_ann["file_name"])
