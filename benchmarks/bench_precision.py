@@ -22,11 +22,11 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from common import REPO_ROOT, make_row, median, time_interleaved
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_model
 
 from panoptic_ext.apps.train import Trainer, get_panoptic_cfg
+from panoptic_ext.apps.train.checkpoint import PanopticCheckpointer
 from panoptic_ext.modeling import bf16_autocast, optimize_for_cpu_inference
 from panoptic_ext.modeling.cpu_inference import cpu_supports_bf16
 
@@ -52,7 +52,8 @@ class Bf16Model(torch.nn.Module):
 
 def eager_model(cfg) -> torch.nn.Module:
     model = build_model(cfg)
-    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    # strict, as the predictor loads: a mismatched file is an error, not a half-random model
+    PanopticCheckpointer(model, allow_partial=cfg.RUN.ALLOW_PARTIAL_WEIGHTS).load(cfg.MODEL.WEIGHTS)
     return model.eval()
 
 
