@@ -60,14 +60,20 @@ def eager_model(cfg) -> torch.nn.Module:
 def export(
     config_file: str, opts: Sequence[str], weights: str, folder: str, calibration: Sequence[str]
 ) -> Dict[str, str]:
-    """The FP32 and int8 ONNX exports of ``weights``; returns path name -> export folder."""
+    """The FP32 ONNX export of ``weights`` and its int8 copy (what ``tools/export_model.py
+    --precision int8`` writes, without exporting FP32 a second time); returns path name ->
+    export folder."""
     from panoptic_ext.apps.export.commands import export_main
+    from panoptic_ext.apps.export.quantize import calibration_inputs, quantize_export
 
-    base = ["--config-file", config_file, "--weights", weights]
-    export_main(base + ["--output", os.path.join(folder, "fp32"), *opts])
-    int8 = ["--precision", "int8", "--calibration-images", *calibration]
-    export_main(base + int8 + ["--output", os.path.join(folder, "int8"), *opts])
-    return {"onnx_fp32": os.path.join(folder, "fp32"), "onnx_int8": os.path.join(folder, "int8")}
+    folders = {"onnx_fp32": os.path.join(folder, "fp32"), "onnx_int8": os.path.join(folder, "int8")}
+    meta = export_main(
+        ["--config-file", config_file, "--weights", weights, "--output", folders["onnx_fp32"]]
+        + list(opts)
+    )
+    images = calibration_inputs(meta, calibration)
+    quantize_export(folders["onnx_fp32"], folders["onnx_int8"], images, "int8")
+    return folders
 
 
 def run(
